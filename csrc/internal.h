@@ -1,0 +1,49 @@
+/* internal.h -- definitions shared by the core's translation units; not part of the public API. */
+#ifndef ZIPAR_INTERNAL_H
+#define ZIPAR_INTERNAL_H
+
+#include "zipar.h"
+
+/* Records a formatted message for zp_last_error() and returns st. */
+zp_status zp_fail(zp_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Grows *buf to hold at least n elements of size elem (amortised doubling). */
+zp_status zp_reserve(void **buf, size_t *cap, size_t n, size_t elem);
+
+struct zp_model {
+    zp_config cfg;
+    zp_weights w;
+    zp_layer_weights *layers; /* (n_layer,) OWNED copy of the pointer table */
+    int seq_len;
+    int qkv_dim;      /* (n_head + 2*n_kv_head) * head_dim */
+    float *rope_cos;  /* (seq_len, head_dim/2) OWNED; 0 at conditioning positions */
+    float *rope_sin;  /* (seq_len, head_dim/2) OWNED */
+};
+
+/* Per-pass scratch: grown on demand, never shrunk; nothing is allocated when a pass fits. */
+typedef struct {
+    size_t cap_rows;
+    float *x, *xb, *qkv, *att, *h1, *h3; /* (rows, dim | dim | qkv_dim | dim | hidden | hidden) */
+    int32_t *row_query, *row_stream;     /* (rows,) */
+    size_t cap_vis;
+    int32_t *vis;                        /* (queries, seq_len): visible slots per query */
+    int32_t *vis_n;                      /* (queries,) */
+    size_t cap_scores;
+    float *scores;                       /* (threads, seq_len) */
+    size_t cap_xl, cap_logits2, cap_vis_n;
+    float *xl, *logits2;                 /* (logit rows, dim), (logit rows, vocab) */
+} zp_scratch;
+
+struct zp_cache {
+    const zp_model *m;
+    int n_images, guided, n_streams, seq_len;
+    float *k, *v;          /* (n_layer, n_streams, seq_len, n_kv_head*head_dim) OWNED */
+    int32_t *slots;        /* (n_images, seq_len) OWNED slot states */
+    float *prefix;         /* (n_streams, P, dim) OWNED: conditioning inputs per stream */
+    uint8_t *prefix_mask;  /* (n_images, P) OWNED: 1 = valid key */
+    uint32_t *stamp;       /* (n_images, seq_len) OWNED: pass stamps to catch double writes */
+    uint32_t pass_id;
+    zp_scratch s;
+};
+
+#endif

@@ -1,0 +1,68 @@
+/* matmul.h -- the matrix product of the C core: y = x . w^T (the torch Linear layout).
+ *
+ * Worked example (one decode row through a 768 -> 2304 projection):
+ *
+ *     float x[1 * 768];          // (m, K) activations, row-major
+ *     const float *wqkv = ...;   // (N, K) = (2304, 768) weights, row-major, borrowed
+ *     float y[1 * 2304];         // (m, N)
+ *     zp_matmul(y, x, wqkv, 1, 768, 2304);
+ *
+ * Two paths, chosen per call by the number of rows m:
+ *   - m < zp_get_blas_min_rows() (default 64): the "skinny" kernel written here. Decode passes
+ *     have few rows, so the product is bound by reading w from memory; the kernel streams w once,
+ *     split into blocks of output columns across OpenMP threads, and uses AVX-512 (or AVX2, or
+ *     plain C) chosen at run time.
+ *   - m >= zp_get_blas_min_rows(): OpenBLAS sgemm (see blas.h), which wins when compute-bound.
+ *
+ * Determinism of the skinny kernel: every y[i][n] is one dot product summed in one fixed order
+ * that depends only on K: 16 partial sums, lane j accumulating (with fused multiply-add) the
+ * products k = j, j+16, j+32, ... in increasing k, then combined by the tree
+ * s8[j] = s[j] + s[j+8], s4[j] = s8[j] + s8[j+4], s2[j] = s4[j] + s4[j+2], y = s2[0] + s2[1].
+ * So y[i][n] is bit-identical whatever the thread count, whatever m (< the BLAS threshold),
+ * whatever other rows share the batch, and whichever of the three instruction sets runs it.
+ * The BLAS path has no such promise.
+ *
+ * No function here allocates, prints or fails: sizes out of range (m, N <= 0, K < 0, ldy < N)
+ * make the product a no-op. Thread settings are process-wide.
+ */
+#ifndef ZP_MATMUL_H
+#define ZP_MATMUL_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* y[i][n] = sum_k x[i][k] * w[n][k] for i < m, n < N   (y = x @ w^T, torch Linear layout)
+ * x: (m, K) row-major, w: (N, K) row-major, y: (m, N) row-major; all borrowed; y must not alias
+ * x or w. K = 0 gives y = 0. */
+void zp_matmul(float *y, const float *x, const float *w, int m, int K, int N);
+/* Same, with an explicit row stride for y (ldy >= N, in floats) so callers can write into wider
+ * buffers; y[i][n] for n >= N is left untouched. */
+void zp_matmul_ld(float *y, int ldy, const float *x, const float *w, int m, int K, int N);
+
+/* Threads for the skinny kernel (OpenMP) and for OpenBLAS. n <= 0 restores the default (OpenMP's
+ * omp_get_max_threads() at the time of each call). Ignored when called inside an OpenMP
+ * parallel region. */
+void zp_set_num_threads(int n);
+int zp_get_num_threads(void);
+
+/* "avx512", "avx2" or "scalar": the skinny kernel chosen at run time for this CPU. */
+const char *zp_matmul_isa(void);
+/* e.g. "scipy-openblas32 (OpenBLAS 0.3.x ... config)" or "openblas (system) (OpenBLAS 0.3.21 ...)"
+ * Static storage; valid until the next call from the same thread. */
+const char *zp_blas_name(void);
+int zp_blas_threads(void);
+
+/* Products with m >= this many rows go to BLAS sgemm; default 64. Values < 1 are taken as 1. */
+void zp_set_blas_min_rows(int m);
+int zp_get_blas_min_rows(void);
+
+/* ---------------------------------------------------------------- testing only */
+/* Forces the skinny kernel to "avx512", "avx2" or "scalar"; NULL returns to automatic choice.
+ * Returns 0, or -1 when the name is unknown or this CPU cannot run that kernel (nothing changes). */
+int zp_matmul_force_isa(const char *isa);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ZP_MATMUL_H */

@@ -1,0 +1,468 @@
+/* model.c -- the transformer forward pass over a batch of queries with per-slot visibility. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "internal.h"
+#include "matmul.h"
+
+/* ================================================================ errors and buffers */
+
+static _Thread_local char zp_errbuf[512];
+
+zp_status zp_fail(zp_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(zp_errbuf, sizeof zp_errbuf, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+const char *zp_last_error(void) { return zp_errbuf; }
+
+const char *zp_status_string(zp_status st) {
+    switch (st) {
+    case ZP_OK: return "ok";
+    case ZP_ERR_ARG: return "invalid argument";
+    case ZP_ERR_NOMEM: return "out of memory";
+    case ZP_ERR_STATE: return "invalid state";
+    case ZP_ERR_ABORTED: return "aborted";
+    case ZP_ERR_NONFINITE: return "non-finite values";
+    }
+    return "unknown status";
+}
+
+zp_status zp_reserve(void **buf, size_t *cap, size_t n, size_t elem) {
+    if (n <= *cap) return ZP_OK;
+    size_t want = *cap ? *cap : 16;
+    while (want < n) want *= 2;
+    void *p = realloc(*buf, want * elem);
+    if (!p) return zp_fail(ZP_ERR_NOMEM, "cannot allocate %zu bytes of scratch", want * elem);
+    *buf = p;
+    *cap = want;
+    return ZP_OK;
+}
+
+/* ================================================================ config and model */
+
+int zp_seq_len(const zp_config *c) { return c->cls_token_num + c->grid_h * (c->grid_w + c->eor); }
+
+int zp_cell_pos(const zp_config *c, int r, int col) {
+    return c->cls_token_num + r * (c->grid_w + c->eor) + col;
+}
+
+static zp_status check_config(const zp_config *c) {
+    if (c->dim < 1 || c->n_layer < 1 || c->n_head < 1 || c->n_kv_head < 1 || c->hidden < 1 ||
+        c->vocab < 1 || c->cls_token_num < 1 || c->grid_h < 1 || c->grid_w < 1)
+        return zp_fail(ZP_ERR_ARG, "config sizes must be positive");
+    if (c->head_dim < 4 || c->head_dim % 4)
+        return zp_fail(ZP_ERR_ARG, "head_dim %d must be a positive multiple of 4", c->head_dim);
+    if (c->n_head % c->n_kv_head)
+        return zp_fail(ZP_ERR_ARG, "n_head %d is not a multiple of n_kv_head %d", c->n_head,
+                       c->n_kv_head);
+    if (c->eor != 0 && c->eor != 1) return zp_fail(ZP_ERR_ARG, "eor must be 0 or 1");
+    if (c->eor && (c->eor_token < 0 || c->eor_token >= c->vocab))
+        return zp_fail(ZP_ERR_ARG, "eor_token %d outside [0, %d)", c->eor_token, c->vocab);
+    if (!(c->norm_eps > 0.f) || !(c->rope_base > 0.f))
+        return zp_fail(ZP_ERR_ARG, "norm_eps and rope_base must be positive");
+    if ((double)zp_seq_len(c) > 1e7) return zp_fail(ZP_ERR_ARG, "sequence too long");
+    return ZP_OK;
+}
+
+/* Rotary tables per llamagen.md: pairs (2i, 2i+1); pair i < hd/4 turns by row * f_i, pair
+ * i >= hd/4 by col * f_(i - hd/4), f_j = base^(-2j / (hd/2)). End-of-row slots use col = W.
+ * Conditioning positions get cos = sin = 0 (their q and k are exactly zero). */
+static void build_rope(zp_model *m) {
+    const zp_config *c = &m->cfg;
+    int half = c->head_dim / 2, quarter = c->head_dim / 4, P = c->cls_token_num;
+    for (int p = 0; p < m->seq_len; p++) {
+        float *cs = m->rope_cos + (size_t)p * half, *sn = m->rope_sin + (size_t)p * half;
+        if (p < P) {
+            memset(cs, 0, sizeof(float) * half);
+            memset(sn, 0, sizeof(float) * half);
+            continue;
+        }
+        int row = (p - P) / (c->grid_w + c->eor), col = (p - P) % (c->grid_w + c->eor);
+        for (int i = 0; i < half; i++) {
+            int j = i < quarter ? i : i - quarter;
+            double f = 1.0 / pow((double)c->rope_base, (2.0 * j) / (double)half);
+            double a = (i < quarter ? row : col) * f;
+            cs[i] = (float)cos(a);
+            sn[i] = (float)sin(a);
+        }
+    }
+}
+
+zp_status zp_model_new(const zp_config *cfg, const zp_weights *w, zp_model **out) {
+    *out = NULL;
+    zp_status st = check_config(cfg);
+    if (st) return st;
+    if (!w || !w->tok_embeddings || !w->layers || !w->norm || !w->output)
+        return zp_fail(ZP_ERR_ARG, "missing weight pointer");
+    for (int l = 0; l < cfg->n_layer; l++) {
+        const zp_layer_weights *L = &w->layers[l];
+        if (!L->attention_norm || !L->wqkv || !L->wo || !L->ffn_norm || !L->w1 || !L->w3 || !L->w2)
+            return zp_fail(ZP_ERR_ARG, "missing weight pointer in layer %d", l);
+    }
+    zp_model *m = calloc(1, sizeof *m);
+    if (!m) return zp_fail(ZP_ERR_NOMEM, "cannot allocate model");
+    m->cfg = *cfg;
+    m->w = *w;
+    m->seq_len = zp_seq_len(cfg);
+    m->qkv_dim = (cfg->n_head + 2 * cfg->n_kv_head) * cfg->head_dim;
+    m->layers = malloc(sizeof(zp_layer_weights) * cfg->n_layer);
+    size_t rope_n = (size_t)m->seq_len * (cfg->head_dim / 2);
+    m->rope_cos = malloc(sizeof(float) * rope_n);
+    m->rope_sin = malloc(sizeof(float) * rope_n);
+    if (!m->layers || !m->rope_cos || !m->rope_sin) {
+        zp_model_free(m);
+        return zp_fail(ZP_ERR_NOMEM, "cannot allocate model tables");
+    }
+    memcpy(m->layers, w->layers, sizeof(zp_layer_weights) * cfg->n_layer);
+    m->w.layers = m->layers;
+    build_rope(m);
+    *out = m;
+    return ZP_OK;
+}
+
+void zp_model_free(zp_model *m) {
+    if (!m) return;
+    free(m->layers);
+    free(m->rope_cos);
+    free(m->rope_sin);
+    free(m);
+}
+
+const zp_config *zp_model_config(const zp_model *m) { return &m->cfg; }
+
+/* ================================================================ cache */
+
+zp_status zp_cache_new(const zp_model *m, int n_images, int guided, const float *prefix_cond,
+                       const float *prefix_uncond, const uint8_t *prefix_mask, zp_cache **out) {
+    *out = NULL;
+    const zp_config *c = &m->cfg;
+    if (n_images < 1) return zp_fail(ZP_ERR_ARG, "n_images must be >= 1");
+    if (!prefix_cond) return zp_fail(ZP_ERR_ARG, "prefix_cond is required");
+    if (guided && !prefix_uncond) return zp_fail(ZP_ERR_ARG, "guided cache needs prefix_uncond");
+    zp_cache *k = calloc(1, sizeof *k);
+    if (!k) return zp_fail(ZP_ERR_NOMEM, "cannot allocate cache");
+    k->m = m;
+    k->n_images = n_images;
+    k->guided = guided ? 1 : 0;
+    k->n_streams = n_images * (guided ? 2 : 1);
+    k->seq_len = m->seq_len;
+    size_t kvn = (size_t)c->n_layer * k->n_streams * k->seq_len * c->n_kv_head * c->head_dim;
+    size_t P = c->cls_token_num, D = c->dim;
+    k->k = malloc(sizeof(float) * kvn);
+    k->v = malloc(sizeof(float) * kvn);
+    k->slots = malloc(sizeof(int32_t) * n_images * k->seq_len);
+    k->stamp = calloc((size_t)n_images * k->seq_len, sizeof(uint32_t));
+    k->prefix = malloc(sizeof(float) * k->n_streams * P * D);
+    k->prefix_mask = malloc((size_t)n_images * P);
+    if (!k->k || !k->v || !k->slots || !k->stamp || !k->prefix || !k->prefix_mask) {
+        zp_cache_free(k);
+        return zp_fail(ZP_ERR_NOMEM, "cannot allocate a KV cache of %.1f MB",
+                       2.0 * kvn * sizeof(float) / 1e6);
+    }
+    for (size_t i = 0; i < (size_t)n_images * k->seq_len; i++) k->slots[i] = ZP_SLOT_UNWRITTEN;
+    for (int im = 0; im < n_images; im++) {
+        int s0 = guided ? 2 * im : im;
+        memcpy(k->prefix + (size_t)s0 * P * D, prefix_cond + (size_t)im * P * D,
+               sizeof(float) * P * D);
+        if (guided)
+            memcpy(k->prefix + (size_t)(s0 + 1) * P * D, prefix_uncond + (size_t)im * P * D,
+                   sizeof(float) * P * D);
+    }
+    if (prefix_mask)
+        memcpy(k->prefix_mask, prefix_mask, (size_t)n_images * P);
+    else
+        memset(k->prefix_mask, 1, (size_t)n_images * P);
+    *out = k;
+    return ZP_OK;
+}
+
+void zp_cache_free(zp_cache *k) {
+    if (!k) return;
+    zp_scratch *s = &k->s;
+    free(s->x); free(s->xb); free(s->qkv); free(s->att); free(s->h1); free(s->h3);
+    free(s->row_query); free(s->row_stream); free(s->vis); free(s->vis_n); free(s->scores);
+    free(s->xl); free(s->logits2);
+    free(k->k); free(k->v); free(k->slots); free(k->stamp); free(k->prefix); free(k->prefix_mask);
+    free(k);
+}
+
+int32_t *zp_cache_slots(zp_cache *c) { return c->slots; }
+int zp_cache_n_images(const zp_cache *c) { return c->n_images; }
+int zp_cache_guided(const zp_cache *c) { return c->guided; }
+
+/* ================================================================ forward helpers */
+
+static zp_status reserve_rows(zp_cache *k, size_t rows) {
+    const zp_config *c = &k->m->cfg;
+    zp_scratch *s = &k->s;
+    if (rows <= s->cap_rows) return ZP_OK;
+    size_t cap = s->cap_rows ? s->cap_rows : 16;
+    while (cap < rows) cap *= 2;
+    float **bufs[] = {&s->x, &s->xb, &s->qkv, &s->att, &s->h1, &s->h3};
+    size_t widths[] = {c->dim, c->dim, k->m->qkv_dim, c->n_head * c->head_dim, c->hidden, c->hidden};
+    for (int i = 0; i < 6; i++) {
+        float *p = realloc(*bufs[i], sizeof(float) * cap * widths[i]);
+        if (!p) return zp_fail(ZP_ERR_NOMEM, "cannot allocate scratch for %zu rows", cap);
+        *bufs[i] = p;
+    }
+    int32_t *rq = realloc(s->row_query, sizeof(int32_t) * cap);
+    if (!rq) return zp_fail(ZP_ERR_NOMEM, "cannot allocate scratch");
+    s->row_query = rq;
+    int32_t *rs = realloc(s->row_stream, sizeof(int32_t) * cap);
+    if (!rs) return zp_fail(ZP_ERR_NOMEM, "cannot allocate scratch");
+    s->row_stream = rs;
+    s->cap_rows = cap;
+    return ZP_OK;
+}
+
+/* x[r] = x[r] * rsqrt(mean(x^2) + eps) * w, for one row of n floats. */
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / n + (double)eps));
+    for (int i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
+}
+
+/* Rotates adjacent pairs of n_heads heads of head_dim floats by the position's table row. */
+static void rope(float *v, int n_heads, int head_dim, const float *cs, const float *sn) {
+    int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *x = v + (size_t)h * head_dim;
+        for (int i = 0; i < half; i++) {
+            float x0 = x[2 * i], x1 = x[2 * i + 1];
+            x[2 * i] = x0 * cs[i] - x1 * sn[i];
+            x[2 * i + 1] = x1 * cs[i] + x0 * sn[i];
+        }
+    }
+}
+
+static inline float dotf(const float *a, const float *b, int n) {
+    float acc = 0.f;
+    for (int i = 0; i < n; i++) acc += a[i] * b[i];
+    return acc;
+}
+
+/* ================================================================ the forward primitive */
+
+static zp_status check_queries(const zp_model *m, zp_cache *k, const zp_query *q, int nq) {
+    const zp_config *c = &m->cfg;
+    if (nq < 0) return zp_fail(ZP_ERR_ARG, "negative query count");
+    if (++k->pass_id == 0) {
+        memset(k->stamp, 0, sizeof(uint32_t) * (size_t)k->n_images * k->seq_len);
+        k->pass_id = 1;
+    }
+    for (int i = 0; i < nq; i++) {
+        const zp_query *x = &q[i];
+        if (x->image < 0 || x->image >= k->n_images)
+            return zp_fail(ZP_ERR_ARG, "query %d: image %d outside [0, %d)", i, x->image,
+                           k->n_images);
+        if (x->pos < 0 || x->pos >= k->seq_len)
+            return zp_fail(ZP_ERR_ARG, "query %d: position %d outside [0, %d)", i, x->pos,
+                           k->seq_len);
+        if (x->pos >= c->cls_token_num && (x->token < 0 || x->token >= c->vocab))
+            return zp_fail(ZP_ERR_ARG, "query %d: token %d outside [0, %d)", i, x->token, c->vocab);
+        if (x->chain < 0) return zp_fail(ZP_ERR_ARG, "query %d: negative chain", i);
+        if (x->guided && !k->guided)
+            return zp_fail(ZP_ERR_ARG, "query %d: guided query on an unguided cache", i);
+        uint32_t *st = &k->stamp[(size_t)x->image * k->seq_len + x->pos];
+        if (*st == k->pass_id)
+            return zp_fail(ZP_ERR_ARG, "query %d: slot (image %d, position %d) written twice in "
+                           "one pass", i, x->image, x->pos);
+        *st = k->pass_id;
+    }
+    return ZP_OK;
+}
+
+/* Visible slots of query x: q <= pos with q == pos, committed, or of the query's own chain. */
+static int build_visibility(const zp_cache *k, const zp_query *x, int32_t *vis) {
+    const int32_t *st = k->slots + (size_t)x->image * k->seq_len;
+    int n = 0;
+    for (int s = 0; s <= x->pos; s++)
+        if (s == x->pos || st[s] == ZP_SLOT_COMMITTED || (x->chain > 0 && st[s] == x->chain))
+            vis[n++] = s;
+    return n;
+}
+
+zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, float cfg_scale,
+                     float *logits, zp_capture *cap) {
+    const zp_config *c = &m->cfg;
+    if (k->m != m) return zp_fail(ZP_ERR_ARG, "cache belongs to another model");
+    zp_status st = check_queries(m, k, q, nq);
+    if (st) return st;
+    if (nq == 0) return ZP_OK;
+    if (cap)
+        for (int i = 0; i < cap->n; i++)
+            if (cap->query[i] < 0 || cap->query[i] >= nq || cap->layer[i] < 0 ||
+                cap->layer[i] >= c->n_layer || cap->head[i] < 0 || cap->head[i] >= c->n_head)
+                return zp_fail(ZP_ERR_ARG, "attention capture request %d out of range", i);
+
+    const int D = c->dim, HD = c->head_dim, NH = c->n_head, NKV = c->n_kv_head, P = c->cls_token_num;
+    const int QKV = m->qkv_dim, KVD = NKV * HD, S = k->seq_len, GROUP = NH / NKV;
+    zp_scratch *s = &k->s;
+
+    /* ---- rows: one per query, plus an unconditional one for guided queries */
+    int rows = 0, n_logits = 0;
+    for (int i = 0; i < nq; i++) rows += 1 + (q[i].guided ? 1 : 0);
+    if ((st = reserve_rows(k, rows))) return st;
+    if ((st = zp_reserve((void **)&s->vis, &s->cap_vis, (size_t)nq * S, sizeof(int32_t))))
+        return st;
+    if ((st = zp_reserve((void **)&s->vis_n, &s->cap_vis_n, (size_t)nq, sizeof(int32_t))))
+        return st;
+    int nthreads = 1;
+#ifdef _OPENMP
+    nthreads = omp_get_max_threads();
+#endif
+    if ((st = zp_reserve((void **)&s->scores, &s->cap_scores, (size_t)nthreads * S, sizeof(float))))
+        return st;
+
+    /* ---- slot states first: visibility is fixed for the whole pass */
+    for (int i = 0; i < nq; i++) {
+        int32_t *slot = &k->slots[(size_t)q[i].image * S + q[i].pos];
+        if (q[i].pos < P)
+            *slot = k->prefix_mask[(size_t)q[i].image * P + q[i].pos] ? ZP_SLOT_COMMITTED
+                                                                       : ZP_SLOT_MASKED;
+        else
+            *slot = q[i].chain;
+    }
+    for (int i = 0; i < nq; i++) s->vis_n[i] = build_visibility(k, &q[i], s->vis + (size_t)i * S);
+
+    int r = 0;
+    for (int i = 0; i < nq; i++) {
+        int nstream = q[i].guided ? 2 : 1;
+        for (int u = 0; u < nstream; u++, r++) {
+            int stream = k->guided ? 2 * q[i].image + u : q[i].image;
+            s->row_query[r] = i;
+            s->row_stream[r] = stream;
+            const float *src = q[i].pos < P ? k->prefix + ((size_t)stream * P + q[i].pos) * D
+                                            : m->w.tok_embeddings + (size_t)q[i].token * D;
+            memcpy(s->x + (size_t)r * D, src, sizeof(float) * D);
+        }
+        if (q[i].want_logits) n_logits++;
+    }
+
+    const float scale = 1.0f / sqrtf((float)HD);
+    for (int l = 0; l < c->n_layer; l++) {
+        const zp_layer_weights *L = &m->layers[l];
+        float *kl = k->k + (size_t)l * k->n_streams * S * KVD;
+        float *vl = k->v + (size_t)l * k->n_streams * S * KVD;
+
+        /* ---- attention: norm, qkv, rotary, write k/v into the slots */
+        for (int i = 0; i < rows; i++)
+            rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, L->attention_norm, D, c->norm_eps);
+        zp_matmul(s->qkv, s->xb, L->wqkv, rows, D, QKV);
+        for (int i = 0; i < rows; i++) {
+            const zp_query *x = &q[s->row_query[i]];
+            float *qkv = s->qkv + (size_t)i * QKV;
+            const float *cs = m->rope_cos + (size_t)x->pos * (HD / 2);
+            const float *sn = m->rope_sin + (size_t)x->pos * (HD / 2);
+            rope(qkv, NH, HD, cs, sn);
+            rope(qkv + NH * HD, NKV, HD, cs, sn);
+            size_t off = ((size_t)s->row_stream[i] * S + x->pos) * KVD;
+            memcpy(kl + off, qkv + NH * HD, sizeof(float) * KVD);
+            memcpy(vl + off, qkv + NH * HD + KVD, sizeof(float) * KVD);
+        }
+
+        /* ---- softmax(q k^T / sqrt(hd)) v over the visible slots, one (row, head) per task */
+#pragma omp parallel for schedule(static)
+        for (int task = 0; task < rows * NH; task++) {
+            int i = task / NH, h = task % NH;
+            int qi = s->row_query[i];
+            int tid = 0;
+#ifdef _OPENMP
+            tid = omp_get_thread_num();
+#endif
+            float *sc = s->scores + (size_t)tid * S;
+            const float *qh = s->qkv + (size_t)i * QKV + h * HD;
+            const int32_t *vis = s->vis + (size_t)qi * S;
+            int nv = s->vis_n[qi];
+            const float *kb = kl + (size_t)s->row_stream[i] * S * KVD + (h / GROUP) * HD;
+            const float *vb = vl + (size_t)s->row_stream[i] * S * KVD + (h / GROUP) * HD;
+            float mx = -INFINITY;
+            for (int j = 0; j < nv; j++) {
+                sc[j] = dotf(qh, kb + (size_t)vis[j] * KVD, HD) * scale;
+                if (sc[j] > mx) mx = sc[j];
+            }
+            float sum = 0.f;
+            for (int j = 0; j < nv; j++) {
+                sc[j] = expf(sc[j] - mx);
+                sum += sc[j];
+            }
+            float inv = 1.f / sum;
+            float *o = s->att + (size_t)i * NH * HD + h * HD;
+            memset(o, 0, sizeof(float) * HD);
+            for (int j = 0; j < nv; j++) {
+                float wgt = sc[j] * inv;
+                const float *vv = vb + (size_t)vis[j] * KVD;
+                for (int d = 0; d < HD; d++) o[d] += wgt * vv[d];
+            }
+            if (cap && s->row_stream[i] == (k->guided ? 2 * q[qi].image : q[qi].image))
+                for (int rq = 0; rq < cap->n; rq++)
+                    if (cap->query[rq] == qi && cap->layer[rq] == l && cap->head[rq] == h) {
+                        float *out = cap->out + (size_t)rq * S;
+                        memset(out, 0, sizeof(float) * S);
+                        for (int j = 0; j < nv; j++) out[vis[j]] = sc[j] * inv;
+                    }
+        }
+        zp_matmul(s->xb, s->att, L->wo, rows, NH * HD, D);
+        for (size_t e = 0; e < (size_t)rows * D; e++) s->x[e] += s->xb[e];
+
+        /* ---- SwiGLU feed-forward */
+        for (int i = 0; i < rows; i++)
+            rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, L->ffn_norm, D, c->norm_eps);
+        zp_matmul(s->h1, s->xb, L->w1, rows, D, c->hidden);
+        zp_matmul(s->h3, s->xb, L->w3, rows, D, c->hidden);
+        for (size_t e = 0; e < (size_t)rows * c->hidden; e++) {
+            float a = s->h1[e];
+            s->h1[e] = a / (1.f + expf(-a)) * s->h3[e];
+        }
+        zp_matmul(s->xb, s->h1, L->w2, rows, c->hidden, D);
+        for (size_t e = 0; e < (size_t)rows * D; e++) s->x[e] += s->xb[e];
+    }
+
+    /* ---- output head for the rows whose query wants logits */
+    if (n_logits == 0) return ZP_OK;
+    int lrows = 0;
+    for (int i = 0; i < rows; i++)
+        if (q[s->row_query[i]].want_logits) lrows++;
+    if ((st = zp_reserve((void **)&s->xl, &s->cap_xl, (size_t)lrows * D, sizeof(float))))
+        return st;
+    if ((st = zp_reserve((void **)&s->logits2, &s->cap_logits2, (size_t)lrows * c->vocab,
+                         sizeof(float))))
+        return st;
+    int lr = 0;
+    for (int i = 0; i < rows; i++)
+        if (q[s->row_query[i]].want_logits)
+            rmsnorm(s->xl + (size_t)(lr++) * D, s->x + (size_t)i * D, m->w.norm, D, c->norm_eps);
+    zp_matmul(s->logits2, s->xl, m->w.output, lrows, D, c->vocab);
+
+    /* ---- combine the two streams: uncond + (cond - uncond) * cfg_scale */
+    int out_row = 0, src = 0;
+    int bad = 0;
+    for (int i = 0; i < nq; i++) {
+        if (!q[i].want_logits) continue;
+        float *dst = logits + (size_t)out_row * c->vocab;
+        const float *cond = s->logits2 + (size_t)src * c->vocab;
+        if (q[i].guided) {
+            const float *unc = cond + c->vocab;
+            for (int v = 0; v < c->vocab; v++) dst[v] = unc[v] + (cond[v] - unc[v]) * cfg_scale;
+            src += 2;
+        } else {
+            memcpy(dst, cond, sizeof(float) * c->vocab);
+            src += 1;
+        }
+        for (int v = 0; v < c->vocab; v++) bad |= !isfinite(dst[v]);
+        out_row++;
+    }
+    if (bad) return zp_fail(ZP_ERR_NONFINITE, "the model produced non-finite logits");
+    return ZP_OK;
+}

@@ -1,0 +1,247 @@
+/* zipar.h -- the C core of zipar: a LlamaGen-style autoregressive image transformer, its KV cache,
+ * counter-based sampling and the ZipAR parallel frontier scheduler.
+ *
+ * No Python here: the core compiles and tests on its own (csrc/tests). Every function returns a
+ * zp_status; nothing exits, aborts or prints. Pointers in signatures are BORROWED unless the
+ * comment says OWNED. Weights are borrowed: the caller keeps them alive for the model's life.
+ *
+ * Worked example (class-conditional, raster, greedy; error checks omitted):
+ *
+ *     zp_config cfg = {.dim = 64, .n_layer = 2, .n_head = 4, .n_kv_head = 4, .head_dim = 16,
+ *                      .hidden = 256, .vocab = 100, .cls_token_num = 1, .grid_h = 4,
+ *                      .grid_w = 4, .eor = 0, .norm_eps = 1e-5f, .rope_base = 10000.f};
+ *     zp_model *m;  zp_model_new(&cfg, &weights, &m);        // weights: borrowed float32 arrays
+ *     zp_sampling sp = zp_sampling_default();  sp.temperature = 0.f;
+ *     zp_policy pol = {.kind = ZP_POLICY_RASTER};
+ *     zp_session *s;  zp_session_new(m, n_images, prefix_emb, prefix_mask, &sp, &pol, &s);
+ *     while (!zp_session_done(s)) zp_session_run_pass(s);    // or zp_session_run(s, abort_cb, ud)
+ *     memcpy(out, zp_session_tokens(s), ...);                // (n_images, H, W) int32
+ *     zp_session_free(s);  zp_model_free(m);
+ *
+ * Sequence layout (zipar.md): P conditioning positions, then the grid row by row, each row
+ * followed by E in {0,1} end-of-row positions. Grid cell (r, c) sits at P + r*(W+E) + c.
+ */
+#ifndef ZIPAR_H
+#define ZIPAR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- status codes */
+typedef enum {
+    ZP_OK = 0,
+    ZP_ERR_ARG = 1,       /* an argument is out of range or inconsistent (maps to ValueError) */
+    ZP_ERR_NOMEM = 2,     /* an allocation failed (MemoryError) */
+    ZP_ERR_STATE = 3,     /* the call does not fit the object's state (RuntimeError) */
+    ZP_ERR_ABORTED = 4,   /* the abort callback asked to stop; results so far are kept */
+    ZP_ERR_NONFINITE = 5, /* NaN or inf appeared in logits (RuntimeError) */
+} zp_status;
+
+/* A short static message for a status, plus the last detailed message of this thread. */
+const char *zp_status_string(zp_status st);
+const char *zp_last_error(void);
+
+/* ---------------------------------------------------------------- configuration */
+typedef struct {
+    int dim;           /* model width */
+    int n_layer;       /* transformer blocks */
+    int n_head;        /* query heads */
+    int n_kv_head;     /* key/value heads (grouped-query attention when < n_head) */
+    int head_dim;      /* dim / n_head, even; multiple of 4 for the 2-D rotary layout */
+    int hidden;        /* FFN hidden size */
+    int vocab;         /* image-token vocabulary */
+    int cls_token_num; /* P: conditioning positions before the grid */
+    int grid_h, grid_w;/* H, W */
+    int eor;           /* E: 1 when a fixed end-of-row token follows each row, else 0 */
+    int eor_token;     /* the end-of-row token id (used when eor = 1) */
+    float norm_eps;    /* RMSNorm epsilon (LlamaGen: 1e-5) */
+    float rope_base;   /* rotary base (LlamaGen: 10000) */
+} zp_config;
+
+/* Sequence length P + H*(W+E) and the position of grid cell (r, c). */
+int zp_seq_len(const zp_config *c);
+int zp_cell_pos(const zp_config *c, int r, int col);
+
+/* ---------------------------------------------------------------- weights (all borrowed, float32) */
+typedef struct {
+    const float *attention_norm; /* (dim,) */
+    const float *wqkv;           /* ((n_head + 2*n_kv_head)*head_dim, dim) */
+    const float *wo;             /* (dim, n_head*head_dim) */
+    const float *ffn_norm;       /* (dim,) */
+    const float *w1;             /* (hidden, dim) */
+    const float *w3;             /* (hidden, dim) */
+    const float *w2;             /* (dim, hidden) */
+} zp_layer_weights;
+
+typedef struct {
+    const float *tok_embeddings;    /* (vocab, dim) */
+    const zp_layer_weights *layers; /* (n_layer,) array, borrowed; copied by zp_model_new */
+    const float *norm;              /* (dim,) */
+    const float *output;            /* (vocab, dim) */
+} zp_weights;
+
+typedef struct zp_model zp_model;
+
+/* Validates the config, copies the layer pointer table (OWNED by the model) and precomputes the
+ * rotary tables. The float arrays stay borrowed. */
+zp_status zp_model_new(const zp_config *cfg, const zp_weights *w, zp_model **out);
+void zp_model_free(zp_model *m);
+const zp_config *zp_model_config(const zp_model *m);
+
+/* ---------------------------------------------------------------- KV cache and visibility */
+/* Slot states: what a query may see is data. A query at position p with chain c sees slot q when
+ * q <= p and (q == p, or state[q] == ZP_SLOT_COMMITTED, or c > 0 and state[q] == c). */
+enum {
+    ZP_SLOT_UNWRITTEN = -1, /* never visible (except to the query writing it) */
+    ZP_SLOT_MASKED = -2,    /* a padded conditioning position: visible only to itself */
+    ZP_SLOT_COMMITTED = 0,  /* a real token (or conditioning); >0: tentative, owned by that chain */
+};
+
+typedef struct zp_cache zp_cache;
+
+/* A cache for n_images images. With guided != 0 each image has a second (unconditional) stream
+ * for classifier-free guidance. prefix_cond / prefix_uncond: (n_images, P, dim) conditioning
+ * embeddings, copied (prefix_uncond may be NULL when guided == 0). prefix_mask: (n_images, P)
+ * uint8, 1 = valid key, 0 = padded; NULL means all valid. */
+zp_status zp_cache_new(const zp_model *m, int n_images, int guided, const float *prefix_cond,
+                       const float *prefix_uncond, const uint8_t *prefix_mask, zp_cache **out);
+void zp_cache_free(zp_cache *c);
+/* (n_images, seq_len) slot states, OWNED by the cache; callers may read and (between passes)
+ * commit (>0 -> 0) or discard (-> ZP_SLOT_UNWRITTEN) tentative slots. */
+int32_t *zp_cache_slots(zp_cache *c);
+int zp_cache_n_images(const zp_cache *c);
+int zp_cache_guided(const zp_cache *c);
+
+/* ---------------------------------------------------------------- the forward primitive */
+typedef struct {
+    int32_t image;       /* image index in the cache */
+    int32_t pos;         /* sequence position; < P feeds the conditioning embedding */
+    int32_t token;       /* input token (ignored for pos < P) */
+    int32_t chain;       /* 0: committed input; > 0: tentative, visible only to this chain */
+    int32_t want_logits; /* 1: return logits predicting position pos + 1 */
+    int32_t guided;      /* 1: also run the unconditional stream and combine (needs a guided cache) */
+} zp_query;
+
+/* Evaluates one pass: writes every query's key/value into its slot (setting the slot state to
+ * the query's chain), then returns for the queries with want_logits, in order, one row of
+ * `vocab` float32 logits each: guided = uncond + (cond - uncond) * cfg_scale when the query is
+ * guided, else cond. logits: (number of want_logits queries, vocab), borrowed. Two queries may not
+ * write the same slot in one pass. attn_capture may be NULL (see zp_capture). */
+typedef struct zp_capture zp_capture;
+zp_status zp_forward(const zp_model *m, zp_cache *c, const zp_query *q, int nq, float cfg_scale,
+                     float *logits, zp_capture *attn_capture);
+
+/* Attention capture: for query index `query` (in the pass), layer, head, the softmax weights over
+ * every slot 0..seq_len-1 (invisible slots get 0) of the conditional stream. */
+struct zp_capture {
+    int n;                 /* number of requests */
+    const int32_t *query;  /* (n,) query index within the pass */
+    const int32_t *layer;  /* (n,) */
+    const int32_t *head;   /* (n,) */
+    float *out;            /* (n, seq_len), borrowed */
+};
+
+/* ---------------------------------------------------------------- Philox4x32-10 */
+/* Random123's Philox4x32 with 10 rounds: 128-bit counter, 64-bit key. */
+void zp_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
+/* Uniform double in [0, 1) with 53 random bits, from counter (draw, pos, sample_id, stream). */
+double zp_uniform(uint64_t seed, uint32_t sample_id, uint32_t pos, uint32_t draw);
+
+/* ---------------------------------------------------------------- sampling */
+typedef struct {
+    float cfg_scale;    /* 1.0: no guidance */
+    int cfg_interval;   /* -1: guidance for every token; else guidance stops after that many */
+    float temperature;  /* 0: greedy (argmax, lowest index on ties) */
+    int top_k;          /* 0: off; keeps every logit >= the k-th largest */
+    float top_p;        /* 1.0: off; keeps the smallest prefix whose cumulative prob exceeds p */
+    uint64_t seed;
+} zp_sampling;
+zp_sampling zp_sampling_default(void);
+zp_status zp_sampling_check(const zp_sampling *sp);
+
+/* The sampling distribution of one logits row after temperature/top-k/top-p, as normalised
+ * float64 probabilities (vocab,) written to probs. work: zp_sampling_work_size(vocab) bytes of
+ * scratch. Greedy (temperature 0) gives one-hot. */
+size_t zp_sampling_work_size(int vocab);
+void zp_sampling_probs(const zp_sampling *sp, const float *logits, int vocab, double *probs,
+                       void *work);
+/* Inverse-CDF draw from probs with uniform u in [0,1). Never returns a zero-probability token. */
+int zp_draw(const double *probs, int vocab, double u);
+
+/* ---------------------------------------------------------------- sessions and policies */
+typedef enum {
+    ZP_POLICY_RASTER = 0,   /* = ZipAR with window W */
+    ZP_POLICY_ZIPAR = 1,    /* fixed window */
+    ZP_POLICY_ADAPTIVE = 2, /* drafted row starts verified by a rejection test */
+    ZP_POLICY_EXTERNAL = 3, /* the caller chooses cells with zp_session_step */
+} zp_policy_kind;
+enum { ZP_SCHEDULE_EAGER = 0, ZP_SCHEDULE_PAPER = 1 };
+enum { ZP_PROXY_ABOVE = 0, ZP_PROXY_LEFT = 1 };
+
+typedef struct {
+    int kind;         /* zp_policy_kind */
+    int window;       /* ZIPAR: 1..W */
+    int schedule;     /* ZP_SCHEDULE_* (ZIPAR, ADAPTIVE) */
+    int proxy;        /* ZP_PROXY_*: stand-in for a missing end-of-row token (E = 0) */
+    int min_window;   /* ADAPTIVE: draft a row start when the row above holds this many */
+    int max_window;   /* ADAPTIVE: last verification at this many (W: the row above complete) */
+    double threshold; /* ADAPTIVE: accept when u < min(1, p(x)/q(x) / (1 - threshold)); 0 is the
+                         speculative-sampling rule, 1 accepts every draft */
+} zp_policy;
+
+/* Roles of queries, recorded in the trace. */
+enum {
+    ZP_ROLE_PREFIX = 0, /* conditioning position */
+    ZP_ROLE_SAMPLE = 1, /* real token fed to sample the next cell */
+    ZP_ROLE_PROXY = 2,  /* stand-in for a missing row end, to start the next row */
+    ZP_ROLE_REFEED = 3, /* real token written into a slot; logits not needed */
+    ZP_ROLE_VERIFY = 4, /* adaptive: re-evaluates a drafted row start with more context */
+    ZP_ROLE_DRAFT = 5,  /* adaptive: feeds the draft to predict the next cell, in its chain */
+    ZP_ROLE_EOR = 6,    /* the fixed end-of-row token (E = 1) */
+};
+
+typedef struct {
+    int64_t passes, queries, proxies, refeeds;
+    int64_t drafts_proposed, drafts_accepted, drafts_rejected, resamples;
+    int64_t tokens_decoded;
+} zp_stats;
+
+typedef struct zp_session zp_session;
+
+/* A generation over n_images images. prefix_*: as zp_cache_new (copied); sample_ids: (n_images,)
+ * counter words for the random stream (copied; NULL = 0..n_images-1). The policy and sampling
+ * structs are copied. */
+zp_status zp_session_new(const zp_model *m, int n_images, const float *prefix_cond,
+                         const float *prefix_uncond, const uint8_t *prefix_mask,
+                         const uint32_t *sample_ids, const zp_sampling *sp, const zp_policy *pol,
+                         int record_trace, zp_session **out);
+void zp_session_free(zp_session *s);
+int zp_session_done(const zp_session *s);
+/* One pass of the session's built-in policy. */
+zp_status zp_session_run_pass(zp_session *s);
+/* Passes until done; abort(user) is asked before each pass (non-zero: stop, ZP_ERR_ABORTED,
+ * everything decoded so far is kept). abort may be NULL. */
+zp_status zp_session_run(zp_session *s, int (*abort_cb)(void *), void *user);
+/* One pass decoding exactly the given cells, (n, 3) int32 rows (image, row, col). Each cell must
+ * be the next undecoded cell of its row; the first pass must decode (image, 0, 0) of every image
+ * it touches first. The engine supplies inputs, proxies and refeeds. */
+zp_status zp_session_step(zp_session *s, const int32_t *cells, int n);
+
+const int32_t *zp_session_tokens(const zp_session *s);    /* (n_images, H, W); -1 undecoded */
+const int32_t *zp_session_progress(const zp_session *s);  /* (n_images, H) decoded per row */
+const int32_t *zp_session_row_start(const zp_session *s); /* (n_images, H) pass of (r, 0) */
+const zp_stats *zp_session_stats(const zp_session *s);
+/* Queries per pass, (passes,) */
+const int32_t *zp_session_pass_queries(const zp_session *s);
+/* Trace records (n, 5): pass, image, row, col, role; row/col of the cell the query's slot holds
+ * (the conditioning slot p gives row -1, col p; an end-of-row slot gives col W). */
+const int32_t *zp_session_trace(const zp_session *s, int64_t *n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ZIPAR_H */

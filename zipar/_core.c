@@ -1,0 +1,631 @@
+/* _core.c -- the one CPython / NumPy binding of the zipar C core.
+ *
+ * Converts and checks arguments, releases the GIL around C work, maps zp_status to Python
+ * exceptions. All policy and validation with good messages lives in the Python layer; the checks
+ * here only guarantee that the core never sees memory it could read out of bounds. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include "matmul.h"
+#include "zipar.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ================================================================ errors and arrays */
+
+static PyObject *raise_status(zp_status st) {
+    const char *msg = zp_last_error();
+    if (!msg || !*msg) msg = zp_status_string(st);
+    switch (st) {
+    case ZP_ERR_ARG: PyErr_SetString(PyExc_ValueError, msg); break;
+    case ZP_ERR_NOMEM: PyErr_SetString(PyExc_MemoryError, msg); break;
+    case ZP_ERR_ABORTED: PyErr_SetString(PyExc_KeyboardInterrupt, msg); break;
+    default: PyErr_SetString(PyExc_RuntimeError, msg); break;
+    }
+    return NULL;
+}
+
+/* Borrowed view check: a C-contiguous, aligned array of the given dtype and element count. */
+static int check_array(PyObject *o, int typenum, npy_intp count, const char *what) {
+    if (!PyArray_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy array", what);
+        return 0;
+    }
+    PyArrayObject *a = (PyArrayObject *)o;
+    if (PyArray_TYPE(a) != typenum || !PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous array of %s", what,
+                     typenum == NPY_FLOAT32 ? "float32" : typenum == NPY_INT32 ? "int32"
+                     : typenum == NPY_UINT8 ? "uint8" : typenum == NPY_UINT32 ? "uint32"
+                     : "the expected dtype");
+        return 0;
+    }
+    if (count >= 0 && PyArray_SIZE(a) != count) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd elements, expected %zd", what,
+                     (Py_ssize_t)PyArray_SIZE(a), (Py_ssize_t)count);
+        return 0;
+    }
+    return 1;
+}
+
+#define DATA(o) PyArray_DATA((PyArrayObject *)(o))
+
+/* ================================================================ Model */
+
+typedef struct {
+    PyObject_HEAD
+    zp_model *m;
+    PyObject *keep; /* tuple of the weight arrays: the model borrows their memory */
+} ModelObject;
+
+static void Model_dealloc(ModelObject *self) {
+    zp_model_free(self->m);
+    Py_XDECREF(self->keep);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Model(cfg: tuple of 13 numbers, arrays: sequence) with arrays ordered as
+ * tok_embeddings, norm, output, then per layer attention_norm, wqkv, wo, ffn_norm, w1, w3, w2. */
+static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
+    (void)kw;
+    zp_config c;
+    PyObject *arrays;
+    if (!PyArg_ParseTuple(args, "(iiiiiiiiiiiiff)O", &c.dim, &c.n_layer, &c.n_head, &c.n_kv_head,
+                          &c.head_dim, &c.hidden, &c.vocab, &c.cls_token_num, &c.grid_h,
+                          &c.grid_w, &c.eor, &c.eor_token, &c.norm_eps, &c.rope_base, &arrays))
+        return -1;
+    if (self->m) {
+        PyErr_SetString(PyExc_RuntimeError, "Model already initialised");
+        return -1;
+    }
+    PyObject *t = PySequence_Tuple(arrays);
+    if (!t) return -1;
+    if (c.n_layer < 1 || PyTuple_GET_SIZE(t) != 3 + 7 * (Py_ssize_t)c.n_layer) {
+        Py_DECREF(t);
+        PyErr_SetString(PyExc_ValueError, "wrong number of weight arrays");
+        return -1;
+    }
+    npy_intp D = c.dim, V = c.vocab, HD = c.head_dim, F = c.hidden;
+    npy_intp QKV = (npy_intp)(c.n_head + 2 * c.n_kv_head) * HD;
+    if (!check_array(PyTuple_GET_ITEM(t, 0), NPY_FLOAT32, V * D, "tok_embeddings") ||
+        !check_array(PyTuple_GET_ITEM(t, 1), NPY_FLOAT32, D, "norm") ||
+        !check_array(PyTuple_GET_ITEM(t, 2), NPY_FLOAT32, V * D, "output")) {
+        Py_DECREF(t);
+        return -1;
+    }
+    zp_layer_weights *L = PyMem_Calloc(c.n_layer, sizeof *L);
+    if (!L) {
+        Py_DECREF(t);
+        PyErr_NoMemory();
+        return -1;
+    }
+    npy_intp sizes[7] = {D, QKV * D, D * c.n_head * HD, D, F * D, F * D, D * F};
+    const char *names[7] = {"attention_norm", "wqkv", "wo", "ffn_norm", "w1", "w3", "w2"};
+    for (int l = 0; l < c.n_layer; l++) {
+        const float *ptrs[7];
+        for (int j = 0; j < 7; j++) {
+            PyObject *a = PyTuple_GET_ITEM(t, 3 + 7 * l + j);
+            if (!check_array(a, NPY_FLOAT32, sizes[j], names[j])) {
+                PyMem_Free(L);
+                Py_DECREF(t);
+                return -1;
+            }
+            ptrs[j] = DATA(a);
+        }
+        L[l] = (zp_layer_weights){ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], ptrs[6]};
+    }
+    zp_weights w = {.tok_embeddings = DATA(PyTuple_GET_ITEM(t, 0)), .layers = L,
+                    .norm = DATA(PyTuple_GET_ITEM(t, 1)), .output = DATA(PyTuple_GET_ITEM(t, 2))};
+    zp_status st = zp_model_new(&c, &w, &self->m);
+    PyMem_Free(L);
+    if (st) {
+        Py_DECREF(t);
+        raise_status(st);
+        return -1;
+    }
+    self->keep = t;
+    return 0;
+}
+
+static PyTypeObject ModelType;
+
+/* ================================================================ Cache */
+
+typedef struct {
+    PyObject_HEAD
+    zp_cache *c;
+    ModelObject *model;
+    int busy;
+} CacheObject;
+
+static void Cache_dealloc(CacheObject *self) {
+    zp_cache_free(self->c);
+    Py_XDECREF(self->model);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Checks prefix arrays for n images; fills the pointers (NULL where None). */
+static int prefix_args(const zp_config *cfg, int n, int guided, PyObject *cond, PyObject *unc,
+                       PyObject *mask, const float **pc, const float **pu, const uint8_t **pm) {
+    npy_intp need = (npy_intp)n * cfg->cls_token_num * cfg->dim;
+    if (!check_array(cond, NPY_FLOAT32, need, "prefix_cond")) return 0;
+    *pc = DATA(cond);
+    *pu = NULL;
+    *pm = NULL;
+    if (guided) {
+        if (!check_array(unc, NPY_FLOAT32, need, "prefix_uncond")) return 0;
+        *pu = DATA(unc);
+    }
+    if (mask != Py_None) {
+        if (!check_array(mask, NPY_UINT8, (npy_intp)n * cfg->cls_token_num, "prefix_mask")) return 0;
+        *pm = DATA(mask);
+    }
+    return 1;
+}
+
+static int Cache_init(CacheObject *self, PyObject *args, PyObject *kw) {
+    (void)kw;
+    ModelObject *model;
+    int n, guided;
+    PyObject *cond, *unc, *mask;
+    if (!PyArg_ParseTuple(args, "O!iiOOO", &ModelType, &model, &n, &guided, &cond, &unc, &mask))
+        return -1;
+    if (self->c) {
+        PyErr_SetString(PyExc_RuntimeError, "Cache already initialised");
+        return -1;
+    }
+    const float *pc, *pu;
+    const uint8_t *pm;
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "n_images must be >= 1");
+        return -1;
+    }
+    if (!prefix_args(zp_model_config(model->m), n, guided, cond, unc, mask, &pc, &pu, &pm)) return -1;
+    zp_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = zp_cache_new(model->m, n, guided, pc, pu, pm, &self->c);
+    Py_END_ALLOW_THREADS
+    if (st) {
+        raise_status(st);
+        return -1;
+    }
+    Py_INCREF(model);
+    self->model = model;
+    return 0;
+}
+
+static PyObject *Cache_slots(CacheObject *self, void *closure) {
+    (void)closure;
+    npy_intp dims[2] = {zp_cache_n_images(self->c), zp_seq_len(zp_model_config(self->model->m))};
+    PyObject *a = PyArray_SimpleNewFromData(2, dims, NPY_INT32, zp_cache_slots(self->c));
+    if (!a) return NULL;
+    Py_INCREF(self);
+    if (PyArray_SetBaseObject((PyArrayObject *)a, (PyObject *)self) < 0) {
+        Py_DECREF(a);
+        return NULL;
+    }
+    return a;
+}
+
+/* forward(queries int32 (n, 6), cfg_scale, capture=None) -> logits float32 (n_logits, vocab).
+ * capture: (query int32 (k,), layer int32 (k,), head int32 (k,), out float32 (k, seq_len)). */
+static PyObject *Cache_forward(CacheObject *self, PyObject *args) {
+    PyObject *qa, *capture = Py_None;
+    float cfg_scale;
+    if (!PyArg_ParseTuple(args, "Of|O", &qa, &cfg_scale, &capture)) return NULL;
+    if (!check_array(qa, NPY_INT32, -1, "queries")) return NULL;
+    if (PyArray_NDIM((PyArrayObject *)qa) != 2 || PyArray_DIM((PyArrayObject *)qa, 1) != 6) {
+        PyErr_SetString(PyExc_ValueError, "queries must have shape (n, 6)");
+        return NULL;
+    }
+    const zp_config *cfg = zp_model_config(self->model->m);
+    int nq = (int)PyArray_DIM((PyArrayObject *)qa, 0);
+    const zp_query *q = DATA(qa);
+    int nl = 0;
+    for (int i = 0; i < nq; i++) nl += q[i].want_logits != 0;
+    zp_capture cap, *capp = NULL;
+    if (capture != Py_None) {
+        PyObject *cq, *cl, *ch, *co;
+        if (!PyArg_ParseTuple(capture, "OOOO", &cq, &cl, &ch, &co)) return NULL;
+        if (!check_array(cq, NPY_INT32, -1, "capture queries")) return NULL;
+        npy_intp k = PyArray_SIZE((PyArrayObject *)cq);
+        if (!check_array(cl, NPY_INT32, k, "capture layers") ||
+            !check_array(ch, NPY_INT32, k, "capture heads") ||
+            !check_array(co, NPY_FLOAT32, k * zp_seq_len(cfg), "capture output"))
+            return NULL;
+        cap = (zp_capture){(int)k, DATA(cq), DATA(cl), DATA(ch), DATA(co)};
+        capp = &cap;
+    }
+    npy_intp dims[2] = {nl, cfg->vocab};
+    PyObject *out = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    if (!out) return NULL;
+    if (self->busy) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_RuntimeError, "this cache is in use by another thread");
+        return NULL;
+    }
+    self->busy = 1;
+    Py_INCREF(qa);
+    zp_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = zp_forward(self->model->m, self->c, q, nq, cfg_scale, DATA(out), capp);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(qa);
+    self->busy = 0;
+    if (st) {
+        Py_DECREF(out);
+        return raise_status(st);
+    }
+    return out;
+}
+
+static PyMethodDef Cache_methods[] = {
+    {"forward", (PyCFunction)Cache_forward, METH_VARARGS, "One pass over a batch of queries."},
+    {NULL, NULL, 0, NULL}};
+static PyGetSetDef Cache_getset[] = {
+    {"slots", (getter)Cache_slots, NULL, "(n_images, seq_len) int32 slot states (writable view)",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+/* ================================================================ Session */
+
+typedef struct {
+    PyObject_HEAD
+    zp_session *s;
+    ModelObject *model;
+    int n_images, H, W;
+    int busy;
+} SessionObject;
+
+static void Session_dealloc(SessionObject *self) {
+    zp_session_free(self->s);
+    Py_XDECREF(self->model);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Session(model, n, prefix_cond, prefix_uncond, prefix_mask, sample_ids,
+ *         (cfg_scale, cfg_interval, temperature, top_k, top_p, seed),
+ *         (kind, window, schedule, proxy, min_window, max_window, threshold), trace) */
+static int Session_init(SessionObject *self, PyObject *args, PyObject *kw) {
+    (void)kw;
+    ModelObject *model;
+    int n, trace;
+    PyObject *cond, *unc, *mask, *sids;
+    zp_sampling sp;
+    zp_policy pol;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "O!iOOOO(fififK)(iiiiiid)p", &ModelType, &model, &n, &cond, &unc,
+                          &mask, &sids, &sp.cfg_scale, &sp.cfg_interval, &sp.temperature,
+                          &sp.top_k, &sp.top_p, &seed, &pol.kind, &pol.window, &pol.schedule,
+                          &pol.proxy, &pol.min_window, &pol.max_window, &pol.threshold, &trace))
+        return -1;
+    if (self->s) {
+        PyErr_SetString(PyExc_RuntimeError, "Session already initialised");
+        return -1;
+    }
+    sp.seed = seed;
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "n_images must be >= 1");
+        return -1;
+    }
+    const zp_config *cfg = zp_model_config(model->m);
+    const float *pc, *pu;
+    const uint8_t *pm;
+    if (!prefix_args(cfg, n, sp.cfg_scale != 1.0f, cond, unc, mask, &pc, &pu, &pm)) return -1;
+    const uint32_t *ids = NULL;
+    if (sids != Py_None) {
+        if (!check_array(sids, NPY_UINT32, n, "sample_ids")) return -1;
+        ids = DATA(sids);
+    }
+    zp_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = zp_session_new(model->m, n, pc, pu, pm, ids, &sp, &pol, trace, &self->s);
+    Py_END_ALLOW_THREADS
+    if (st) {
+        raise_status(st);
+        return -1;
+    }
+    Py_INCREF(model);
+    self->model = model;
+    self->n_images = n;
+    self->H = cfg->grid_h;
+    self->W = cfg->grid_w;
+    return 0;
+}
+
+static int enter(SessionObject *self) {
+    if (!self->s) {
+        PyErr_SetString(PyExc_RuntimeError, "Session not initialised");
+        return 0;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "this session is in use by another thread");
+        return 0;
+    }
+    self->busy = 1;
+    return 1;
+}
+
+/* run(max_passes=-1, callback=None): passes until done or max_passes; the GIL is released during
+ * each pass and taken between passes to check for Ctrl-C and call callback(passes_done). On an
+ * interrupt the session keeps everything decoded so far and KeyboardInterrupt propagates. */
+static PyObject *Session_run(SessionObject *self, PyObject *args) {
+    long long max_passes = -1;
+    PyObject *cb = Py_None;
+    if (!PyArg_ParseTuple(args, "|LO", &max_passes, &cb)) return NULL;
+    if (!enter(self)) return NULL;
+    long long done = 0;
+    zp_status st = ZP_OK;
+    while (!zp_session_done(self->s) && (max_passes < 0 || done < max_passes)) {
+        Py_BEGIN_ALLOW_THREADS
+        st = zp_session_run_pass(self->s);
+        Py_END_ALLOW_THREADS
+        if (st) break;
+        done++;
+        if (PyErr_CheckSignals() < 0) {
+            self->busy = 0;
+            return NULL;
+        }
+        if (cb != Py_None) {
+            PyObject *r = PyObject_CallFunction(cb, "L", done);
+            if (!r) {
+                self->busy = 0;
+                return NULL;
+            }
+            Py_DECREF(r);
+        }
+    }
+    self->busy = 0;
+    if (st) return raise_status(st);
+    return PyLong_FromLongLong(done);
+}
+
+/* step(cells int32 (n, 3)): one pass decoding exactly these cells. */
+static PyObject *Session_step(SessionObject *self, PyObject *args) {
+    PyObject *cells;
+    if (!PyArg_ParseTuple(args, "O", &cells)) return NULL;
+    if (!check_array(cells, NPY_INT32, -1, "cells")) return NULL;
+    PyArrayObject *ca = (PyArrayObject *)cells;
+    if (PyArray_NDIM(ca) != 2 || PyArray_DIM(ca, 1) != 3) {
+        PyErr_SetString(PyExc_ValueError, "cells must have shape (n, 3): image, row, col");
+        return NULL;
+    }
+    if (!enter(self)) return NULL;
+    Py_INCREF(cells);
+    zp_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = zp_session_step(self->s, DATA(cells), (int)PyArray_DIM(ca, 0));
+    Py_END_ALLOW_THREADS
+    Py_DECREF(cells);
+    self->busy = 0;
+    if (st) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *copy_int32(const int32_t *src, int nd, npy_intp *dims) {
+    PyObject *a = PyArray_SimpleNew(nd, dims, NPY_INT32);
+    if (!a) return NULL;
+    npy_intp n = PyArray_SIZE((PyArrayObject *)a);
+    if (n) memcpy(DATA(a), src, sizeof(int32_t) * n);
+    return a;
+}
+
+static PyObject *Session_tokens(SessionObject *self, void *c) {
+    (void)c;
+    npy_intp d[3] = {self->n_images, self->H, self->W};
+    return copy_int32(zp_session_tokens(self->s), 3, d);
+}
+static PyObject *Session_progress(SessionObject *self, void *c) {
+    (void)c;
+    npy_intp d[2] = {self->n_images, self->H};
+    return copy_int32(zp_session_progress(self->s), 2, d);
+}
+static PyObject *Session_row_start(SessionObject *self, void *c) {
+    (void)c;
+    npy_intp d[2] = {self->n_images, self->H};
+    return copy_int32(zp_session_row_start(self->s), 2, d);
+}
+static PyObject *Session_done(SessionObject *self, void *c) {
+    (void)c;
+    return PyBool_FromLong(zp_session_done(self->s));
+}
+static PyObject *Session_pass_queries(SessionObject *self, void *c) {
+    (void)c;
+    npy_intp d[1] = {(npy_intp)zp_session_stats(self->s)->passes};
+    return copy_int32(zp_session_pass_queries(self->s), 1, d);
+}
+static PyObject *Session_trace(SessionObject *self, void *c) {
+    (void)c;
+    int64_t n;
+    const int32_t *t = zp_session_trace(self->s, &n);
+    npy_intp d[2] = {(npy_intp)n, 5};
+    return copy_int32(t, 2, d);
+}
+static PyObject *Session_stats(SessionObject *self, void *c) {
+    (void)c;
+    const zp_stats *s = zp_session_stats(self->s);
+    return Py_BuildValue("{sLsLsLsLsLsLsLsLsL}", "forward_passes", (long long)s->passes,
+                         "queries", (long long)s->queries, "proxies", (long long)s->proxies,
+                         "refeeds", (long long)s->refeeds, "drafts_proposed",
+                         (long long)s->drafts_proposed, "drafts_accepted",
+                         (long long)s->drafts_accepted, "drafts_rejected",
+                         (long long)s->drafts_rejected, "resamples", (long long)s->resamples,
+                         "tokens_decoded", (long long)s->tokens_decoded);
+}
+
+static PyMethodDef Session_methods[] = {
+    {"run", (PyCFunction)Session_run, METH_VARARGS, "Run passes of the built-in policy."},
+    {"step", (PyCFunction)Session_step, METH_VARARGS, "One pass decoding the given cells."},
+    {NULL, NULL, 0, NULL}};
+static PyGetSetDef Session_getset[] = {
+    {"tokens", (getter)Session_tokens, NULL, "(n, H, W) int32 copy; -1 = undecoded", NULL},
+    {"progress", (getter)Session_progress, NULL, "(n, H) decoded cells per row", NULL},
+    {"row_start", (getter)Session_row_start, NULL, "(n, H) pass of each row start", NULL},
+    {"done", (getter)Session_done, NULL, "all cells decoded", NULL},
+    {"pass_queries", (getter)Session_pass_queries, NULL, "queries per pass", NULL},
+    {"trace", (getter)Session_trace, NULL, "(n, 5) pass, image, row, col, role", NULL},
+    {"stats", (getter)Session_stats, NULL, "counters", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+/* ================================================================ module functions */
+
+static PyObject *py_philox(PyObject *mod, PyObject *args) {
+    (void)mod;
+    unsigned int c0, c1, c2, c3, k0, k1;
+    if (!PyArg_ParseTuple(args, "(IIII)(II)", &c0, &c1, &c2, &c3, &k0, &k1)) return NULL;
+    uint32_t ctr[4] = {c0, c1, c2, c3}, key[2] = {k0, k1}, out[4];
+    zp_philox4x32_10(ctr, key, out);
+    return Py_BuildValue("(kkkk)", (unsigned long)out[0], (unsigned long)out[1],
+                         (unsigned long)out[2], (unsigned long)out[3]);
+}
+
+static PyObject *py_uniform(PyObject *mod, PyObject *args) {
+    (void)mod;
+    unsigned long long seed;
+    unsigned int sid, pos, draw;
+    if (!PyArg_ParseTuple(args, "KIII", &seed, &sid, &pos, &draw)) return NULL;
+    return PyFloat_FromDouble(zp_uniform(seed, sid, pos, draw));
+}
+
+/* sampling_probs(logits float32 (n, V), temperature, top_k, top_p) -> float64 (n, V) */
+static PyObject *py_sampling_probs(PyObject *mod, PyObject *args) {
+    (void)mod;
+    PyObject *lg;
+    zp_sampling sp = zp_sampling_default();
+    if (!PyArg_ParseTuple(args, "Ofif", &lg, &sp.temperature, &sp.top_k, &sp.top_p)) return NULL;
+    zp_status st = zp_sampling_check(&sp);
+    if (st) return raise_status(st);
+    if (!check_array(lg, NPY_FLOAT32, -1, "logits")) return NULL;
+    PyArrayObject *la = (PyArrayObject *)lg;
+    if (PyArray_NDIM(la) != 2 || PyArray_DIM(la, 1) < 1) {
+        PyErr_SetString(PyExc_ValueError, "logits must have shape (n, vocab)");
+        return NULL;
+    }
+    npy_intp n = PyArray_DIM(la, 0), V = PyArray_DIM(la, 1);
+    PyObject *out = PyArray_SimpleNew(2, PyArray_DIMS(la), NPY_FLOAT64);
+    if (!out) return NULL;
+    void *work = PyMem_Malloc(zp_sampling_work_size((int)V));
+    if (!work) {
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
+    for (npy_intp i = 0; i < n; i++)
+        zp_sampling_probs(&sp, (const float *)DATA(lg) + i * V, (int)V, (double *)DATA(out) + i * V,
+                          work);
+    PyMem_Free(work);
+    return out;
+}
+
+static PyObject *py_draw(PyObject *mod, PyObject *args) {
+    (void)mod;
+    PyObject *p;
+    double u;
+    if (!PyArg_ParseTuple(args, "Od", &p, &u)) return NULL;
+    if (!check_array(p, NPY_FLOAT64, -1, "probs")) return NULL;
+    if (PyArray_SIZE((PyArrayObject *)p) < 1 || !(u >= 0.0 && u < 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "probs must be non-empty and u in [0, 1)");
+        return NULL;
+    }
+    return PyLong_FromLong(zp_draw(DATA(p), (int)PyArray_SIZE((PyArrayObject *)p), u));
+}
+
+static PyObject *py_set_num_threads(PyObject *mod, PyObject *args) {
+    (void)mod;
+    int n;
+    if (!PyArg_ParseTuple(args, "i", &n)) return NULL;
+    zp_set_num_threads(n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_num_threads(PyObject *mod, PyObject *noargs) {
+    (void)mod;
+    (void)noargs;
+    return PyLong_FromLong(zp_get_num_threads());
+}
+
+static PyObject *py_set_blas_min_rows(PyObject *mod, PyObject *args) {
+    (void)mod;
+    int n;
+    if (!PyArg_ParseTuple(args, "i", &n)) return NULL;
+    zp_set_blas_min_rows(n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_build_info(PyObject *mod, PyObject *noargs) {
+    (void)mod;
+    (void)noargs;
+    int omp_max = 1, omp_on = 0;
+#ifdef _OPENMP
+    omp_max = omp_get_max_threads();
+    omp_on = _OPENMP;
+#endif
+    return Py_BuildValue("{sssssisisisi}", "kernel_isa", zp_matmul_isa(), "blas", zp_blas_name(),
+                         "blas_threads", zp_blas_threads(), "openmp", omp_on, "omp_max_threads",
+                         omp_max, "blas_min_rows", zp_get_blas_min_rows());
+}
+
+static PyMethodDef module_methods[] = {
+    {"philox4x32_10", py_philox, METH_VARARGS, "Philox4x32-10(counter4, key2) -> 4 words."},
+    {"uniform", py_uniform, METH_VARARGS, "uniform(seed, sample_id, pos, draw) in [0, 1)."},
+    {"sampling_probs", py_sampling_probs, METH_VARARGS, "Sampling distribution of logits rows."},
+    {"draw", py_draw, METH_VARARGS, "Inverse-CDF draw."},
+    {"set_num_threads", py_set_num_threads, METH_VARARGS, "Threads for OpenMP and OpenBLAS."},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS, "Current thread count."},
+    {"set_blas_min_rows", py_set_blas_min_rows, METH_VARARGS, "Rows from which BLAS is used."},
+    {"build_info", py_build_info, METH_NOARGS, "Kernel, BLAS and OpenMP facts."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "zipar._core",
+                                       "C core of zipar (see csrc/zipar.h).", -1, module_methods,
+                                       NULL, NULL, NULL, NULL};
+
+static PyTypeObject ModelType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zipar._core.Model",
+    .tp_basicsize = sizeof(ModelObject),
+    .tp_dealloc = (destructor)Model_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_init = (initproc)Model_init,
+    .tp_new = PyType_GenericNew,
+};
+static PyTypeObject CacheType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zipar._core.Cache",
+    .tp_basicsize = sizeof(CacheObject),
+    .tp_dealloc = (destructor)Cache_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_init = (initproc)Cache_init,
+    .tp_new = PyType_GenericNew,
+    .tp_methods = Cache_methods,
+    .tp_getset = Cache_getset,
+};
+static PyTypeObject SessionType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zipar._core.Session",
+    .tp_basicsize = sizeof(SessionObject),
+    .tp_dealloc = (destructor)Session_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_init = (initproc)Session_init,
+    .tp_new = PyType_GenericNew,
+    .tp_methods = Session_methods,
+    .tp_getset = Session_getset,
+};
+
+PyMODINIT_FUNC PyInit__core(void) {
+    import_array();
+    if (PyType_Ready(&ModelType) < 0 || PyType_Ready(&CacheType) < 0 ||
+        PyType_Ready(&SessionType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    Py_INCREF(&ModelType);
+    Py_INCREF(&CacheType);
+    Py_INCREF(&SessionType);
+    if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0 ||
+        PyModule_AddObject(m, "Cache", (PyObject *)&CacheType) < 0 ||
+        PyModule_AddObject(m, "Session", (PyObject *)&SessionType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
