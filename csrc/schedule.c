@@ -315,7 +315,15 @@ static zp_status plan_builtin(zp_session *s, int b) {
             if (above >= start_window && (st = plan_decode(s, b, r, 0, I_SAMPLE, 0))) return st;
             break; /* rows below cannot start before this one */
         }
-        if (s->draft_row[b] == r) {
+        if (pol->threshold >= 1.0) { /* every draft would be accepted: no verification */
+            if (above >= start_window) {
+                if (above < s->W) {
+                    s->st.drafts_proposed++;
+                    s->st.drafts_accepted++;
+                }
+                if ((st = plan_decode(s, b, r, 0, I_SAMPLE, 0))) return st;
+            }
+        } else if (s->draft_row[b] == r) {
             int final = above >= s->W || above >= pol->max_window;
             if ((st = plan_decode(s, b, r, 0, I_VERIFY, final))) return st;
         } else if (above >= start_window) {

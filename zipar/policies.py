@@ -99,8 +99,9 @@ class AdaptiveZipAR(_Builtin):
     proposal distribution. Verification stops when the row above is complete (or holds
     ``max_window`` tokens): that last test's outcome is final. ``threshold=0`` is the paper's
     speculative-sampling rule, under which the accepted start follows the distribution of the
-    last context exactly; ``threshold=1`` accepts every draft and equals ``ZipAR(min_window)``
-    token for token. p and q are the sampling distributions actually drawn from: guided (CFG)
+    last context exactly; ``threshold=1`` accepts every draft, so no verification pass is run and
+    the policy equals ``ZipAR(min_window)`` token for token (for min_window >= 2 thresholds just
+    below 1 also give the same tokens, through the verification path). p and q are the sampling distributions actually drawn from: guided (CFG)
     logits after temperature, top-k and top-p. The draft is fed in the verification pass inside
     its own chain, so on acceptance (r, 1) is decoded in the same pass.
     """
