@@ -245,7 +245,9 @@ ZP_INLINE ZP_TARGET_AVX512 void tile_avx512(float *y, int ldy, const float *x,
 }
 
 /* Output columns n0 .. n0+3 (clipped at N) for all m rows: 4 rows of w against 4 rows of x at a
- * time. The first tile reads w from memory (and prefetches ahead); later tiles find it in L1. */
+ * time. The first tile reads w from memory (and prefetches ahead in it); later tiles find it in
+ * L1. The switch hands tile_avx512 constant MR and prefetch, so each case compiles to a loop of
+ * its own with the accumulators in registers. */
 static ZP_TARGET_AVX512 void group_avx512(float *y, int ldy, const float *x, const float *w, int m,
                                           int K, int N, int n0)
 {
@@ -254,23 +256,20 @@ static ZP_TARGET_AVX512 void group_avx512(float *y, int ldy, const float *x, con
     for (int c = 0; c < ZP_COLS; c++)
         wrow[c] = w + (size_t)(n0 + (c < nc ? c : nc - 1)) * K;
 
-    int i = 0;
-    for (; i + ZP_ROWS <= m; i += ZP_ROWS)
-        tile_avx512(y + (size_t)i * ldy + n0, ldy, x + (size_t)i * K, wrow, K, nc, ZP_ROWS, i == 0);
-    float *yi = y + (size_t)i * ldy + n0;
-    const float *xi = x + (size_t)i * K;
-    switch (m - i) {
-    case 3:
-        tile_avx512(yi, ldy, xi, wrow, K, nc, 3, i == 0);
-        break;
-    case 2:
-        tile_avx512(yi, ldy, xi, wrow, K, nc, 2, i == 0);
-        break;
-    case 1:
-        tile_avx512(yi, ldy, xi, wrow, K, nc, 1, i == 0);
-        break;
-    default:
-        break;
+    for (int i = 0; i < m; i += ZP_ROWS) {
+        float *yi = y + (size_t)i * ldy + n0;
+        const float *xi = x + (size_t)i * K;
+        int rows = m - i < ZP_ROWS ? m - i : ZP_ROWS;
+        switch (rows + (i == 0 ? ZP_ROWS : 0)) { /* 5..8: first tile, from memory */
+        case 8: tile_avx512(yi, ldy, xi, wrow, K, nc, 4, 1); break;
+        case 7: tile_avx512(yi, ldy, xi, wrow, K, nc, 3, 1); break;
+        case 6: tile_avx512(yi, ldy, xi, wrow, K, nc, 2, 1); break;
+        case 5: tile_avx512(yi, ldy, xi, wrow, K, nc, 1, 1); break;
+        case 4: tile_avx512(yi, ldy, xi, wrow, K, nc, 4, 0); break;
+        case 3: tile_avx512(yi, ldy, xi, wrow, K, nc, 3, 0); break;
+        case 2: tile_avx512(yi, ldy, xi, wrow, K, nc, 2, 0); break;
+        default: tile_avx512(yi, ldy, xi, wrow, K, nc, 1, 0); break;
+        }
     }
 }
 

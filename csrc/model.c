@@ -310,9 +310,10 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
     const int QKV = m->qkv_dim, KVD = NKV * HD, S = k->seq_len, GROUP = NH / NKV;
     zp_scratch *s = &k->s;
 
-    /* ---- rows: one per query, plus an unconditional one for guided queries */
-    int rows = 0, n_logits = 0;
-    for (int i = 0; i < nq; i++) rows += 1 + (q[i].guided ? 1 : 0);
+    /* ---- rows: one per query and stream. A guided cache runs the unconditional stream for every
+     * query (as LlamaGen does after cfg_interval), so no visible slot is ever missing there. */
+    const int nstream = k->guided ? 2 : 1;
+    int rows = nq * nstream, n_logits = 0;
     if ((st = reserve_rows(k, rows))) return st;
     if ((st = zp_reserve((void **)&s->vis, &s->cap_vis, (size_t)nq * S, sizeof(int32_t))))
         return st;
@@ -338,7 +339,6 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
 
     int r = 0;
     for (int i = 0; i < nq; i++) {
-        int nstream = q[i].guided ? 2 : 1;
         for (int u = 0; u < nstream; u++, r++) {
             int stream = k->guided ? 2 * q[i].image + u : q[i].image;
             s->row_query[r] = i;
@@ -431,9 +431,12 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
 
     /* ---- output head for the rows whose query wants logits */
     if (n_logits == 0) return ZP_OK;
+    /* the cond row of every query that wants logits, the uncond row only when it is guided */
+#define NEEDS_LOGITS(i) (q[s->row_query[i]].want_logits && \
+                         (s->row_stream[i] % nstream == 0 || q[s->row_query[i]].guided))
     int lrows = 0;
     for (int i = 0; i < rows; i++)
-        if (q[s->row_query[i]].want_logits) lrows++;
+        if (NEEDS_LOGITS(i)) lrows++;
     if ((st = zp_reserve((void **)&s->xl, &s->cap_xl, (size_t)lrows * D, sizeof(float))))
         return st;
     if ((st = zp_reserve((void **)&s->logits2, &s->cap_logits2, (size_t)lrows * c->vocab,
@@ -441,8 +444,9 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         return st;
     int lr = 0;
     for (int i = 0; i < rows; i++)
-        if (q[s->row_query[i]].want_logits)
+        if (NEEDS_LOGITS(i))
             rmsnorm(s->xl + (size_t)(lr++) * D, s->x + (size_t)i * D, m->w.norm, D, c->norm_eps);
+#undef NEEDS_LOGITS
     zp_matmul(s->logits2, s->xl, m->w.output, lrows, D, c->vocab);
 
     /* ---- combine the two streams: uncond + (cond - uncond) * cfg_scale */

@@ -408,16 +408,17 @@ static void decide(zp_session *s, const intent *in, outcome *o, double *p, doubl
 
 static void record_trace(zp_session *s) {
     if (!s->trace_on) return;
-    if (zp_reserve((void **)&s->trace, &s->cap_trace, (s->n_trace + s->nq) * 5, sizeof(int32_t)))
+    if (zp_reserve((void **)&s->trace, &s->cap_trace, (s->n_trace + s->nq) * 6, sizeof(int32_t)))
         return; /* the trace is best effort; generation goes on */
     for (size_t i = 0; i < s->nq; i++) {
-        int32_t *t = s->trace + s->n_trace * 5;
+        int32_t *t = s->trace + s->n_trace * 6;
         int rel = s->q[i].pos - s->P;
         t[0] = (int32_t)s->st.passes;
         t[1] = s->q[i].image;
         t[2] = rel < 0 ? -1 : rel / (s->W + s->E);
         t[3] = rel < 0 ? s->q[i].pos : rel % (s->W + s->E);
         t[4] = s->q_role[i];
+        t[5] = rel < 0 ? -1 : s->q[i].token;
         s->n_trace++;
     }
 }

@@ -123,7 +123,8 @@ typedef struct {
     int32_t token;       /* input token (ignored for pos < P) */
     int32_t chain;       /* 0: committed input; > 0: tentative, visible only to this chain */
     int32_t want_logits; /* 1: return logits predicting position pos + 1 */
-    int32_t guided;      /* 1: also run the unconditional stream and combine (needs a guided cache) */
+    int32_t guided;      /* 1: combine cond and uncond logits (needs a guided cache). A guided
+                            cache runs both streams for every query either way. */
 } zp_query;
 
 /* Evaluates one pass: writes every query's key/value into its slot (setting the slot state to
@@ -237,9 +238,14 @@ const int32_t *zp_session_row_start(const zp_session *s); /* (n_images, H) pass 
 const zp_stats *zp_session_stats(const zp_session *s);
 /* Queries per pass, (passes,) */
 const int32_t *zp_session_pass_queries(const zp_session *s);
-/* Trace records (n, 5): pass, image, row, col, role; row/col of the cell the query's slot holds
- * (the conditioning slot p gives row -1, col p; an end-of-row slot gives col W). */
+/* Trace records (n, 6): pass, image, row, col, role, input token; row/col of the slot the query
+ * writes (the conditioning slot p gives row -1, col p and token -1; an end-of-row slot col W). */
 const int32_t *zp_session_trace(const zp_session *s, int64_t *n);
+
+/* ---------------------------------------------------------------- probes */
+/* Best-of-reps read bandwidth (GB/s) of all OpenMP threads over a buffer of `bytes` (allocated
+ * and freed inside); negative when the buffer cannot be allocated. For benchmarks. */
+double zp_read_bandwidth(size_t bytes, int reps);
 
 #ifdef __cplusplus
 }

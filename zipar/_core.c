@@ -441,7 +441,7 @@ static PyObject *Session_trace(SessionObject *self, void *c) {
     (void)c;
     int64_t n;
     const int32_t *t = zp_session_trace(self->s, &n);
-    npy_intp d[2] = {(npy_intp)n, 5};
+    npy_intp d[2] = {(npy_intp)n, 6};
     return copy_int32(t, 2, d);
 }
 static PyObject *Session_stats(SessionObject *self, void *c) {
@@ -466,7 +466,7 @@ static PyGetSetDef Session_getset[] = {
     {"row_start", (getter)Session_row_start, NULL, "(n, H) pass of each row start", NULL},
     {"done", (getter)Session_done, NULL, "all cells decoded", NULL},
     {"pass_queries", (getter)Session_pass_queries, NULL, "queries per pass", NULL},
-    {"trace", (getter)Session_trace, NULL, "(n, 5) pass, image, row, col, role", NULL},
+    {"trace", (getter)Session_trace, NULL, "(n, 6) pass, image, row, col, role, token", NULL},
     {"stats", (getter)Session_stats, NULL, "counters", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
@@ -567,7 +567,25 @@ static PyObject *py_build_info(PyObject *mod, PyObject *noargs) {
                          omp_max, "blas_min_rows", zp_get_blas_min_rows());
 }
 
+static PyObject *py_read_bandwidth(PyObject *mod, PyObject *args) {
+    (void)mod;
+    Py_ssize_t bytes;
+    int reps;
+    if (!PyArg_ParseTuple(args, "ni", &bytes, &reps)) return NULL;
+    if (bytes < 4096) {
+        PyErr_SetString(PyExc_ValueError, "bytes must be >= 4096");
+        return NULL;
+    }
+    double g;
+    Py_BEGIN_ALLOW_THREADS
+    g = zp_read_bandwidth((size_t)bytes, reps);
+    Py_END_ALLOW_THREADS
+    if (g < 0) return PyErr_NoMemory();
+    return PyFloat_FromDouble(g);
+}
+
 static PyMethodDef module_methods[] = {
+    {"read_bandwidth", py_read_bandwidth, METH_VARARGS, "read_bandwidth(bytes, reps) -> GB/s"},
     {"philox4x32_10", py_philox, METH_VARARGS, "Philox4x32-10(counter4, key2) -> 4 words."},
     {"uniform", py_uniform, METH_VARARGS, "uniform(seed, sample_id, pos, draw) in [0, 1)."},
     {"sampling_probs", py_sampling_probs, METH_VARARGS, "Sampling distribution of logits rows."},

@@ -78,8 +78,9 @@ class GenerationResult:
 
     tokens: (B, H, W) int32. stats: forward passes, queries per pass (histogram), proxies,
     refeeds, adaptive draft counters, per-row start passes, seconds. config: everything needed to
-    reproduce the call. trace: when requested, (n, 5) int32 rows (pass, image, row, col, role)
-    with role names in ``zipar.ROLES``. images: uint8 pixels when a decoder or tokenizer is
+    reproduce the call. trace: when requested, (n, 6) int32 rows (pass, image, row, col, role,
+    input token) of every query, row/col of the slot it writes (row -1: conditioning position
+    col; col W: end-of-row slot), role names in ``zipar.ROLES``. images: uint8 pixels when a decoder or tokenizer is
     attached.
     """
 
@@ -93,8 +94,8 @@ class GenerationResult:
         """The trace as a list of dicts (pass, image, row, col, role name)."""
         if self.trace is None:
             raise ValueError("generate(..., trace=True) records a trace")
-        return [dict(pass_index=int(p), image=int(i), row=int(r), col=int(c), role=ROLES[k])
-                for p, i, r, c, k in self.trace]
+        return [dict(pass_index=int(p), image=int(i), row=int(r), col=int(c), role=ROLES[k],
+                     token=int(t)) for p, i, r, c, k, t in self.trace]
 
 
 class Model:

@@ -1,0 +1,100 @@
+"""Forward-pass benchmark: GPT-B shape, random float32 weights, CFG on.
+
+For m = 1, 2, 4, 8, 16, 32 queries per pass (each doubled into cond/uncond rows): pass time,
+weight bytes read per second as a fraction of the machine's read bandwidth (measured here, in the
+same run), and pass(m) / pass(1); then seconds per image of raster generation.
+
+    python benchmarks/bench_forward.py [--quick]
+
+Writes benchmarks/results/forward.json. Targets: a 1-query pass reaches >= 70% of read
+bandwidth; pass(m <= 16) <= 1.25 x pass(1).
+"""
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+import zipar
+from zipar import ZipAR
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def gpt_b(grid=16):
+    return zipar.random_model(dim=768, n_layer=12, n_head=12, vocab_size=16384, grid=grid,
+                              num_classes=1000, seed=0)
+
+
+def pass_time(model, m, reps):
+    """Median seconds of one pass with m guided queries at positions of the middle of the grid."""
+    c = model.config
+    s = model.session(list(range(m)), cfg_scale=4.0)
+    s.prefill()
+    # fill half the grid so attention spans a realistic context
+    half = c.H * c.W // 2
+    img = np.repeat(np.arange(m), half)
+    cells = np.tile(np.arange(half), m)
+    s.forward(img, cells // c.W, cells % c.W, cells % c.vocab_size, 0, 0)
+    times = []
+    for k in range(reps):
+        col = (half + k) % (c.H * c.W)
+        t0 = time.perf_counter()
+        s.forward(np.arange(m), np.full(m, col // c.W), np.full(m, col % c.W),
+                  np.arange(m) % c.vocab_size, 0, 1)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = ap.parse_args()
+    reps = 7 if args.quick else 25
+    model = gpt_b()
+    c = model.config
+    weight_bytes = 4 * (sum(a.size for k, a in model.weights.items()
+                            if k.startswith("layers.")) + model.weights["output.weight"].size)
+    bw = zipar._core.read_bandwidth(512 << 20, 5) * 1e9
+    zipar.show_config()
+    print(f"GPT-B shape: {model.n_params / 1e6:.1f}M params; weights read per pass "
+          f"{weight_bytes / 1e6:.0f} MB; read bandwidth {bw / 1e9:.1f} GB/s "
+          f"-> floor {weight_bytes / bw * 1e3:.2f} ms")
+    rows = []
+    base = None
+    print(f"{'m':>3} {'rows':>5} {'pass ms':>9} {'GB/s':>7} {'of bw':>7} {'x pass(1)':>10}")
+    for m in (1, 2, 4, 8, 16, 32):
+        t = pass_time(model, m, reps)
+        base = base or t
+        gbs = weight_bytes / t
+        rows.append(dict(m=m, rows=2 * m, pass_ms=t * 1e3, weight_gbps=gbs / 1e9,
+                         bandwidth_fraction=gbs / bw, ratio_to_m1=t / base))
+        print(f"{m:>3} {2 * m:>5} {t * 1e3:>9.2f} {gbs / 1e9:>7.1f} {gbs / bw:>7.1%} {t / base:>10.2f}")
+    gen = []
+    for pol in (zipar.Raster(), ZipAR(4)):
+        n_img = 1
+        t0 = time.perf_counter()
+        res = model.generate([207] * n_img, policy=pol, seed=0, top_k=2000, decode_images=False)
+        dt = time.perf_counter() - t0
+        gen.append(dict(policy=pol.to_dict(), seconds_per_image=dt / n_img,
+                        passes=res.stats["forward_passes"]))
+        print(f"generation {pol.to_dict()}: {dt / n_img:.2f} s/image, "
+              f"{res.stats['forward_passes']} passes")
+    out = dict(machine=platform.processor() or platform.machine(), build=zipar.build_info(),
+               read_bandwidth_gbps=bw / 1e9, weight_bytes=weight_bytes, passes=rows,
+               generation=gen,
+               targets=dict(m1_bandwidth_fraction=rows[0]["bandwidth_fraction"],
+                            m1_target_met=rows[0]["bandwidth_fraction"] >= 0.7,
+                            max_ratio_m_le_16=max(r["ratio_to_m1"] for r in rows if r["m"] <= 16),
+                            ratio_target_met=all(r["ratio_to_m1"] <= 1.25 for r in rows
+                                                 if r["m"] <= 16)))
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "forward.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    print(json.dumps(out["targets"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+/* test_matmul.c -- zp_matmul against a naive double-precision product, over many shapes and all
+ * three skinny kernels (avx512 / avx2 / scalar, where the CPU has them) and the BLAS path; plus
+ * the determinism promise of matmul.h (bitwise: thread count, batch size and company, kernel),
+ * untouched memory outside the m x N region of a wider ldy buffer, and unmodified inputs.
+ *
+ * Run: make -C csrc/tests   (exit status 0 when every check passes)
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../matmul.h"
+
+static int failures = 0;
+static long checks = 0;
+
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        checks++;                                                                                  \
+        if (!(cond)) {                                                                             \
+            if (failures < 20) {                                                                   \
+                fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                               \
+                fprintf(stderr, __VA_ARGS__);                                                      \
+                fprintf(stderr, "\n");                                                             \
+            }                                                                                      \
+            failures++;                                                                            \
+        }                                                                                          \
+    } while (0)
+
+/* ---------------------------------------------------------------- helpers */
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+/* Uniform in [-1, 1), from a 64-bit LCG: the test data are the same on every run. */
+static float uniform(void)
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((double)(rng_state >> 40) / (double)(1ull << 23) - 1.0);
+}
+
+static float *random_floats(size_t n)
+{
+    float *a = malloc((n ? n : 1) * sizeof *a);
+    for (size_t i = 0; i < n; i++)
+        a[i] = uniform();
+    return a;
+}
+
+/* The obviously correct product: ref (m, N) and abs_sum (m, N) = sum_k |x w|, in double. */
+static void matmul_ref(double *ref, double *abs_sum, const float *x, const float *w, int m, int K,
+                       int N)
+{
+    for (int i = 0; i < m; i++)
+        for (int n = 0; n < N; n++) {
+            double s = 0.0, a = 0.0;
+            for (int k = 0; k < K; k++) {
+                double p = (double)x[(size_t)i * K + k] * (double)w[(size_t)n * K + k];
+                s += p;
+                a += fabs(p);
+            }
+            ref[(size_t)i * N + n] = s;
+            abs_sum[(size_t)i * N + n] = a;
+        }
+}
+
+/* Worst-case float32 error of a sum of K products in `depth` sequential roundings:
+ * depth * 2^-24 * sum |x w| (plus a margin). Our order: K/16 + 4 roundings per dot; BLAS's order
+ * is unknown, so K. */
+static int close_enough(float got, double ref, double abs_sum, int depth)
+{
+    double bound = (depth + 2) * ldexp(1.0, -24) * abs_sum * 1.01 + 1e-30;
+    return fabs((double)got - ref) <= bound;
+}
+
+static const char *isa_names[] = {"avx512", "avx2", "scalar"};
+
+/* ---------------------------------------------------------------- correctness over shapes */
+/* All shapes for one (K, N) with every m; each available kernel (and BLAS for m >= 64) is
+ * compared with the reference and the kernels with each other, bitwise. */
+static void check_shapes(int K, int N)
+{
+    static const int ms[] = {1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 33, 63, 64, 65, 70};
+    const int n_ms = (int)(sizeof ms / sizeof ms[0]);
+    const int m_max = 70;
+    float *x = random_floats((size_t)m_max * K), *w = random_floats((size_t)N * K);
+    double *ref = malloc(sizeof(double) * m_max * N), *abs_sum = malloc(sizeof(double) * m_max * N);
+    float *y = malloc(sizeof(float) * m_max * N), *first = malloc(sizeof(float) * m_max * N);
+    matmul_ref(ref, abs_sum, x, w, m_max, K, N);
+
+    for (int mi = 0; mi < n_ms; mi++) {
+        int m = ms[mi];
+        int have_first = 0;
+        for (int s = 0; s < 3; s++) {
+            if (zp_matmul_force_isa(isa_names[s]) != 0)
+                continue;
+            /* the scalar kernel calls fmaf per product: keep its share of the run short */
+            if (s == 2 && (double)m * K * N > 4e7)
+                continue;
+            int blas = m >= zp_get_blas_min_rows();
+            if (blas && s > 0)
+                continue; /* the kernel choice does not matter there */
+            zp_matmul(y, x, w, m, K, N);
+            int bad = 0;
+            for (size_t j = 0; j < (size_t)m * N && bad < 3; j++)
+                if (!close_enough(y[j], ref[j], abs_sum[j], blas ? K : K / 16 + 4)) {
+                    CHECK(0, "%s m=%d K=%d N=%d: y[%zu][%zu]=%.9g ref=%.9g", blas ? "blas" : isa_names[s],
+                          m, K, N, j / N, j % N, y[j], ref[j]);
+                    bad++;
+                }
+            CHECK(bad == 0, "m=%d K=%d N=%d", m, K, N);
+            if (!blas && have_first)
+                CHECK(memcmp(y, first, sizeof(float) * m * N) == 0,
+                      "%s differs bitwise from the first kernel at m=%d K=%d N=%d", isa_names[s], m, K,
+                      N);
+            if (!blas && !have_first) {
+                memcpy(first, y, sizeof(float) * m * N);
+                have_first = 1;
+            }
+        }
+    }
+    zp_matmul_force_isa(NULL);
+    free(x), free(w), free(ref), free(abs_sum), free(y), free(first);
+}
+
+/* ---------------------------------------------------------------- determinism */
+/* For one kernel: a batch of m rows gives the same bits with 1 and 2 threads; each row alone,
+ * or placed among other rows at another index of another batch size, gives the same bits. */
+static void check_determinism(const char *isa, int K, int N)
+{
+    const int m = 63; /* the largest batch below the default BLAS threshold */
+    float *x = random_floats((size_t)m * K), *w = random_floats((size_t)N * K);
+    float *other = random_floats((size_t)m * K);
+    float *y1 = malloc(sizeof(float) * m * N), *y2 = malloc(sizeof(float) * m * N);
+    float *alone = malloc(sizeof(float) * N), *mixed = malloc(sizeof(float) * m * K);
+    if (zp_matmul_force_isa(isa) != 0)
+        goto out;
+
+    zp_set_num_threads(1);
+    zp_matmul(y1, x, w, m, K, N);
+    zp_set_num_threads(2);
+    zp_matmul(y2, x, w, m, K, N);
+    CHECK(memcmp(y1, y2, sizeof(float) * m * N) == 0, "%s K=%d N=%d: 1 vs 2 threads differ", isa, K,
+          N);
+
+    for (int i = 0; i < m; i++) {
+        zp_matmul(alone, x + (size_t)i * K, w, 1, K, N);
+        CHECK(memcmp(alone, y1 + (size_t)i * N, sizeof(float) * N) == 0,
+              "%s K=%d N=%d: row %d alone differs from the batch", isa, K, N, i);
+        /* row i of x at index j of a batch of b other rows */
+        int b = 1 + (i * 7) % m, j = (i * 5) % b;
+        memcpy(mixed, other, sizeof(float) * (size_t)b * K);
+        memcpy(mixed + (size_t)j * K, x + (size_t)i * K, sizeof(float) * K);
+        zp_matmul(y2, mixed, w, b, K, N);
+        CHECK(memcmp(y2 + (size_t)j * N, y1 + (size_t)i * N, sizeof(float) * N) == 0,
+              "%s K=%d N=%d: row %d at %d of a batch of %d differs", isa, K, N, i, j, b);
+    }
+out:
+    zp_matmul_force_isa(NULL);
+    free(x), free(w), free(other), free(y1), free(y2), free(alone), free(mixed);
+}
+
+/* ---------------------------------------------------------------- ldy, inputs, settings */
+/* Writes into the left N columns of an (m + 2, ldy) buffer full of a sentinel: everything outside
+ * the m x N region keeps the sentinel, and x and w are unchanged. */
+static void check_ldy(const char *isa, int m, int K, int N)
+{
+    const int ldy = N + 5, rows = m + 2;
+    const uint32_t sentinel = 0x7fc0dead; /* a quiet NaN no product produces */
+    float *x = random_floats((size_t)m * K), *w = random_floats((size_t)N * K);
+    float *x_copy = malloc(sizeof(float) * m * K), *w_copy = malloc(sizeof(float) * N * K);
+    float *y = malloc(sizeof(float) * rows * ldy), *dense = malloc(sizeof(float) * m * N);
+    uint32_t *bits = (uint32_t *)y;
+    memcpy(x_copy, x, sizeof(float) * m * K);
+    memcpy(w_copy, w, sizeof(float) * N * K);
+    if (isa && zp_matmul_force_isa(isa) != 0)
+        goto out;
+    for (size_t j = 0; j < (size_t)rows * ldy; j++)
+        bits[j] = sentinel;
+
+    zp_matmul_ld(y, ldy, x, w, m, K, N);
+    zp_matmul(dense, x, w, m, K, N);
+    int outside = 0, inside = 0;
+    for (int i = 0; i < rows; i++)
+        for (int n = 0; n < ldy; n++) {
+            uint32_t got = bits[(size_t)i * ldy + n];
+            if (i < m && n < N)
+                inside += memcmp(&got, &dense[(size_t)i * N + n], sizeof got) != 0;
+            else
+                outside += got != sentinel;
+        }
+    const char *name = isa ? isa : "blas";
+    CHECK(outside == 0, "%s m=%d K=%d N=%d ldy=%d: %d values outside m x N were written", name, m,
+          K, N, ldy, outside);
+    CHECK(inside == 0, "%s m=%d K=%d N=%d: ldy result differs from dense in %d places", name, m, K,
+          N, inside);
+    CHECK(memcmp(x, x_copy, sizeof(float) * m * K) == 0, "%s: x was modified", name);
+    CHECK(memcmp(w, w_copy, sizeof(float) * N * K) == 0, "%s: w was modified", name);
+out:
+    zp_matmul_force_isa(NULL);
+    free(x), free(w), free(x_copy), free(w_copy), free(y), free(dense);
+}
+
+static void check_settings(void)
+{
+    int saved = zp_get_blas_min_rows();
+    zp_set_blas_min_rows(8);
+    CHECK(zp_get_blas_min_rows() == 8, "blas_min_rows round trip");
+    zp_set_blas_min_rows(-3);
+    CHECK(zp_get_blas_min_rows() == 1, "blas_min_rows clamps to 1");
+    zp_set_blas_min_rows(saved);
+
+    zp_set_num_threads(1);
+    CHECK(zp_get_num_threads() == 1 && zp_blas_threads() == 1, "1 thread: got %d / blas %d",
+          zp_get_num_threads(), zp_blas_threads());
+    zp_set_num_threads(2);
+    CHECK(zp_get_num_threads() == 2 && zp_blas_threads() == 2, "2 threads: got %d / blas %d",
+          zp_get_num_threads(), zp_blas_threads());
+
+    CHECK(zp_matmul_force_isa("avx1024") == -1, "unknown isa accepted");
+    CHECK(zp_matmul_force_isa("scalar") == 0, "scalar refused");
+    CHECK(strcmp(zp_matmul_isa(), "scalar") == 0, "forced isa not reported");
+    zp_matmul_force_isa(NULL);
+
+    /* K = 0 gives zeros; degenerate sizes write nothing */
+    float y[6] = {1, 1, 1, 1, 1, 1}, x[1] = {0}, w[1] = {0};
+    zp_matmul(y, x, w, 2, 0, 3);
+    CHECK(y[0] == 0 && y[5] == 0, "K = 0 must give 0");
+    y[0] = 7;
+    zp_matmul(y, x, w, 0, 1, 3);
+    zp_matmul_ld(y, 2, x, w, 1, 1, 3); /* ldy < N */
+    CHECK(y[0] == 7, "degenerate sizes must be no-ops");
+}
+
+/* ---------------------------------------------------------------- main */
+int main(void)
+{
+    static const int Ks[] = {1, 3, 7, 16, 31, 64, 100, 768, 2048};
+    static const int Ns[] = {1, 3, 17, 64, 100, 2304};
+    const int n_K = (int)(sizeof Ks / sizeof Ks[0]), n_N = (int)(sizeof Ns / sizeof Ns[0]);
+
+    printf("test_matmul: kernel %s, blas %s, %d threads, blas_min_rows %d\n", zp_matmul_isa(),
+           zp_blas_name(), zp_get_num_threads(), zp_get_blas_min_rows());
+    for (int s = 0; s < 3; s++) {
+        int ok = zp_matmul_force_isa(isa_names[s]) == 0;
+        printf("  %-6s %s\n", isa_names[s], ok ? "tested" : "not supported by this CPU: skipped");
+    }
+    zp_matmul_force_isa(NULL);
+
+    check_settings();
+    zp_set_num_threads(2);
+    for (int a = 0; a < n_K; a++)
+        for (int b = 0; b < n_N; b++)
+            check_shapes(Ks[a], Ns[b]);
+    printf("  shapes: %d K x %d N x 15 m, against float64 reference: done\n", n_K, n_N);
+
+    static const int det_K[] = {7, 100, 768}, det_N[] = {17, 100};
+    for (int s = 0; s < 3; s++)
+        for (int a = 0; a < 3; a++)
+            for (int b = 0; b < 2; b++)
+                check_determinism(isa_names[s], det_K[a], det_N[b]);
+    printf("  determinism: 1 vs 2 threads, alone vs batch, across kernels: done\n");
+
+    for (int s = 0; s < 3; s++) {
+        check_ldy(isa_names[s], 5, 31, 17);
+        check_ldy(isa_names[s], 17, 100, 6);
+    }
+    check_ldy(NULL, 70, 33, 19); /* BLAS path */
+    printf("  ldy and unmodified inputs: done\n");
+
+    zp_set_num_threads(0);
+    if (failures) {
+        printf("test_matmul: %d of %ld checks FAILED\n", failures, checks);
+        return 1;
+    }
+    printf("test_matmul: all %ld checks passed\n", checks);
+    return 0;
+}

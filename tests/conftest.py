@@ -1,0 +1,12 @@
+"""Use the installed zipar when there is one; else the repository (after an in-place build)."""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+try:
+    import zipar._core  # noqa: F401
+except ImportError:
+    sys.modules.pop("zipar", None)
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
