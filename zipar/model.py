@@ -149,6 +149,16 @@ class Model:
         return (f"<zipar.Model dim={c.dim} layers={c.n_layer} heads={c.n_head} grid={c.H}x{c.W} "
                 f"vocab={c.vocab_size} params={n / 1e6:.1f}M>")
 
+    def save(self, path) -> None:
+        """Write the weights and config to ``.npz`` or ``.safetensors`` (by extension); reload
+        with ``zipar.load_llamagen(path)``. No pickle is involved either way."""
+        from .checkpoint import save_npz, save_safetensors
+
+        if str(path).endswith(".safetensors"):
+            save_safetensors(path, self.config, self.weights)
+        else:
+            save_npz(path, self.config, self.weights)
+
     @property
     def n_params(self) -> int:
         return int(sum(a.size for a in self.weights.values()))
@@ -369,6 +379,62 @@ class Model:
                     pred.append(b * c.H * W + cell_of_pos[pos])
         order = np.argsort(np.asarray(pred), kind="stable")
         return np.ascontiguousarray(np.asarray(q, dtype=np.int32)), order
+
+    def attention(self, labels=None, tokens=None, *, cells=None, layers=None, heads=None,
+                  cfg_scale: float = 1.0, captions=None, caption_mask=None) -> np.ndarray:
+        """Attention weights of teacher-forced queries, from the engine.
+
+        Feeds the full grid ``tokens`` (B, H, W) in one committed pass and returns, for every
+        image, requested query cell, layer and head, the softmax weights over all sequence slots
+        of the conditional stream: an array (B, n_cells, n_layers, n_heads, seq_len) whose rows
+        sum to 1. ``cells``: (n, 2) grid cells (row, col) whose *input* query is captured (the
+        query fed with that cell's token); default all cells. ``layers``/``heads``: default all.
+        Slot p maps to grid cell ((p - P) // (W + E), (p - P) % (W + E)) for p >= P.
+        """
+        c = self.config
+        cond, unc, mask = self.prefix(labels, captions=captions, caption_mask=caption_mask)
+        toks = self._check_tokens(tokens, cond.shape[0])
+        B = toks.shape[0]
+        if cells is None:
+            cells = np.array([(r, col) for r in range(c.H) for col in range(c.W)])
+        cells = np.asarray(cells).reshape(-1, 2)
+        if cells.size and ((cells[:, 0] < 0).any() or (cells[:, 0] >= c.H).any() or
+                           (cells[:, 1] < 0).any() or (cells[:, 1] >= c.W).any()):
+            raise ValueError("attention cells out of the grid")
+        layers = np.arange(c.n_layer) if layers is None else np.asarray(layers).reshape(-1)
+        heads = np.arange(c.n_head) if heads is None else np.asarray(heads).reshape(-1)
+        if layers.size and (layers.min() < 0 or layers.max() >= c.n_layer):
+            raise ValueError(f"layers must be in [0, {c.n_layer})")
+        if heads.size and (heads.min() < 0 or heads.max() >= c.n_head):
+            raise ValueError(f"heads must be in [0, {c.n_head})")
+        guided = float(cfg_scale) != 1.0
+        out = np.zeros((B, len(cells), len(layers), len(heads), c.seq_len), np.float32)
+        for b in range(B):
+            cache = _core.Cache(self._core, 1, int(guided), np.ascontiguousarray(cond[b:b + 1]),
+                                np.ascontiguousarray(unc[b:b + 1]),
+                                None if mask is None else np.ascontiguousarray(mask[b:b + 1]))
+            q = self._full_queries(toks[b:b + 1], guided)
+            index = {int(p): i for i, p in enumerate(q[:, 1])}
+            want = [index[c.cell_pos(r, col)] for r, col in cells]
+            req = np.array([(qi, l, h) for qi in want for l in layers for h in heads],
+                           dtype=np.int32).reshape(-1, 3)
+            buf = np.zeros((len(req), c.seq_len), np.float32)
+            cap = (np.ascontiguousarray(req[:, 0]), np.ascontiguousarray(req[:, 1]),
+                   np.ascontiguousarray(req[:, 2]), buf)
+            cache.forward(np.ascontiguousarray(q), float(cfg_scale), cap)
+            out[b] = buf.reshape(len(cells), len(layers), len(heads), c.seq_len)
+        return out
+
+    def _full_queries(self, toks, guided):
+        """Every position of one image fed committed (the final cell too), no logits."""
+        c = self.config
+        P, W, E = c.cls_token_num, c.W, c.eor
+        q = [(0, p, 0, 0, 0, int(guided)) for p in range(P)]
+        for r in range(c.H):
+            for col in range(W + E):
+                tok = c.eor_token if col == W else int(toks[0, r, col])
+                q.append((0, c.cell_pos(r, col), tok, 0, 0, int(guided)))
+        return np.asarray(q, dtype=np.int32)
 
     # ------------------------------------------------------------------ low level
     def session(self, labels=None, *, cfg_scale: float = 1.0, captions=None, caption_mask=None,
