@@ -351,6 +351,8 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
     }
 
     const float scale = 1.0f / sqrtf((float)HD);
+    size_t att_work = 0; /* multiply-adds of one layer's attention */
+    for (int i = 0; i < rows; i++) att_work += (size_t)s->vis_n[s->row_query[i]] * NH * HD * 2;
     for (int l = 0; l < c->n_layer; l++) {
         const zp_layer_weights *L = &m->layers[l];
         float *kl = k->k + (size_t)l * k->n_streams * S * KVD;
@@ -372,8 +374,9 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
             memcpy(vl + off, qkv + NH * HD + KVD, sizeof(float) * KVD);
         }
 
-        /* ---- softmax(q k^T / sqrt(hd)) v over the visible slots, one (row, head) per task */
-#pragma omp parallel for schedule(static)
+        /* ---- softmax(q k^T / sqrt(hd)) v over the visible slots, one (row, head) per task;
+         * threads only when there is enough work to pay for waking them */
+#pragma omp parallel for schedule(static) if (att_work >= 262144)
         for (int task = 0; task < rows * NH; task++) {
             int i = task / NH, h = task % NH;
             int qi = s->row_query[i];

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -65,6 +66,12 @@ struct zp_session {
 };
 
 /* ================================================================ small helpers */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 static inline int32_t *tok(zp_session *s, int b, int r, int c) {
     return &s->tokens[((size_t)b * s->H + r) * s->W + c];
@@ -429,7 +436,10 @@ static zp_status execute(zp_session *s) {
     if (s->nit == 0 && s->nq == 0)
         return zp_fail(ZP_ERR_STATE, "the pass decodes nothing (the policy is stuck)");
     if ((st = reserve_pass_buffers(s))) return st;
-    if ((st = zp_forward(s->m, s->cache, s->q, (int)s->nq, s->sp.cfg_scale, s->logits, NULL))) return st;
+    double t0 = now_s();
+    st = zp_forward(s->m, s->cache, s->q, (int)s->nq, s->sp.cfg_scale, s->logits, NULL);
+    s->st.forward_seconds += now_s() - t0;
+    if (st) return st;
     record_trace(s);
     outcome *out;
     size_t need = s->nit * sizeof(outcome);
@@ -441,7 +451,7 @@ static zp_status execute(zp_session *s) {
     if ((st = zp_reserve((void **)&s->work, &s->cap_work, need + (size_t)nthreads * wsz, 1))) return st;
     out = (outcome *)s->work;
     unsigned char *wbase = s->work + need;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if ((size_t)s->nit * s->V >= 65536)
     for (int i = 0; i < (int)s->nit; i++) {
         int tid = 0;
 #ifdef _OPENMP
@@ -503,7 +513,16 @@ static void reset_pass(zp_session *s) {
     s->n_logits = 0;
 }
 
+static zp_status run_pass(zp_session *s);
+
 zp_status zp_session_run_pass(zp_session *s) {
+    double t0 = now_s();
+    zp_status st = run_pass(s);
+    s->st.total_seconds += now_s() - t0;
+    return st;
+}
+
+static zp_status run_pass(zp_session *s) {
     if (s->pol.kind == ZP_POLICY_EXTERNAL)
         return zp_fail(ZP_ERR_STATE, "an external policy drives this session: use zp_session_step");
     if (zp_session_done(s)) return zp_fail(ZP_ERR_STATE, "the session is complete");
@@ -525,7 +544,16 @@ zp_status zp_session_run(zp_session *s, int (*abort_cb)(void *), void *user) {
     return ZP_OK;
 }
 
+static zp_status step(zp_session *s, const int32_t *cells, int n);
+
 zp_status zp_session_step(zp_session *s, const int32_t *cells, int n) {
+    double t0 = now_s();
+    zp_status st = step(s, cells, n);
+    s->st.total_seconds += now_s() - t0;
+    return st;
+}
+
+static zp_status step(zp_session *s, const int32_t *cells, int n) {
     if (n < 1) return zp_fail(ZP_ERR_ARG, "a pass must decode at least one cell");
     /* validate everything before touching any state */
     for (int i = 0; i < n; i++) {

@@ -25,6 +25,12 @@ def _preload_openblas():
 
 _preload_openblas()
 
+# GNU OpenMP reads this once, when the core is loaded. Threads that sleep between parallel regions
+# (PASSIVE) keep a pass fast when other processes share the cores (sweeps, notebooks, CI); with
+# the default spinning policy a busy neighbour made tiny-model passes 200x slower here. Set
+# OMP_WAIT_POLICY=ACTIVE before importing zipar to spin instead (best on an otherwise idle box).
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from . import _core  # noqa: E402
 from .config import ModelConfig  # noqa: E402
 from .model import ROLES, GenerationResult, Model, RawSession  # noqa: E402
@@ -50,7 +56,7 @@ def show_config() -> None:
           f"{info['blas_min_rows']} rows)")
     print(f"  BLAS          : {info['blas']}, {info['blas_threads']} thread(s)")
     print(f"  OpenMP        : libgomp (_OPENMP={info['openmp']}), "
-          f"{get_num_threads()} thread(s)")
+          f"{get_num_threads()} thread(s), OMP_WAIT_POLICY={_os.environ.get('OMP_WAIT_POLICY')}")
 
 
 def set_num_threads(n: int) -> None:
