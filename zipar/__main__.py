@@ -28,7 +28,8 @@ def _sampling_args(p, cfg_default):
     p.add_argument("--cfg-scale", type=float, default=cfg_default)
     p.add_argument("--cfg-interval", type=int, default=-1)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-k", type=int, default=None,
+                   help="0 = off (default: 2000 for LlamaGen checkpoints, off for the built-in)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
 
@@ -40,7 +41,8 @@ def cmd_generate(a):
     if a.checkpoint:
         from .checkpoint import load_llamagen
 
-        model = load_llamagen(a.checkpoint, grid=a.grid)
+        model = load_llamagen(a.checkpoint, grid=a.grid, n_head=a.n_head,
+                              num_classes=a.num_classes)
         if a.vq:
             from .checkpoint import read_vq_state_dict
             from .vq import VQDecoder
@@ -48,18 +50,21 @@ def cmd_generate(a):
             model.decoder = VQDecoder(read_vq_state_dict(a.vq))
         default_labels = [207, 360, 387, 974, 88, 979, 417, 279]
         cfg = a.cfg_scale if a.cfg_scale is not None else 4.0
-        top_k = a.top_k if a.top_k else 2000
+        top_k = a.top_k if a.top_k is not None else 2000
     else:
         from .builtin import load_default
 
         model = load_default()
         default_labels = list(range(model.config.num_classes))
         cfg = a.cfg_scale if a.cfg_scale is not None else 2.0
-        top_k = a.top_k
+        top_k = a.top_k if a.top_k is not None else 0
     c = model.config
     captions = None
     if a.captions:
         captions = np.load(a.captions, allow_pickle=False)
+        if captions.ndim != 3:
+            raise ValueError(f"{a.captions}: caption embeddings must be (B, P, caption_dim), "
+                             f"got shape {captions.shape}")
         labels = None
         n = captions.shape[0]
     else:
@@ -98,8 +103,8 @@ def cmd_generate(a):
     imgs = [[r.images for r in col] for col in columns]
     if any(im is None for col in imgs for im in col):
         print("no decoder attached: writing token grids as grey images")
-        imgs = [[(r.tokens * (255 // max(1, c.vocab_size - 1))).astype(np.uint8) for r in col]
-                for col in columns]
+        imgs = [[(r.tokens.astype(np.float64) * 255.0 / max(1, c.vocab_size - 1)).round()
+                 .astype(np.uint8) for r in col] for col in columns]
     # one row per label: for each policy its samples side by side
     tiles = []
     for i in range(n):
@@ -151,7 +156,12 @@ def main(argv=None):
     g = sub.add_parser("generate", help="generate images (default: built-in model)")
     g.add_argument("--checkpoint", help="LlamaGen .pt / .npz / .safetensors (default: built-in)")
     g.add_argument("--vq", help="VQ-16 decoder checkpoint for pixels")
-    g.add_argument("--grid", type=int, default=None, help="grid side for a 384/512 px checkpoint")
+    g.add_argument("--grid", type=int, default=None,
+                   help="grid side (default: the stored config, else from a _256/_384/_512 "
+                        "file name tag, else 16)")
+    g.add_argument("--n-head", type=int, default=None,
+                   help="attention heads, for checkpoints of no LlamaGen size")
+    g.add_argument("--num-classes", type=int, default=None)
     g.add_argument("--labels", type=int, nargs="*", help="class labels (default: one per class)")
     g.add_argument("--captions", help="t2i caption embeddings .npy (B, 120, 2048)")
     g.add_argument("--samples", type=int, default=1, help="samples per label and policy")
@@ -164,7 +174,8 @@ def main(argv=None):
     c = sub.add_parser("convert", help="convert a LlamaGen checkpoint to .npz / .safetensors")
     c.add_argument("checkpoint")
     c.add_argument("out")
-    c.add_argument("--grid", type=int, default=None)
+    c.add_argument("--grid", type=int, default=None,
+                   help="grid side (default: from a _256/_384/_512 file name tag, else 16)")
     c.add_argument("--n-head", type=int, default=None)
     c.add_argument("--num-classes", type=int, default=None)
     c.set_defaults(fn=cmd_convert)
@@ -187,6 +198,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, OSError) as e:
+        # user errors (CheckpointError is a ValueError; FileNotFoundError an OSError): one line,
+        # no traceback
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ __all__ = [
     "read_safetensors",
     "infer_llamagen_config",
     "load_llamagen",
+    "grid_from_filename",
     "read_vq_state_dict",
     "VQ_DECODER_PREFIXES",
 ]
@@ -1034,14 +1035,33 @@ def _convert_weights(weights: Dict[str, np.ndarray], dtype: str) -> Dict[str, np
     return weights
 
 
+# Image size tags in the published file names (c2i_L_384.pt, t2i_XL_stage2_512.pt) -> grid side
+# (image size / 16). "_384" must not be followed by another digit ("_3840" is no tag).
+_GRID_TAG = re.compile(r"_(256|384|512)(?![0-9])")
+_GRID_OF_TAG = {"256": 16, "384": 24, "512": 32}
+
+
+def grid_from_filename(path) -> Optional[int]:
+    """Grid side implied by an image-size tag in a checkpoint's file name, else None.
+
+    ``c2i_B_256.pt`` -> 16, ``c2i_L_384.pt`` -> 24, ``t2i_XL_stage2_512.pt`` -> 32. Only the
+    base name is looked at; a name with two different tags is ambiguous (None).
+    """
+    tags = {_GRID_OF_TAG[m] for m in _GRID_TAG.findall(os.path.basename(os.fsdecode(path)))}
+    return tags.pop() if len(tags) == 1 else None
+
+
 def load_llamagen(path, *, grid=None, n_head: Optional[int] = None,
                   num_classes: Optional[int] = None, dtype: str = "float32"):
     """Load a LlamaGen GPT checkpoint (torch.save, .npz or .safetensors) as a zipar Model.
 
     KV-cache buffers (``*.kv_cache.k_cache``, ``causal_mask``) are skipped. The config is the
     one stored by save_npz / save_safetensors if present (``grid``,
-    ``n_head`` and ``num_classes`` override it), else :func:`infer_llamagen_config` (grid
-    defaults to 16; pass ``grid=24`` for 384 px checkpoints).
+    ``n_head`` and ``num_classes`` override it), else :func:`infer_llamagen_config`. The grid is
+    not visible in the weights: when ``grid`` is None and no config is stored, it comes from
+    the file name's image-size tag as in the published names (``_256`` -> 16, ``_384`` -> 24,
+    ``_512`` -> 32; see :func:`grid_from_filename`), else it defaults to 16. Pass ``grid=``
+    for files renamed without the tag.
 
     ``dtype`` is what every floating-point weight is converted to before the Model is built:
     "float32" (default; bfloat16 and float16 checkpoints are widened exactly), "float16", or
@@ -1055,6 +1075,8 @@ def load_llamagen(path, *, grid=None, n_head: Optional[int] = None,
                               select=lambda k: not _RUNTIME_BUFFER.search(k))
     config = read_config(path)
     if config is None:
+        if grid is None and isinstance(path, (str, bytes, os.PathLike)):
+            grid = grid_from_filename(path)
         config = infer_llamagen_config(weights, grid=grid, n_head=n_head,
                                        num_classes=num_classes)
     else:

@@ -172,6 +172,10 @@ class Model:
         (1 = valid); the unconditional branch uses the stored ``uncond_embedding``.
         """
         c = self.config
+        if c.caption_dim and labels is not None:
+            raise ValueError("this is a text-conditioned model: pass captions, not labels")
+        if not c.caption_dim and (captions is not None or caption_mask is not None):
+            raise ValueError("this is a class-conditional model: pass labels, not captions")
         if c.caption_dim:
             if captions is None:
                 raise ValueError("this is a text-conditioned model: pass captions=(B, "
