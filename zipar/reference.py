@@ -24,7 +24,7 @@ import numpy as np
 from .config import ModelConfig
 
 __all__ = ["ReferenceModel", "ReferenceCache", "SLOT_UNWRITTEN", "SLOT_MASKED", "SLOT_COMMITTED",
-           "sampling_probs", "draw", "philox4x32_10", "uniform"]
+           "sampling_probs", "draw", "philox4x32_10", "uniform", "reference_attention"]
 
 # Slot states (zipar.h): a query at position p with chain c sees slot q when q <= p and
 # (q == p, or state[q] == SLOT_COMMITTED, or c > 0 and state[q] == c). > 0: tentative chain id.
@@ -407,6 +407,87 @@ class ReferenceModel:
         ls = log_softmax(self.logits(labels_or_prefix, toks, 1.0))
         flat = toks.reshape(toks.shape[0], -1)
         return np.take_along_axis(ls, flat[..., None], axis=2)[..., 0].sum(axis=1)
+
+
+# ============================================================================ attention capture
+
+def reference_attention(ref_model: ReferenceModel, labels, tokens, cells=None, layers=None,
+                        heads=None, cfg_scale: float = 1.0) -> np.ndarray:
+    """Attention weights of a full committed teacher-forced pass, as Model.attention.
+
+    Every position of each image is fed with its real token (end-of-row tokens inserted when
+    E = 1), all slots committed. For each requested grid cell (r, c) (the query fed with that
+    cell's token, at position cell_pos(r, c)), layer and head: the softmax weights of the
+    conditional stream over all seq_len slots, 0 where the slot is invisible (after the query,
+    or a masked caption position). Returns (B, n_cells, n_layers, n_heads, seq_len) float64.
+
+    labels: class labels (c2i) or a (cond, uncond[, mask]) prefix tuple (t2i), as logits().
+    tokens: (B, H, W). cells: (n, 2) (row, col), default every cell in raster order.
+    layers / heads: default all. cfg_scale only has to be finite: the conditional stream's
+    weights do not depend on guidance (the unconditional stream never mixes into it).
+    """
+    c = ref_model.config
+    toks = np.asarray(tokens)
+    if toks.ndim == 2:
+        toks = toks[None]
+    if toks.ndim != 3 or toks.shape[1:] != (c.H, c.W) or not np.issubdtype(toks.dtype, np.integer):
+        raise ValueError(f"tokens must be integer (B, {c.H}, {c.W}), got {np.shape(tokens)}")
+    if toks.size and (toks.min() < 0 or toks.max() >= c.vocab_size):
+        raise ValueError(f"tokens must be in [0, {c.vocab_size})")
+    if not math.isfinite(float(cfg_scale)):
+        raise ValueError("cfg_scale must be finite")
+    if cells is None:
+        cells = [(r, col) for r in range(c.H) for col in range(c.W)]
+    cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
+    bad = (cells[:, 0] < 0) | (cells[:, 0] >= c.H) | (cells[:, 1] < 0) | (cells[:, 1] >= c.W)
+    if bad.any():
+        raise ValueError(f"cell {tuple(cells[bad][0])} is outside the {c.H}x{c.W} grid")
+    layers = np.arange(c.n_layer) if layers is None else np.asarray(layers, np.int64).reshape(-1)
+    heads = np.arange(c.n_head) if heads is None else np.asarray(heads, np.int64).reshape(-1)
+    if layers.size and (layers.min() < 0 or layers.max() >= c.n_layer):
+        raise ValueError(f"layers must be in [0, {c.n_layer})")
+    if heads.size and (heads.min() < 0 or heads.max() >= c.n_head):
+        raise ValueError(f"heads must be in [0, {c.n_head})")
+    B = toks.shape[0]
+    cond, _unc, mask = ref_model._prefixes(labels, B)
+    seq = ref_model._sequence_tokens(toks)
+    query_pos = [c.cell_pos(int(r), int(col)) for r, col in cells]
+    P, S, hd, nh, nkv = c.cls_token_num, c.seq_len, c.head_dim, c.n_head, c.n_kv_head
+    w = ref_model.w
+    # visible[q, k]: committed slots up to q, masked prefix slots only to themselves
+    visible = np.tril(np.ones((S, S), dtype=bool))
+    out = np.zeros((B, len(cells), len(layers), len(heads), S))
+    for b in range(B):
+        vis = visible.copy()
+        vis[:, :P] &= mask[b][None, :]
+        vis |= np.eye(S, dtype=bool)
+        x = np.concatenate([cond[b], w["tok_embeddings.weight"][seq[b]]], axis=0)   # (S, dim)
+        for layer in range(c.n_layer):
+            pre = f"layers.{layer}."
+            h = rmsnorm(x, w[pre + "attention_norm.weight"], c.norm_eps)
+            qkv = h @ w[pre + "attention.wqkv.weight"].T
+            q = qkv[:, :nh * hd].reshape(S, nh, hd)
+            k = qkv[:, nh * hd:(nh + nkv) * hd].reshape(S, nkv, hd)
+            v = qkv[:, (nh + nkv) * hd:].reshape(S, nkv, hd)
+            q = np.stack([ref_model.rope(q[p], p) for p in range(S)])
+            k = np.stack([ref_model.rope(k[p], p) for p in range(S)])
+            weights = np.zeros((nh, S, S))                  # (head, query, key)
+            for head in range(nh):
+                kv = head // (nh // nkv)                    # grouped-query: shared kv head
+                scores = q[:, head] @ k[:, kv].T / math.sqrt(hd)
+                scores = np.where(vis, scores, -np.inf)
+                weights[head] = softmax(scores)
+            att = np.einsum("hqk,khd->qhd", weights,
+                            np.repeat(v, nh // nkv, axis=1)).reshape(S, nh * hd)
+            li = np.nonzero(layers == layer)[0]
+            for j in li:
+                for hi, head in enumerate(heads):
+                    out[b, :, j, hi] = weights[head][query_pos]
+            x = x + att @ w[pre + "attention.wo.weight"].T
+            h = rmsnorm(x, w[pre + "ffn_norm.weight"], c.norm_eps)
+            x = x + (silu(h @ w[pre + "feed_forward.w1.weight"].T) *
+                     (h @ w[pre + "feed_forward.w3.weight"].T)) @ w[pre + "feed_forward.w2.weight"].T
+    return out
 
 
 # ============================================================================ sampling
