@@ -81,7 +81,7 @@ def check_window_rule(trace, H, W, window, eor):
     """No cell is decoded before the cells it depends on (from the trace)."""
     decoded_at = {}
     # reconstruct decode passes: the query that feeds cell x (or the prefix) decodes its successor
-    for p, img, r, c, role in trace:
+    for p, img, r, c, role, _tok in trace:
         if role == ROLE["prefix"]:
             decoded_at[(img, 0, 0)] = p
         elif role == ROLE["sample"]:
