@@ -246,10 +246,34 @@ static void rope(float *v, int n_heads, int head_dim, const float *cs, const flo
     }
 }
 
-static inline float dotf(const float *a, const float *b, int n) {
-    float acc = 0.f;
-    for (int i = 0; i < n; i++) acc += a[i] * b[i];
-    return acc;
+/* Attention of one query head over its visible slots: sc (nv,) scratch, o (hd,) output.
+ * k/v rows are kvd floats apart; vis lists the slot indices. Compiled for AVX-512, AVX2 and
+ * plain x86-64 and picked at load time; the summation order is the same in every clone (a
+ * fixed, sequential order over slots), so results do not depend on threads. */
+__attribute__((target_clones("avx512f", "avx2", "default")))
+static void attend(float *o, float *sc, float *probs_out, const float *qh, const float *kb,
+                   const float *vb, const int32_t *vis, int nv, int hd, int kvd, float scale) {
+    float mx = -INFINITY;
+    for (int j = 0; j < nv; j++) {
+        const float *kk = kb + (size_t)vis[j] * kvd;
+        float acc = 0.f;
+        for (int d = 0; d < hd; d++) acc += qh[d] * kk[d];
+        sc[j] = acc * scale;
+        if (sc[j] > mx) mx = sc[j];
+    }
+    float sum = 0.f;
+    for (int j = 0; j < nv; j++) {
+        sc[j] = expf(sc[j] - mx);
+        sum += sc[j];
+    }
+    float inv = 1.f / sum;
+    for (int d = 0; d < hd; d++) o[d] = 0.f;
+    for (int j = 0; j < nv; j++) {
+        float wgt = sc[j] * inv;
+        const float *vv = vb + (size_t)vis[j] * kvd;
+        for (int d = 0; d < hd; d++) o[d] += wgt * vv[d];
+        if (probs_out) probs_out[j] = wgt;
+    }
 }
 
 /* ================================================================ the forward primitive */
@@ -321,7 +345,7 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         return st;
     int nthreads = 1;
 #ifdef _OPENMP
-    nthreads = omp_get_max_threads();
+    nthreads = zp_get_num_threads();
 #endif
     if ((st = zp_reserve((void **)&s->scores, &s->cap_scores, (size_t)nthreads * S, sizeof(float))))
         return st;
@@ -376,7 +400,8 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
 
         /* ---- softmax(q k^T / sqrt(hd)) v over the visible slots, one (row, head) per task;
          * threads only when there is enough work to pay for waking them */
-#pragma omp parallel for schedule(static) if (att_work >= 262144)
+#pragma omp parallel for schedule(static) num_threads(zp_get_num_threads()) \
+    if (att_work >= 262144)
         for (int task = 0; task < rows * NH; task++) {
             int i = task / NH, h = task % NH;
             int qi = s->row_query[i];
@@ -390,30 +415,14 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
             int nv = s->vis_n[qi];
             const float *kb = kl + (size_t)s->row_stream[i] * S * KVD + (h / GROUP) * HD;
             const float *vb = vl + (size_t)s->row_stream[i] * S * KVD + (h / GROUP) * HD;
-            float mx = -INFINITY;
-            for (int j = 0; j < nv; j++) {
-                sc[j] = dotf(qh, kb + (size_t)vis[j] * KVD, HD) * scale;
-                if (sc[j] > mx) mx = sc[j];
-            }
-            float sum = 0.f;
-            for (int j = 0; j < nv; j++) {
-                sc[j] = expf(sc[j] - mx);
-                sum += sc[j];
-            }
-            float inv = 1.f / sum;
             float *o = s->att + (size_t)i * NH * HD + h * HD;
-            memset(o, 0, sizeof(float) * HD);
-            for (int j = 0; j < nv; j++) {
-                float wgt = sc[j] * inv;
-                const float *vv = vb + (size_t)vis[j] * KVD;
-                for (int d = 0; d < HD; d++) o[d] += wgt * vv[d];
-            }
+            attend(o, sc, sc, qh, kb, vb, vis, nv, HD, KVD, scale);
             if (cap && s->row_stream[i] == (k->guided ? 2 * q[qi].image : q[qi].image))
                 for (int rq = 0; rq < cap->n; rq++)
                     if (cap->query[rq] == qi && cap->layer[rq] == l && cap->head[rq] == h) {
                         float *out = cap->out + (size_t)rq * S;
                         memset(out, 0, sizeof(float) * S);
-                        for (int j = 0; j < nv; j++) out[vis[j]] = sc[j] * inv;
+                        for (int j = 0; j < nv; j++) out[vis[j]] = sc[j];
                     }
         }
         zp_matmul(s->xb, s->att, L->wo, rows, NH * HD, D);

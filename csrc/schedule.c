@@ -9,6 +9,7 @@
 #endif
 
 #include "internal.h"
+#include "matmul.h"
 
 /* What a pass does with a logits row. */
 typedef enum {
@@ -347,7 +348,7 @@ static zp_status plan_builtin(zp_session *s, int b) {
 static zp_status reserve_pass_buffers(zp_session *s) {
     int nthreads = 1;
 #ifdef _OPENMP
-    nthreads = omp_get_max_threads();
+    nthreads = zp_get_num_threads();
 #endif
     zp_status st;
     if ((st = zp_reserve((void **)&s->logits, &s->cap_logits, (size_t)s->n_logits * s->V,
@@ -445,13 +446,14 @@ static zp_status execute(zp_session *s) {
     size_t need = s->nit * sizeof(outcome);
     int nthreads = 1;
 #ifdef _OPENMP
-    nthreads = omp_get_max_threads();
+    nthreads = zp_get_num_threads();
 #endif
     size_t wsz = zp_sampling_work_size(s->V);
     if ((st = zp_reserve((void **)&s->work, &s->cap_work, need + (size_t)nthreads * wsz, 1))) return st;
     out = (outcome *)s->work;
     unsigned char *wbase = s->work + need;
-#pragma omp parallel for schedule(dynamic, 1) if ((size_t)s->nit * s->V >= 65536)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(zp_get_num_threads()) \
+    if ((size_t)s->nit * s->V >= 65536)
     for (int i = 0; i < (int)s->nit; i++) {
         int tid = 0;
 #ifdef _OPENMP
