@@ -304,3 +304,22 @@ def test_session_visibility_and_commit():
     c = s.forward([0], [0], [1], [2], chain=0)
     np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
     assert s.slots[0, 1] == 0 and s.slots[0, 2] == 0
+
+
+def test_ctrl_c_keeps_decoded_tokens():
+    m = tiny((6, 6))
+
+    class Interrupting(Policy):
+        def select(self, state):
+            if state.pass_index == 5:
+                raise KeyboardInterrupt
+            return PyZipAR(2).select(state)
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        m.generate([0, 1], policy=Interrupting(), seed=3)
+    part = info.value.partial_result
+    full = m.generate([0, 1], policy=ZipAR(2), seed=3)
+    assert part.stats["forward_passes"] == 5
+    done = part.tokens >= 0
+    assert 0 < done.sum() < part.tokens.size
+    np.testing.assert_array_equal(part.tokens[done], full.tokens[done])

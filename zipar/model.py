@@ -232,6 +232,9 @@ class Model:
         token does not depend on decoding order, batch composition or thread count.
         ``cfg_scale=1`` turns guidance off (other values, also below 1, use it);
         ``cfg_interval`` >= 0 stops guidance after that many tokens, as LlamaGen does.
+        ``progress=True`` shows a tqdm bar over passes (console or notebook). Ctrl-C stops
+        between passes: the ``KeyboardInterrupt`` carries ``.partial_result`` with every token
+        decoded so far (-1 elsewhere).
         """
         policy = Raster() if policy is None else policy
         if not isinstance(policy, (_Builtin, Policy)):
@@ -251,9 +254,21 @@ class Model:
                 _run_python_policy(sess, policy, B, (c.H, c.W), bar)
             else:
                 sess.run(-1, bar.update_to if bar is not None else None)
+        except KeyboardInterrupt as e:
+            # Ctrl-C between passes: keep what was decoded (-1 elsewhere) on the exception
+            e.partial_result = self._result(sess, policy, labels, sids, trace, t0, False,
+                                            cfg_scale, cfg_interval, temperature, top_k, top_p,
+                                            seed)
+            raise
         finally:
             if bar is not None:
                 bar.close()
+        return self._result(sess, policy, labels, sids, trace, t0, decode_images, cfg_scale,
+                            cfg_interval, temperature, top_k, top_p, seed)
+
+    def _result(self, sess, policy, labels, sids, trace, t0, decode_images, cfg_scale,
+                cfg_interval, temperature, top_k, top_p, seed):
+        c = self.config
         seconds = time.perf_counter() - t0
         stats = dict(sess.stats)
         pq = sess.pass_queries
@@ -270,7 +285,7 @@ class Model:
                       labels=None if labels is None else np.asarray(labels).reshape(-1).tolist())
         result = GenerationResult(tokens=sess.tokens, stats=stats, config=config,
                                   trace=sess.trace if trace else None)
-        if decode_images:
+        if decode_images and sess.done:
             result.images = self.decode(result.tokens)
         return result
 
