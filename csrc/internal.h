@@ -29,7 +29,7 @@ typedef struct {
     int32_t *vis;                        /* (queries, seq_len): visible slots per query */
     int32_t *vis_n;                      /* (queries,) */
     size_t cap_scores;
-    float *scores;                       /* (threads, seq_len) */
+    float *scores;                       /* (threads, n_head, seq_len) */
     size_t cap_xl, cap_logits2, cap_vis_n;
     float *xl, *logits2;                 /* (logit rows, dim), (logit rows, vocab) */
 } zp_scratch;

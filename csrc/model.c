@@ -246,33 +246,54 @@ static void rope(float *v, int n_heads, int head_dim, const float *cs, const flo
     }
 }
 
-/* Attention of one query head over its visible slots: sc (nv,) scratch, o (hd,) output.
- * k/v rows are kvd floats apart; vis lists the slot indices. Compiled for AVX-512, AVX2 and
- * plain x86-64 and picked at load time; the summation order is the same in every clone (a
- * fixed, sequential order over slots), so results do not depend on threads. */
+/* Dot product in a fixed order that vectorises without reassociation: 16 lane sums over
+ * d = l, l+16, ..., then a fixed tree, then the tail. */
+static inline __attribute__((always_inline)) float dot16(const float *a, const float *b, int n) {
+    float part[16] = {0};
+    int d = 0;
+    for (; d + 16 <= n; d += 16)
+        for (int l = 0; l < 16; l++) part[l] += a[d + l] * b[d + l];
+    for (int w = 8; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) part[l] += part[l + w];
+    float acc = part[0];
+    for (; d < n; d++) acc += a[d] * b[d];
+    return acc;
+}
+
+/* Attention of one row (all heads) over its visible slots. Slots are walked once, each K and V
+ * row read contiguously (all kv heads at once), which streams the cache instead of striding it.
+ * q: (nh*hd); kb/vb: this stream's cache, rows kvd floats apart; sc: (nh, nv) scratch, left
+ * holding the softmax weights; o: (nh*hd) output. Compiled for AVX-512, AVX2 and plain x86-64;
+ * every clone sums in the same order (sequential over slots), independent of threads. */
 __attribute__((target_clones("avx512f", "avx2", "default")))
-static void attend(float *o, float *sc, float *probs_out, const float *qh, const float *kb,
-                   const float *vb, const int32_t *vis, int nv, int hd, int kvd, float scale) {
-    float mx = -INFINITY;
+static void attend_row(float *o, float *sc, const float *q, const float *kb, const float *vb,
+                       const int32_t *vis, int nv, int nh, int group, int hd, int kvd,
+                       float scale) {
     for (int j = 0; j < nv; j++) {
         const float *kk = kb + (size_t)vis[j] * kvd;
-        float acc = 0.f;
-        for (int d = 0; d < hd; d++) acc += qh[d] * kk[d];
-        sc[j] = acc * scale;
-        if (sc[j] > mx) mx = sc[j];
+        for (int h = 0; h < nh; h++)
+            sc[(size_t)h * nv + j] = dot16(q + (size_t)h * hd, kk + (size_t)(h / group) * hd, hd) * scale;
     }
-    float sum = 0.f;
-    for (int j = 0; j < nv; j++) {
-        sc[j] = expf(sc[j] - mx);
-        sum += sc[j];
+    for (int h = 0; h < nh; h++) {
+        float *row = sc + (size_t)h * nv, mx = -INFINITY, sum = 0.f;
+        for (int j = 0; j < nv; j++)
+            if (row[j] > mx) mx = row[j];
+        for (int j = 0; j < nv; j++) {
+            row[j] = expf(row[j] - mx);
+            sum += row[j];
+        }
+        float inv = 1.f / sum;
+        for (int j = 0; j < nv; j++) row[j] *= inv;
     }
-    float inv = 1.f / sum;
-    for (int d = 0; d < hd; d++) o[d] = 0.f;
+    for (int e = 0; e < nh * hd; e++) o[e] = 0.f;
     for (int j = 0; j < nv; j++) {
-        float wgt = sc[j] * inv;
         const float *vv = vb + (size_t)vis[j] * kvd;
-        for (int d = 0; d < hd; d++) o[d] += wgt * vv[d];
-        if (probs_out) probs_out[j] = wgt;
+        for (int h = 0; h < nh; h++) {
+            float wgt = sc[(size_t)h * nv + j];
+            float *oh = o + (size_t)h * hd;
+            const float *vh = vv + (size_t)(h / group) * hd;
+            for (int d = 0; d < hd; d++) oh[d] += wgt * vh[d];
+        }
     }
 }
 
@@ -347,7 +368,8 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
 #ifdef _OPENMP
     nthreads = zp_get_num_threads();
 #endif
-    if ((st = zp_reserve((void **)&s->scores, &s->cap_scores, (size_t)nthreads * S, sizeof(float))))
+    if ((st = zp_reserve((void **)&s->scores, &s->cap_scores, (size_t)nthreads * NH * S,
+                         sizeof(float))))
         return st;
 
     /* ---- slot states first: visibility is fixed for the whole pass */
@@ -402,27 +424,26 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
          * threads only when there is enough work to pay for waking them */
 #pragma omp parallel for schedule(static) num_threads(zp_get_num_threads()) \
     if (att_work >= 262144)
-        for (int task = 0; task < rows * NH; task++) {
-            int i = task / NH, h = task % NH;
+        for (int i = 0; i < rows; i++) {
             int qi = s->row_query[i];
             int tid = 0;
 #ifdef _OPENMP
             tid = omp_get_thread_num();
 #endif
-            float *sc = s->scores + (size_t)tid * S;
-            const float *qh = s->qkv + (size_t)i * QKV + h * HD;
+            float *sc = s->scores + (size_t)tid * NH * S;
             const int32_t *vis = s->vis + (size_t)qi * S;
             int nv = s->vis_n[qi];
-            const float *kb = kl + (size_t)s->row_stream[i] * S * KVD + (h / GROUP) * HD;
-            const float *vb = vl + (size_t)s->row_stream[i] * S * KVD + (h / GROUP) * HD;
-            float *o = s->att + (size_t)i * NH * HD + h * HD;
-            attend(o, sc, sc, qh, kb, vb, vis, nv, HD, KVD, scale);
+            const float *kb = kl + (size_t)s->row_stream[i] * S * KVD;
+            const float *vb = vl + (size_t)s->row_stream[i] * S * KVD;
+            attend_row(s->att + (size_t)i * NH * HD, sc, s->qkv + (size_t)i * QKV, kb, vb, vis, nv,
+                       NH, GROUP, HD, KVD, scale);
             if (cap && s->row_stream[i] == (k->guided ? 2 * q[qi].image : q[qi].image))
                 for (int rq = 0; rq < cap->n; rq++)
-                    if (cap->query[rq] == qi && cap->layer[rq] == l && cap->head[rq] == h) {
+                    if (cap->query[rq] == qi && cap->layer[rq] == l) {
                         float *out = cap->out + (size_t)rq * S;
+                        const float *wrow = sc + (size_t)cap->head[rq] * nv;
                         memset(out, 0, sizeof(float) * S);
-                        for (int j = 0; j < nv; j++) out[vis[j]] = sc[j];
+                        for (int j = 0; j < nv; j++) out[vis[j]] = wrow[j];
                     }
         }
         zp_matmul(s->xb, s->att, L->wo, rows, NH * HD, D);
