@@ -29,8 +29,12 @@ typedef struct {
     int32_t *vis;                        /* (queries, seq_len): visible slots per query */
     int32_t *vis_n;                      /* (queries,) */
     size_t cap_scores;
-    float *scores;                       /* (threads, n_head, seq_len) */
+    float *scores;                       /* (rows, n_head, seq_len) */
     size_t cap_xl, cap_logits2, cap_vis_n;
+    /* attention grouped by stream: rows sorted by stream, groups [grp_start[g], grp_start[g+1]) */
+    int32_t **row_vis;                   /* (rows,) pointer to the row's query's visible list */
+    int32_t *row_nv, *cursor, *grp_rows, *grp_start, *stream_group;
+    size_t cap_row_vis, cap_row_nv, cap_cursor, cap_grp_rows, cap_grp_start, cap_stream_group;
     float *xl, *logits2;                 /* (logit rows, dim), (logit rows, vocab) */
 } zp_scratch;
 

@@ -191,7 +191,8 @@ void zp_cache_free(zp_cache *k) {
     zp_scratch *s = &k->s;
     free(s->x); free(s->xb); free(s->qkv); free(s->att); free(s->h1); free(s->h3);
     free(s->row_query); free(s->row_stream); free(s->vis); free(s->vis_n); free(s->scores);
-    free(s->xl); free(s->logits2);
+    free(s->xl); free(s->logits2); free(s->row_vis); free(s->row_nv); free(s->cursor);
+    free(s->grp_rows); free(s->grp_start); free(s->stream_group);
     free(k->k); free(k->v); free(k->slots); free(k->stamp); free(k->prefix); free(k->prefix_mask);
     free(k);
 }
@@ -260,41 +261,76 @@ static inline __attribute__((always_inline)) float dot16(const float *a, const f
     return acc;
 }
 
-/* Attention of one row (all heads) over its visible slots. Slots are walked once, each K and V
- * row read contiguously (all kv heads at once), which streams the cache instead of striding it.
- * q: (nh*hd); kb/vb: this stream's cache, rows kvd floats apart; sc: (nh, nv) scratch, left
- * holding the softmax weights; o: (nh*hd) output. Compiled for AVX-512, AVX2 and plain x86-64;
- * every clone sums in the same order (sequential over slots), independent of threads. */
+/* Attention of the rows of one stream (one image's cond or uncond cache) in this pass. ZipAR
+ * passes hold several queries per image; they share the cache, so the slots are walked in
+ * tiles and every K/V tile is used by all the stream's rows while it is in cache (each slot is
+ * read from memory once per pass instead of once per query). Per row and head the result is the
+ * same as a plain loop: scores per slot, a softmax summed in slot order, then V accumulated in
+ * slot order. Compiled for AVX-512, AVX2 and plain x86-64; all clones use that order.
+ * rows: (n,) row indices; vis/nv: per row its visible slots (ascending) and their count;
+ * q: row r's query heads at q + r*ldq; sc: row r's (nh, nv[r]) scores at sc + r*ldsc;
+ * o: row r's output (nh*hd) at o + r*nh*hd; cursor: (n,) scratch. */
+#define ZP_TILE 32
 __attribute__((target_clones("avx512f", "avx2", "default")))
-static void attend_row(float *o, float *sc, const float *q, const float *kb, const float *vb,
-                       const int32_t *vis, int nv, int nh, int group, int hd, int kvd,
-                       float scale) {
-    for (int j = 0; j < nv; j++) {
-        const float *kk = kb + (size_t)vis[j] * kvd;
-        for (int h = 0; h < nh; h++)
-            sc[(size_t)h * nv + j] = dot16(q + (size_t)h * hd, kk + (size_t)(h / group) * hd, hd) * scale;
+static void attend_stream(const int32_t *rows, int n, const int32_t *const *vis, const int32_t *nv,
+                          const float *q, int ldq, float *sc, size_t ldsc, float *o,
+                          const float *kb, const float *vb, int nh, int group, int hd, int kvd,
+                          float scale, int32_t *cursor) {
+    int last = 0;
+    for (int a = 0; a < n; a++) {
+        cursor[a] = 0;
+        int r = rows[a];
+        if (nv[r] && vis[r][nv[r] - 1] > last) last = vis[r][nv[r] - 1];
     }
-    for (int h = 0; h < nh; h++) {
-        float *row = sc + (size_t)h * nv, mx = -INFINITY, sum = 0.f;
-        for (int j = 0; j < nv; j++)
-            if (row[j] > mx) mx = row[j];
-        for (int j = 0; j < nv; j++) {
-            row[j] = expf(row[j] - mx);
-            sum += row[j];
+    /* scores, tile by tile */
+    for (int t1 = ZP_TILE; t1 - ZP_TILE <= last; t1 += ZP_TILE)
+        for (int a = 0; a < n; a++) {
+            int r = rows[a], p = cursor[a];
+            const float *qr = q + (size_t)r * ldq;
+            float *sr = sc + (size_t)r * ldsc;
+            for (; p < nv[r] && vis[r][p] < t1; p++) {
+                const float *kk = kb + (size_t)vis[r][p] * kvd;
+                for (int h = 0; h < nh; h++)
+                    sr[(size_t)h * nv[r] + p] =
+                        dot16(qr + (size_t)h * hd, kk + (size_t)(h / group) * hd, hd) * scale;
+            }
+            cursor[a] = p;
         }
-        float inv = 1.f / sum;
-        for (int j = 0; j < nv; j++) row[j] *= inv;
-    }
-    for (int e = 0; e < nh * hd; e++) o[e] = 0.f;
-    for (int j = 0; j < nv; j++) {
-        const float *vv = vb + (size_t)vis[j] * kvd;
+    /* softmax per row and head, in slot order */
+    for (int a = 0; a < n; a++) {
+        int r = rows[a];
         for (int h = 0; h < nh; h++) {
-            float wgt = sc[(size_t)h * nv + j];
-            float *oh = o + (size_t)h * hd;
-            const float *vh = vv + (size_t)(h / group) * hd;
-            for (int d = 0; d < hd; d++) oh[d] += wgt * vh[d];
+            float *row = sc + (size_t)r * ldsc + (size_t)h * nv[r], mx = -INFINITY, sum = 0.f;
+            for (int j = 0; j < nv[r]; j++)
+                if (row[j] > mx) mx = row[j];
+            for (int j = 0; j < nv[r]; j++) {
+                row[j] = expf(row[j] - mx);
+                sum += row[j];
+            }
+            float inv = 1.f / sum;
+            for (int j = 0; j < nv[r]; j++) row[j] *= inv;
         }
+        float *orow = o + (size_t)r * nh * hd;
+        for (int e = 0; e < nh * hd; e++) orow[e] = 0.f;
+        cursor[a] = 0;
     }
+    /* weighted values, tile by tile, in slot order per row */
+    for (int t1 = ZP_TILE; t1 - ZP_TILE <= last; t1 += ZP_TILE)
+        for (int a = 0; a < n; a++) {
+            int r = rows[a], p = cursor[a];
+            const float *sr = sc + (size_t)r * ldsc;
+            float *orow = o + (size_t)r * nh * hd;
+            for (; p < nv[r] && vis[r][p] < t1; p++) {
+                const float *vv = vb + (size_t)vis[r][p] * kvd;
+                for (int h = 0; h < nh; h++) {
+                    float wgt = sr[(size_t)h * nv[r] + p];
+                    float *oh = orow + (size_t)h * hd;
+                    const float *vh = vv + (size_t)(h / group) * hd;
+                    for (int d = 0; d < hd; d++) oh[d] += wgt * vh[d];
+                }
+            }
+            cursor[a] = p;
+        }
 }
 
 /* ================================================================ the forward primitive */
@@ -364,11 +400,21 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         return st;
     if ((st = zp_reserve((void **)&s->vis_n, &s->cap_vis_n, (size_t)nq, sizeof(int32_t))))
         return st;
+    if ((st = zp_reserve((void **)&s->row_vis, &s->cap_row_vis, (size_t)rows, sizeof(int32_t *))) ||
+        (st = zp_reserve((void **)&s->row_nv, &s->cap_row_nv, (size_t)rows, sizeof(int32_t))) ||
+        (st = zp_reserve((void **)&s->cursor, &s->cap_cursor, (size_t)rows, sizeof(int32_t))) ||
+        (st = zp_reserve((void **)&s->grp_rows, &s->cap_grp_rows, (size_t)rows, sizeof(int32_t))) ||
+        (st = zp_reserve((void **)&s->grp_start, &s->cap_grp_start, (size_t)rows + 1,
+                         sizeof(int32_t))) ||
+        (st = zp_reserve((void **)&s->stream_group, &s->cap_stream_group, (size_t)k->n_streams,
+                         sizeof(int32_t))))
+        return st;
     int nthreads = 1;
 #ifdef _OPENMP
     nthreads = zp_get_num_threads();
 #endif
-    if ((st = zp_reserve((void **)&s->scores, &s->cap_scores, (size_t)nthreads * NH * S,
+    (void)nthreads;
+    if ((st = zp_reserve((void **)&s->scores, &s->cap_scores, (size_t)rows * NH * S,
                          sizeof(float))))
         return st;
 
@@ -396,6 +442,27 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         if (q[i].want_logits) n_logits++;
     }
 
+    /* ---- rows grouped by stream (counting sort), for the shared-cache attention */
+    for (int i = 0; i < rows; i++) {
+        s->row_vis[i] = s->vis + (size_t)s->row_query[i] * S;
+        s->row_nv[i] = s->vis_n[s->row_query[i]];
+    }
+    int n_groups = 0;
+    {
+        int32_t *count = s->cursor; /* (rows) scratch reused: streams touched this pass */
+        for (int i = 0; i < rows; i++) count[i] = 0;
+        int32_t *stream_group = s->stream_group;
+        for (int t = 0; t < k->n_streams; t++) stream_group[t] = -1;
+        for (int i = 0; i < rows; i++) {
+            int t = s->row_stream[i];
+            if (stream_group[t] < 0) stream_group[t] = n_groups++;
+            count[stream_group[t]]++;
+        }
+        s->grp_start[0] = 0;
+        for (int g = 0; g < n_groups; g++) s->grp_start[g + 1] = s->grp_start[g] + count[g];
+        for (int g = 0; g < n_groups; g++) count[g] = s->grp_start[g];
+        for (int i = 0; i < rows; i++) s->grp_rows[count[stream_group[s->row_stream[i]]]++] = i;
+    }
     const float scale = 1.0f / sqrtf((float)HD);
     size_t att_work = 0; /* multiply-adds of one layer's attention */
     for (int i = 0; i < rows; i++) att_work += (size_t)s->vis_n[s->row_query[i]] * NH * HD * 2;
@@ -422,30 +489,29 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
 
         /* ---- softmax(q k^T / sqrt(hd)) v over the visible slots, one (row, head) per task;
          * threads only when there is enough work to pay for waking them */
-#pragma omp parallel for schedule(static) num_threads(zp_get_num_threads()) \
+#pragma omp parallel for schedule(dynamic, 1) num_threads(zp_get_num_threads()) \
     if (att_work >= 262144)
-        for (int i = 0; i < rows; i++) {
-            int qi = s->row_query[i];
-            int tid = 0;
-#ifdef _OPENMP
-            tid = omp_get_thread_num();
-#endif
-            float *sc = s->scores + (size_t)tid * NH * S;
-            const int32_t *vis = s->vis + (size_t)qi * S;
-            int nv = s->vis_n[qi];
-            const float *kb = kl + (size_t)s->row_stream[i] * S * KVD;
-            const float *vb = vl + (size_t)s->row_stream[i] * S * KVD;
-            attend_row(s->att + (size_t)i * NH * HD, sc, s->qkv + (size_t)i * QKV, kb, vb, vis, nv,
-                       NH, GROUP, HD, KVD, scale);
-            if (cap && s->row_stream[i] == (k->guided ? 2 * q[qi].image : q[qi].image))
+        for (int g = 0; g < n_groups; g++) {
+            int first = s->grp_start[g], n = s->grp_start[g + 1] - first;
+            const int32_t *grp = s->grp_rows + first;
+            size_t off = (size_t)s->row_stream[grp[0]] * S * KVD;
+            attend_stream(grp, n, (const int32_t *const *)s->row_vis, s->row_nv, s->qkv, QKV,
+                          s->scores, (size_t)NH * S, s->att, kl + off, vl + off, NH, GROUP, HD,
+                          KVD, scale, s->cursor + first);
+        }
+        if (cap)
+            for (int i = 0; i < rows; i++) {
+                int qi = s->row_query[i];
+                if (s->row_stream[i] != (k->guided ? 2 * q[qi].image : q[qi].image)) continue;
                 for (int rq = 0; rq < cap->n; rq++)
                     if (cap->query[rq] == qi && cap->layer[rq] == l) {
                         float *out = cap->out + (size_t)rq * S;
-                        const float *wrow = sc + (size_t)cap->head[rq] * nv;
+                        const float *wrow = s->scores + (size_t)i * NH * S +
+                                            (size_t)cap->head[rq] * s->row_nv[i];
                         memset(out, 0, sizeof(float) * S);
-                        for (int j = 0; j < nv; j++) out[vis[j]] = wrow[j];
+                        for (int j = 0; j < s->row_nv[i]; j++) out[s->row_vis[i][j]] = wrow[j];
                     }
-        }
+            }
         zp_matmul(s->xb, s->att, L->wo, rows, NH * HD, D);
         for (size_t e = 0; e < (size_t)rows * D; e++) s->x[e] += s->xb[e];
 
