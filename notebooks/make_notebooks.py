@@ -1,0 +1,685 @@
+"""Write the example notebooks of this folder (outputs stripped) from the cell sources below.
+
+    python3 notebooks/make_notebooks.py            # rewrites notebooks/0*.ipynb
+    python3 notebooks/make_notebooks.py OUTDIR     # writes them somewhere else
+
+Edit the notebooks here, not in Jupyter, so that they stay reproducible: cell ids are fixed,
+there are no outputs and no execution counts. tests/test_notebooks.py executes every notebook
+with ZIPAR_NB_SMALL=1 and checks that the committed files equal what this script writes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _src(text: str) -> str:
+    return textwrap.dedent(text).strip("\n")
+
+
+# Shared first code cell: the SMALL switch and an import that also works from a source checkout.
+SETUP = _src('''
+    import os
+    import sys
+    import time
+
+    import numpy as np
+
+    # SMALL (the default, what CI runs): a few images per setting, well under a minute on 2 cores.
+    # Set ZIPAR_NB_SMALL=0 before starting Jupyter for the full-size settings.
+    SMALL = os.environ.get("ZIPAR_NB_SMALL", "1") == "1"
+
+    try:
+        import zipar
+    except ImportError:  # a source checkout (python3 setup.py build_ext --inplace), not installed
+        sys.path.insert(0, os.path.abspath(".."))
+        import zipar
+
+    from IPython.display import Image, display
+
+    from zipar.builtin import default_tokenizer
+    from zipar.png import encode_png, image_grid
+
+    print("zipar", zipar.__version__, "from", os.path.dirname(zipar.__file__), "| SMALL =", SMALL)
+''')
+
+# Shared helpers for pixels and PNG display (no matplotlib needed).
+HELPERS = _src('''
+    CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+               "Sneaker", "Bag", "Ankle boot"]  # Fashion-MNIST label names
+    TOKENIZER = default_tokenizer()
+
+
+    def pixels(model, tokens):
+        """uint8 images (n, 28, 28) of token grids: the model's decoder, else the grey palette."""
+        images = model.decode(tokens)
+        return images if images is not None else TOKENIZER.decode(tokens)
+
+
+    def show(image, scale=3):
+        """Display a uint8 image (H, W) or (H, W, 3) as a PNG, each pixel scale x scale."""
+        big = np.repeat(np.repeat(np.asarray(image), scale, axis=0), scale, axis=1)
+        display(Image(data=encode_png(big)))
+''')
+
+
+# ================================================================================ 01
+
+QUICKSTART = [
+    ("md", '''
+        # 01 · Quickstart: raster vs ZipAR on the built-in model
+
+        The built-in model is a small LlamaGen-architecture class-conditional GPT trained on
+        Fashion-MNIST: a 28 x 28 grid of tokens, 16 grey levels, 10 classes. Raster decoding
+        needs one forward pass per token (784); ZipAR starts a row as soon as the row above holds
+        `window` tokens, so one pass emits a token for every active row.
+
+        This notebook: load the model, generate one image per class with `Raster()` and with
+        `ZipAR(4)` (fixed seeds), compare them, read the statistics, check that `ZipAR(28)` is
+        raster decoding token for token, try `AdaptiveZipAR`, and score samples with `log_prob`.
+        `SMALL` (default on) uses 4 classes instead of 10.
+    '''),
+    ("code", SETUP),
+    ("code", HELPERS),
+    ("code", '''
+        model = zipar.load_default()
+        print(model)
+        zipar.show_config()
+        cfg = model.config
+        H, W = cfg.H, cfg.W
+        print(f"grid {H}x{W}, vocabulary {cfg.vocab_size} grey levels, {cfg.num_classes} classes")
+    '''),
+    ("md", '''
+        ## One image per class, raster and ZipAR(4)
+
+        The random numbers come from a counter-based stream keyed by (seed, sample id, position,
+        draw), so the same seed gives the same first row under both policies; the rows after it
+        differ because ZipAR predicts them from a partial row above.
+    '''),
+    ("code", '''
+        LABELS = list(range(4)) if SMALL else list(range(10))
+        SEED = 0
+
+        raster = model.generate(LABELS, policy=zipar.Raster(), seed=SEED)
+        fast = model.generate(LABELS, policy=zipar.ZipAR(4), seed=SEED)
+
+        # top row: Raster(), bottom row: ZipAR(4); one column per class
+        show(image_grid(np.concatenate([pixels(model, raster.tokens), pixels(model, fast.tokens)]),
+                        nrow=len(LABELS)), scale=3)
+        print("columns:", ", ".join(CLASSES[c] for c in LABELS))
+        for i, c in enumerate(LABELS):
+            same = raster.tokens[i] == fast.tokens[i]
+            print(f"{CLASSES[c]:>12}: row 0 identical: {bool(same[0].all())}, "
+                  f"tokens shared with raster: {same.mean():.0%}")
+    '''),
+    ("md", '''
+        ## Statistics
+
+        `forward_passes` counts passes for the whole batch (prefill included); `queries_per_pass`
+        is a histogram {queries in the pass: number of passes}: raster feeds one query per image,
+        ZipAR one per active row and image, plus the stand-ins (proxies) for row starts and the
+        refeeds that later replace them with the real token.
+    '''),
+    ("code", '''
+        def summary(name, res):
+            s = res.stats
+            print(f"{name:>18}: {s['forward_passes']:4d} passes (raster {s['raster_passes']}), "
+                  f"step reduction {s['step_reduction']:.1%}, {s['seconds']:.2f} s, "
+                  f"{s['mean_queries_per_pass']:.1f} queries/pass, proxies {s['proxies']}, "
+                  f"refeeds {s['refeeds']}")
+
+
+        summary("Raster()", raster)
+        summary("ZipAR(4)", fast)
+        print("expected passes: eager W + (H-1)s =", zipar.ZipAR(4).expected_passes(H, W),
+              "| paper schedule 2W + (H-2)s =", zipar.ZipAR(4, schedule="paper").expected_passes(H, W))
+
+        print("\\nqueries per pass, ZipAR(4):")
+        hist = fast.stats["queries_per_pass"]
+        for q, n in sorted(hist.items()):
+            print(f"  {q:4d} queries x {n:3d} passes " + "#" * max(1, round(40 * n / max(hist.values()))))
+        print("row r starts at pass:", fast.stats["row_start_pass"][0].tolist())
+    '''),
+    ("md", '''
+        ## `ZipAR(28)` is raster decoding
+
+        With the window equal to the grid width a row starts only when the row above is complete,
+        which is raster order. The engine never lets a query see a slot that was not written, so
+        the tokens are exactly the raster tokens. A sub-batch gives the same grids too: a token
+        depends on the sample id (default: the index in the batch), not on the batch.
+    '''),
+    ("code", '''
+        n = 2 if SMALL else len(LABELS)
+        full = model.generate(LABELS[:n], policy=zipar.ZipAR(W), seed=SEED)
+        assert (full.tokens == raster.tokens[:n]).all()
+        print(f"ZipAR({W}) == Raster() token for token on {n} image(s); "
+              f"passes {full.stats['forward_passes']}")
+    '''),
+    ("md", '''
+        ## AdaptiveZipAR
+
+        `AdaptiveZipAR(min_window)` drafts a row start once the row above holds `min_window`
+        tokens and re-checks it each pass with one more token of context (the speculative-sampling
+        test); a rejected draft is resampled from the residual distribution. With
+        `threshold=1` every draft is accepted and the policy is `ZipAR(min_window)`.
+    '''),
+    ("code", '''
+        ada = model.generate(LABELS, policy=zipar.AdaptiveZipAR(4), seed=SEED)
+        summary("AdaptiveZipAR(4)", ada)
+        s = ada.stats
+        print(f"drafts proposed {s['drafts_proposed']}, accepted {s['drafts_accepted']}, "
+              f"rejected {s['drafts_rejected']}, resampled {s['resamples']}")
+
+        one = model.generate(LABELS[:1], policy=zipar.AdaptiveZipAR(4, threshold=1.0), seed=SEED)
+        assert (one.tokens == fast.tokens[:1]).all()
+        print("AdaptiveZipAR(4, threshold=1) == ZipAR(4):", True)
+        show(image_grid(pixels(model, ada.tokens), nrow=len(LABELS)), scale=3)
+    '''),
+    ("md", '''
+        ## Log-likelihood of the samples
+
+        `model.log_prob(labels, tokens)` is the teacher-forced log-likelihood (nats) of each grid
+        under the model without guidance (the samples were drawn with classifier-free guidance,
+        `cfg_scale=4` by default). Lower is more typical for the model; real test images of the
+        same classes give a reference point. A stand-in fed at a row start and a row predicted
+        from a partial row above both move ZipAR's samples away from what the model expects.
+    '''),
+    ("code", '''
+        import math
+
+        def bits_per_token(lp):
+            return -np.asarray(lp) / (H * W) / math.log(2.0)
+
+        for name, res in (("Raster()", raster), ("ZipAR(4)", fast), ("AdaptiveZipAR(4)", ada)):
+            lp = model.log_prob(LABELS, res.tokens)
+            print(f"{name:>18}: mean NLL {bits_per_token(lp).mean():.3f} bits/token "
+                  f"(per image: {np.round(bits_per_token(lp), 3).tolist()})")
+
+        try:
+            from zipar.eval import test_set
+
+            images, labels = test_set()
+            per_class = 1 if SMALL else 10
+            idx = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in LABELS])
+            lp = model.log_prob(labels[idx], TOKENIZER.encode(images[idx]))
+            print(f"{'test images':>18}: mean NLL {bits_per_token(lp).mean():.3f} bits/token "
+                  f"({len(idx)} images)")
+        except FileNotFoundError as e:  # Fashion-MNIST itself is optional
+            print("no test set:", e)
+    '''),
+]
+
+
+# ================================================================================ 02
+
+SWEEP = [
+    ("md", '''
+        # 02 · Ablation sweep: window x threshold
+
+        `zipar.sweep` runs every combination of a grid of settings (a *cell*), generates
+        `n_samples` images per cell and scores them. Here: fixed-window ZipAR over its window, and
+        AdaptiveZipAR over its minimum window and acceptance threshold. Metrics: the samples' NLL
+        under the model (bits per token) and the accuracy of the shipped Fashion-MNIST classifier
+        on them; with `SMALL` off also the FID-proxy (Fréchet distance of classifier features to
+        the test set), which needs hundreds of samples to mean anything.
+
+        `SMALL` (default on) runs 5 cells of 3 images; the full grid is 12 cells of 200 images,
+        written to `zipar_sweep_runs/` so an interrupted run resumes.
+    '''),
+    ("code", SETUP),
+    ("code", '''
+        from zipar import sweep as zsweep
+        from zipar.builtin import DATA_DIR
+
+        if SMALL:
+            WINDOWS, MIN_WINDOWS, THRESHOLDS, N_SAMPLES = [2, 4, 28], [4], [0.0, 0.5], 3
+            EXECUTOR, OUT = "inprocess", None
+        else:
+            WINDOWS, MIN_WINDOWS, THRESHOLDS, N_SAMPLES = [1, 2, 4, 7, 14, 28], [2, 4, 7], [0.0, 0.5], 200
+            EXECUTOR, OUT = "process", "zipar_sweep_runs"   # one worker per core, resumable
+
+        grid = {"policy": ["zipar", "adaptive"], "window": WINDOWS, "min_window": MIN_WINDOWS,
+                "threshold": THRESHOLDS}
+        cells = zsweep.expand_grid(grid)
+        print(len(cells), "cells; ZipAR(28) is the raster baseline")
+
+        metrics = {"nll_bits": zsweep.nll_bits}
+        if os.path.exists(os.path.join(DATA_DIR, "fmnist_classifier.npz")):
+            metrics["class_accuracy"] = zsweep.eval_class_accuracy
+        if not SMALL:
+            try:
+                from zipar.eval import test_set
+
+                test_set()
+                metrics["fid_proxy"] = zsweep.eval_fid_proxy
+            except FileNotFoundError as e:
+                print("FID-proxy skipped:", e)
+        print("metrics:", list(metrics))
+    '''),
+    ("code", '''
+        def report(i, rec):
+            name = (f"zipar w={rec['window']}" if rec["policy"] == "zipar"
+                    else f"adaptive min={rec['min_window']} t={rec['threshold']}")
+            print(f"[{i + 1}/{len(cells)}] {name}: {rec['forward_passes']:.0f} passes, "
+                  f"{rec['seconds']:.1f} s")
+
+        t0 = time.perf_counter()
+        res = zsweep.sweep("builtin", grid, n_samples=N_SAMPLES, metrics=metrics,
+                           executor=EXECUTOR, out=OUT, progress=False, callback=report)
+        print(res, f"in {time.perf_counter() - t0:.1f} s")
+    '''),
+    ("md", "## Table"),
+    ("code", '''
+        COLUMNS = ["policy", "window", "min_window", "threshold", "forward_passes", "step_reduction",
+                   "draft_acceptance", "seconds_per_image"] + res.metric_columns
+        try:
+            import pandas as pd
+
+            df = res.to_dataframe()[COLUMNS]
+            display(df)
+        except ImportError:  # pandas is optional: a plain-text table of the records
+            print(zsweep.format_table(res.records, COLUMNS))
+    '''),
+    ("md", '''
+        ## Fidelity vs forward passes
+
+        Each point is a cell; fewer passes is faster. With few samples per cell the metrics are
+        noisy: read the `SMALL` plot as a smoke test, not as a result.
+    '''),
+    ("code", '''
+        def label(rec):
+            if rec["policy"] == "zipar":
+                return "raster" if rec["window"] == 28 else f"Z{rec['window']}"
+            return f"A{rec['min_window']}/{rec['threshold']:g}"
+
+        ys = [m for m in ("nll_bits", "class_accuracy", "fid_proxy") if m in res.metric_columns]
+        try:
+            import matplotlib.pyplot as plt
+
+            fig, axes = plt.subplots(1, len(ys), figsize=(4.5 * len(ys), 3.5), squeeze=False)
+            for ax, y in zip(axes[0], ys):
+                for pol, marker in (("zipar", "o"), ("adaptive", "s")):
+                    recs = [r for r in res.records if r["policy"] == pol and r.get(y) is not None]
+                    ax.scatter([r["forward_passes"] for r in recs], [r[y] for r in recs],
+                               marker=marker, label=pol)
+                    for r in recs:
+                        ax.annotate(label(r), (r["forward_passes"], r[y]), fontsize=7)
+                ax.set_xscale("log")
+                ax.minorticks_off()
+                ticks = [t for t in (25, 50, 100, 200, 400, 800)
+                         if min(r["forward_passes"] for r in res.records) / 2 <= t
+                         <= 2 * max(r["forward_passes"] for r in res.records)]
+                ax.set_xticks(ticks, [str(t) for t in ticks])
+                ax.set_xlabel("forward passes per image")
+                ax.set_ylabel(y)
+                ax.legend()
+            fig.tight_layout()
+            plt.show()
+        except ImportError:  # matplotlib is optional
+            for y in ys:
+                print(y + ":", ", ".join(f"{label(r)}: {r['forward_passes']:.0f} passes -> {r[y]:.3f}"
+                                         for r in res.records if r.get(y) is not None))
+    '''),
+    ("md", '''
+        ## Pareto front
+
+        `SweepResult.pareto(x, y)` keeps the cells that no other cell beats on both columns (lower
+        is better unless the column is in `maximize`).
+    '''),
+    ("code", '''
+        fronts = [("nll_bits", ())]
+        if "class_accuracy" in res.metric_columns:
+            fronts.append(("class_accuracy", ("class_accuracy",)))
+        if "fid_proxy" in res.metric_columns:
+            fronts.append(("fid_proxy", ()))
+        for y, maximize in fronts:
+            front = res.pareto(x="forward_passes", y=y, maximize=maximize)
+            print(f"Pareto front, forward_passes vs {y}:")
+            for r in front:
+                print(f"  {label(r):>10}: {r['forward_passes']:6.1f} passes, {y} = {r[y]:.4f}")
+    '''),
+]
+
+
+# ================================================================================ 03
+
+LOCALITY = [
+    ("md", '''
+        # 03 · Spatial locality of attention
+
+        ZipAR rests on an observation about image AR models: a token attends mostly to spatially
+        close tokens, in particular to the token in the same column of the previous row, so a row
+        can start before the row above is complete. `Model.attention` captures the softmax
+        weights of teacher-forced queries in the engine; here we look at them on a few generated
+        images.
+
+        Convention: `model.attention(..., cells=[(r, c)])` returns the query *fed with* the token
+        of cell (r, c); that query predicts the next cell, (r, c + 1). Offsets below are relative
+        to the predicted cell, so (-1, 0) is "same column, previous row" and (0, -1) is the query's
+        own slot (the token to the left of the predicted one).
+    '''),
+    ("code", SETUP),
+    ("code", HELPERS),
+    ("code", '''
+        model = zipar.load_default()
+        cfg = model.config
+        H, W, P = cfg.H, cfg.W, cfg.cls_token_num
+        assert cfg.eor == 0  # slot p >= P is grid cell divmod(p - P, W)
+
+        LABELS = [0, 7] if SMALL else list(range(10))
+        gen = model.generate(LABELS, policy=zipar.Raster(), seed=1)
+        tokens = gen.tokens
+        show(image_grid(pixels(model, tokens), nrow=len(LABELS)), scale=3)
+        print(", ".join(CLASSES[c] for c in LABELS))
+    '''),
+    ("md", '''
+        ## Attention map of one query
+
+        Weights of the query predicting the centre cell (14, 14), averaged over heads, one map per
+        layer, for the first image. Each map is scaled to its own maximum (square root for
+        contrast); red marks the query's own slot (14, 13), green the predicted cell.
+    '''),
+    ("code", '''
+        QUERY = (14, 13)                       # fed with (14, 13), predicts (14, 14)
+        A = model.attention(LABELS[:1], tokens[:1], cells=[QUERY])   # (1, 1, layers, heads, seq)
+        maps = A[0, 0].mean(axis=1)[:, P:].reshape(cfg.n_layer, H, W)   # mean over heads
+        print("attention on the class slot per layer:", np.round(A[0, 0].mean(axis=1)[:, :P].sum(1), 3))
+
+
+        def heat(m):
+            g = np.sqrt(m / m.max()) if m.max() > 0 else m
+            rgb = np.repeat((255 * g).astype(np.uint8)[..., None], 3, axis=2)
+            rgb[QUERY] = (255, 0, 0)
+            rgb[QUERY[0], QUERY[1] + 1] = (0, 255, 0)
+            return rgb
+
+
+        try:
+            import matplotlib.pyplot as plt
+
+            fig, axes = plt.subplots(1, cfg.n_layer, figsize=(2 * cfg.n_layer, 2.3))
+            for layer, ax in enumerate(axes):
+                ax.imshow(maps[layer], cmap="magma")
+                ax.plot(QUERY[1], QUERY[0], "s", mfc="none", mec="cyan")
+                ax.set_title(f"layer {layer}", fontsize=8)
+                ax.axis("off")
+            fig.tight_layout()
+            plt.show()
+        except ImportError:  # matplotlib is optional: PNG tiles, layers 0..n-1 left to right
+            show(image_grid(np.stack([heat(m) for m in maps]), nrow=cfg.n_layer), scale=4)
+    '''),
+    ("md", '''
+        ## Mean attention by relative offset
+
+        For many query cells (rows 1.., predicting a cell in the same row), average the weights
+        over layers and heads, then over the queries for which the offset exists. `SMALL` samples
+        every third row and column.
+    '''),
+    ("code", '''
+        step = 3 if SMALL else 1
+        cells = np.array([(r, c) for r in range(1, H, step) for c in range(0, W - 1, step)])
+        R, C = 2 * H - 1, 2 * W - 1            # offsets dr in -(H-1)..H-1, dc in -(W-1)..W-1
+        total = np.zeros((R, C))
+        count = np.zeros((R, C))
+        cls_share = []
+        key_r, key_c = np.divmod(np.arange(H * W), W)
+        t0 = time.perf_counter()
+        for b in range(len(LABELS)):          # one image at a time keeps the capture buffer small
+            A = model.attention(LABELS[b:b + 1], tokens[b:b + 1], cells=cells)
+            mean = A[0].mean(axis=(1, 2))     # (n_cells, seq): mean over layers and heads
+            cls_share.append(mean[:, :P].sum(axis=1).mean())
+            for (r, c), w in zip(cells, mean[:, P:]):
+                tr, tc = r, c + 1             # the predicted cell
+                np.add.at(total, (key_r - tr + H - 1, key_c - tc + W - 1), w)
+                np.add.at(count, (key_r - tr + H - 1, key_c - tc + W - 1), 1)
+        print(f"{len(cells)} query cells x {len(LABELS)} images in {time.perf_counter() - t0:.1f} s; "
+              f"mean weight on the class slot {np.mean(cls_share):.4f}")
+
+        mean_by_offset = np.where(count > 0, total / np.maximum(count, 1), 0.0)
+        # only offsets present for at least a tenth of the queries (rare far offsets are noisy)
+        mean_by_offset[count < 0.1 * count.max()] = 0.0
+        order = np.argsort(-mean_by_offset, axis=None)[:10]
+        print("top offsets (d_row, d_col) relative to the predicted cell:")
+        for rank, o in enumerate(order, 1):
+            dr, dc = np.unravel_index(o, mean_by_offset.shape)
+            dr, dc = int(dr) - (H - 1), int(dc) - (W - 1)
+            note = {(-1, 0): "same column, previous row", (0, -1): "left neighbour (own slot)",
+                    (-1, -1): "up-left", (-1, 1): "up-right"}.get((dr, dc), "")
+            print(f"  {rank:2d}. ({dr:+d}, {dc:+d})  mean weight {mean_by_offset.flat[o]:.4f}  {note}")
+        uniform = np.mean([1.0 / (P + r * W + c + 1) for r, c in cells])
+        print(f"(a query spreading its weight evenly would give about {uniform:.4f} per slot)")
+    '''),
+    ("code", '''
+        # the neighbourhood of the predicted cell: rows -4..0, columns -6..+6
+        dr = np.arange(-4, 1)
+        dc = np.arange(-6, 7)
+        block = mean_by_offset[np.ix_(dr + H - 1, dc + W - 1)]
+        print("d_row \\\\ d_col " + " ".join(f"{d:+6d}" for d in dc))
+        for i, d in enumerate(dr):
+            print(f"{d:+13d} " + " ".join("     ." if (d == 0 and e >= 0) else f"{v:6.3f}"
+                                          for e, v in zip(dc, block[i])))
+    '''),
+    ("md", '''
+        ## What a fixed window hides
+
+        Under ZipAR(s) (eager schedule), when the engine decodes cell (r, c), row r - k holds its
+        first c + k s columns. The raster-order attention that falls on later columns of earlier
+        rows (offset d_row = -k, d_col >= k s) is attention to tokens ZipAR(s) has not decoded
+        yet. Its share shrinks quickly with the window when attention is local.
+    '''),
+    ("code", '''
+        n_queries = len(cells) * len(LABELS)
+        mass = total / n_queries                  # mean attention mass per offset
+        d_row = np.arange(R)[:, None] - (H - 1)
+        d_col = np.arange(C)[None, :] - (W - 1)
+        for s in (1, 2, 4, 7, 14, 28):
+            hidden = mass[(d_row < 0) & (d_col >= -d_row * s)].sum()
+            print(f"ZipAR({s:2d}): {hidden:6.2%} of the attention falls on tokens not decoded yet")
+    '''),
+]
+
+
+# ================================================================================ 04
+
+CUSTOM = [
+    ("md", '''
+        # 04 · Writing a decoding policy in Python
+
+        A `zipar.Policy` subclass chooses, before every forward pass, which cells to decode: its
+        `select(state)` returns `(image, row, col)` triples, each the next undecoded cell of its
+        row. The engine does the rest (inputs, stand-ins for row starts, refeeds, visibility), so a
+        policy is a few lines of NumPy. This notebook:
+
+        1. reimplements fixed-window ZipAR in Python and checks it against the C policy token for
+           token;
+        2. writes an *accelerating-window* policy: a wide window for the first rows (where the
+           global shape is decided), then narrower and narrower;
+        3. compares passes and sample NLL with the built-in policies;
+        4. runs the SJD-style speculative Jacobi decoder of `zipar.sjd`, written on the low-level
+           session API.
+    '''),
+    ("code", SETUP),
+    ("code", HELPERS),
+    ("code", '''
+        model = zipar.load_default()
+        cfg = model.config
+        H, W = cfg.H, cfg.W
+        LABELS = [0, 1] if SMALL else list(range(10))
+        SEED = 0
+    '''),
+    ("md", '''
+        ## ZipAR in Python
+
+        Row r may decode its next column c once row r-1 holds columns up to min(c + s, W) - 1,
+        i.e. `progress[r-1] >= min(progress[r] + s, W)`. `window_for_row` lets subclasses vary the
+        window per row. The policy also records the pass at which it decoded each cell.
+    '''),
+    ("code", '''
+        class PyZipAR(zipar.Policy):
+            """Fixed-window ZipAR (eager schedule), in Python."""
+
+            def __init__(self, window):
+                self.window = window
+
+            def window_for_row(self, row):
+                return self.window
+
+            def reset(self, n_images, grid):
+                self.H, self.W = grid
+                self.windows = np.array([min(self.window_for_row(r), self.W) for r in range(self.H)])
+                self.decoded_at = np.full((n_images,) + tuple(grid), -1)
+
+            def select(self, state):
+                progress = state.progress                        # (images, H) decoded per row
+                ready = progress < self.W
+                need = np.minimum(progress[:, 1:] + self.windows[None, 1:], self.W)
+                ready[:, 1:] &= progress[:, :-1] >= need
+                image, row = np.nonzero(ready)
+                col = progress[image, row]
+                self.decoded_at[image, row, col] = state.pass_index
+                return np.stack([image, row, col], axis=1)
+
+            def to_dict(self):
+                return {"policy": type(self).__name__, "window": self.window}
+
+
+        py_policies = {}
+        for s in ((4,) if SMALL else (1, 2, 4, 7, 14, 28)):
+            py_policies[s] = PyZipAR(s)
+            py = model.generate(LABELS, policy=py_policies[s], seed=SEED)
+            c = model.generate(LABELS, policy=zipar.ZipAR(s), seed=SEED)
+            assert (py.tokens == c.tokens).all()
+            assert py.stats["forward_passes"] == c.stats["forward_passes"]
+            print(f"PyZipAR({s}) == ZipAR({s}): same tokens, {c.stats['forward_passes']} passes "
+                  f"(Python {py.stats['seconds']:.2f} s, C {c.stats['seconds']:.2f} s)")
+        zipar4 = c if s == 4 else model.generate(LABELS, policy=zipar.ZipAR(4), seed=SEED)
+    '''),
+    ("md", '''
+        ## An accelerating window
+
+        Row 1 waits for `start` tokens of row 0, each later row halves the window down to `end`.
+    '''),
+    ("code", '''
+        class AcceleratingZipAR(PyZipAR):
+            def __init__(self, start=14, end=2):
+                self.start, self.end = start, end
+                self.window = start
+
+            def window_for_row(self, row):
+                return max(self.end, self.start >> max(row - 1, 0))
+
+            def to_dict(self):
+                return {"policy": type(self).__name__, "start": self.start, "end": self.end}
+
+
+        accel = AcceleratingZipAR(14, 2)
+        acc = model.generate(LABELS, policy=accel, seed=SEED)
+        print("window of rows 1..27:", accel.windows[1:].tolist())
+        print("passes:", acc.stats["forward_passes"])
+
+        # pass at which each cell of the first image was decoded (darker = earlier):
+        # left PyZipAR(4), right the accelerating window, each scaled to its own last pass
+        orders = [p.decoded_at[0] / p.decoded_at[0].max() for p in (py_policies[4], accel)]
+        show(image_grid(np.stack([(255 * o).astype(np.uint8) for o in orders]), nrow=2), scale=5)
+    '''),
+    ("md", '''
+        ## Compared with the built-in policies
+
+        Same labels and seed. NLL: bits per token of the samples under the model (no guidance).
+    '''),
+    ("code", '''
+        import math
+
+        runs = {"Raster()": model.generate(LABELS, policy=zipar.Raster(), seed=SEED),
+                "ZipAR(2)": model.generate(LABELS, policy=zipar.ZipAR(2), seed=SEED),
+                "ZipAR(4)": zipar4,
+                "AdaptiveZipAR(4)": model.generate(LABELS, policy=zipar.AdaptiveZipAR(4), seed=SEED),
+                "Accelerating(14->2)": acc}
+        for name, res in runs.items():
+            nll = -model.log_prob(LABELS, res.tokens) / (H * W) / math.log(2.0)
+            print(f"{name:>20}: {res.stats['forward_passes']:4d} passes, "
+                  f"{res.stats['seconds']:5.2f} s, NLL {nll.mean():.3f} bits/token")
+        # one row of images per policy, in the order above
+        show(image_grid(np.concatenate([pixels(model, r.tokens) for r in runs.values()]),
+                        nrow=len(LABELS)), scale=3)
+    '''),
+    ("md", '''
+        ## SJD-style decoding on the session API
+
+        `zipar.sjd.sjd_generate` is speculative Jacobi decoding written in Python on
+        `model.session(...)`: each pass feeds the last committed token plus `window - 1` drafts in
+        one chain (visible only inside it), accepts drafts left to right with the speculative
+        sampling test and resamples the first rejected one. With `window=1` there are no drafts and
+        it is raster decoding, token for token (it runs without guidance by default, so compare
+        with `cfg_scale=1`).
+    '''),
+    ("code", '''
+        from zipar.sjd import sjd_generate
+
+        n = 1 if SMALL else len(LABELS)
+        toks1, passes1, _ = sjd_generate(model, LABELS[:n], 1, seed=SEED)
+        plain = model.generate(LABELS[:n], policy=zipar.Raster(), seed=SEED, cfg_scale=1.0)
+        assert (toks1 == plain.tokens).all()
+        print(f"sjd window=1 == raster (cfg_scale=1): {passes1} passes")
+
+        for window in ((4,) if SMALL else (2, 4, 8, 16)):
+            t0 = time.perf_counter()
+            toks, passes, accepted = sjd_generate(model, LABELS, window, seed=SEED)
+            nll = -model.log_prob(LABELS, toks) / (H * W) / math.log(2.0)
+            print(f"sjd window={window}: {passes} passes, {accepted} drafts accepted "
+                  f"({accepted / len(LABELS):.0f} per image), NLL {nll.mean():.3f} bits/token "
+                  f"(no guidance: not comparable with the runs above), "
+                  f"{time.perf_counter() - t0:.1f} s")
+        show(image_grid(pixels(model, toks), nrow=len(LABELS)), scale=3)
+    '''),
+]
+
+
+NOTEBOOKS = {
+    "01_quickstart.ipynb": QUICKSTART,
+    "02_ablation_sweep.ipynb": SWEEP,
+    "03_spatial_locality.ipynb": LOCALITY,
+    "04_custom_policy.ipynb": CUSTOM,
+}
+
+
+def build(cells, stem: str):
+    nb = new_notebook()
+    nb.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
+    for i, (kind, text) in enumerate(cells):
+        src = _src(text)
+        cell = new_markdown_cell(src) if kind == "md" else new_code_cell(src)
+        cell.id = f"{stem}-{i:02d}"          # fixed ids: the files do not change between runs
+        if kind == "code":
+            cell.outputs = []
+            cell.execution_count = None
+        nb.cells.append(cell)
+    nbformat.validate(nb)
+    return nb
+
+
+def write_all(outdir: str = HERE):
+    os.makedirs(outdir, exist_ok=True)
+    paths = []
+    for name, cells in NOTEBOOKS.items():
+        nb = build(cells, name.split("_")[0])
+        path = os.path.join(outdir, name)
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
+            nbformat.write(nb, f)
+        paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":
+    for p in write_all(sys.argv[1] if len(sys.argv) > 1 else HERE):
+        print("wrote", p)
