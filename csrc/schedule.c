@@ -452,6 +452,7 @@ static zp_status execute(zp_session *s) {
     if ((st = zp_reserve((void **)&s->work, &s->cap_work, need + (size_t)nthreads * wsz, 1))) return st;
     out = (outcome *)s->work;
     unsigned char *wbase = s->work + need;
+    double t_sample = now_s();
 #pragma omp parallel for schedule(dynamic, 1) num_threads(zp_get_num_threads()) \
     if ((size_t)s->nit * s->V >= 65536)
     for (int i = 0; i < (int)s->nit; i++) {
@@ -462,6 +463,7 @@ static zp_status execute(zp_session *s) {
         double *p = s->probs + (size_t)tid * 2 * s->V;
         decide(s, &s->it[i], &out[i], p, p + s->V, wbase + (size_t)tid * wsz);
     }
+    s->st.sample_seconds += now_s() - t_sample;
     /* apply serially, in intent order */
     for (size_t i = 0; i < s->nit; i++) {
         const intent *in = &s->it[i];

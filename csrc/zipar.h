@@ -209,7 +209,8 @@ typedef struct {
     int64_t passes, queries, proxies, refeeds;
     int64_t drafts_proposed, drafts_accepted, drafts_rejected, resamples;
     int64_t tokens_decoded;
-    double forward_seconds; /* wall time inside zp_forward (the rest is scheduling/sampling) */
+    double forward_seconds; /* wall time inside zp_forward */
+    double sample_seconds;  /* wall time turning logits into tokens (distributions, draws, tests) */
     double total_seconds;   /* wall time inside zp_session_run_pass / zp_session_step */
 } zp_stats;
 

@@ -447,14 +447,15 @@ static PyObject *Session_trace(SessionObject *self, void *c) {
 static PyObject *Session_stats(SessionObject *self, void *c) {
     (void)c;
     const zp_stats *s = zp_session_stats(self->s);
-    return Py_BuildValue("{sLsLsLsLsLsLsLsLsLsdsd}", "forward_passes", (long long)s->passes,
+    return Py_BuildValue("{sLsLsLsLsLsLsLsLsLsdsdsd}", "forward_passes", (long long)s->passes,
                          "queries", (long long)s->queries, "proxies", (long long)s->proxies,
                          "refeeds", (long long)s->refeeds, "drafts_proposed",
                          (long long)s->drafts_proposed, "drafts_accepted",
                          (long long)s->drafts_accepted, "drafts_rejected",
                          (long long)s->drafts_rejected, "resamples", (long long)s->resamples,
                          "tokens_decoded", (long long)s->tokens_decoded, "forward_seconds",
-                         s->forward_seconds, "engine_seconds", s->total_seconds);
+                         s->forward_seconds, "sample_seconds", s->sample_seconds,
+                         "engine_seconds", s->total_seconds);
 }
 
 static PyMethodDef Session_methods[] = {
