@@ -1,7 +1,5 @@
 """PNG writer/reader and image grid."""
 
-import importlib
-import importlib.util
 import json
 import os
 import struct
@@ -11,21 +9,9 @@ import numpy as np
 import pytest
 
 
-def _load(name):
-    # zipar/__init__.py may import a compiled extension that is not built yet: fall back to the
-    # module file itself (png.py imports nothing from the package).
-    try:
-        return importlib.import_module(f"zipar.{name}")
-    except ImportError:
-        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "zipar", name + ".py")
-        spec = importlib.util.spec_from_file_location(f"_zipar_{name}", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
 
 
-png = _load("png")
+from zipar import png  # noqa: E402
 
 
 def _chunk_types(data):

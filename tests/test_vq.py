@@ -1,28 +1,14 @@
 """VQ-16 decoder: fast NumPy path vs a slow float64 reference vs torch.nn.functional."""
 
-import importlib
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 
 
-def _load(name):
-    # zipar/__init__.py may import a compiled extension that is not built yet: fall back to the
-    # module file itself (vq.py and png.py import nothing from the package).
-    try:
-        return importlib.import_module(f"zipar.{name}")
-    except ImportError:
-        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "zipar", name + ".py")
-        spec = importlib.util.spec_from_file_location(f"_zipar_{name}", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
 
 
-vq = _load("vq")
+from zipar import vq  # noqa: E402
 VQDecoder = vq.VQDecoder
 
 
