@@ -409,11 +409,6 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         (st = zp_reserve((void **)&s->stream_group, &s->cap_stream_group, (size_t)k->n_streams,
                          sizeof(int32_t))))
         return st;
-    int nthreads = 1;
-#ifdef _OPENMP
-    nthreads = zp_get_num_threads();
-#endif
-    (void)nthreads;
     if ((st = zp_reserve((void **)&s->scores, &s->cap_scores, (size_t)rows * NH * S,
                          sizeof(float))))
         return st;

@@ -345,11 +345,13 @@ static zp_status plan_builtin(zp_session *s, int b) {
 
 /* ================================================================ running one pass */
 
-static zp_status reserve_pass_buffers(zp_session *s) {
-    int nthreads = 1;
-#ifdef _OPENMP
-    nthreads = zp_get_num_threads();
-#endif
+/* Draws for intent i; results are applied serially afterwards (no shared writes here). */
+typedef struct { int token, token2, accepted; } outcome;
+
+/* Room for this pass: logits, per-thread probability rows, and in `work` the intents' outcomes
+ * followed by per-thread sampling scratch (returned offset, rounded up for 16-byte alignment). */
+static zp_status reserve_pass_buffers(zp_session *s, size_t *scratch_offset) {
+    int nthreads = zp_get_num_threads();
     zp_status st;
     if ((st = zp_reserve((void **)&s->logits, &s->cap_logits, (size_t)s->n_logits * s->V,
                          sizeof(float))))
@@ -357,8 +359,9 @@ static zp_status reserve_pass_buffers(zp_session *s) {
     if ((st = zp_reserve((void **)&s->probs, &s->cap_probs, (size_t)nthreads * 2 * s->V,
                          sizeof(double))))
         return st;
+    *scratch_offset = (s->nit * sizeof(outcome) + 15) & ~(size_t)15;
     return zp_reserve((void **)&s->work, &s->cap_work,
-                      (size_t)nthreads * zp_sampling_work_size(s->V), 1);
+                      *scratch_offset + (size_t)nthreads * zp_sampling_work_size(s->V), 1);
 }
 
 static void commit_cell(zp_session *s, int b, int r, int c, int token) {
@@ -372,8 +375,6 @@ static void set_slot(zp_session *s, int b, int pos, int32_t state) {
     s->cache->slots[(size_t)b * s->cache->seq_len + pos] = state;
 }
 
-/* Draws for intent i; results are applied serially afterwards (no shared writes here). */
-typedef struct { int token, token2, accepted; } outcome;
 
 static void decide(zp_session *s, const intent *in, outcome *o, double *p, double *p2, void *work) {
     const float *lg = s->logits + (size_t)in->logit * s->V;
@@ -436,22 +437,16 @@ static zp_status execute(zp_session *s) {
     zp_status st;
     if (s->nit == 0 && s->nq == 0)
         return zp_fail(ZP_ERR_STATE, "the pass decodes nothing (the policy is stuck)");
-    if ((st = reserve_pass_buffers(s))) return st;
+    size_t scratch_offset;
+    if ((st = reserve_pass_buffers(s, &scratch_offset))) return st;
     double t0 = now_s();
     st = zp_forward(s->m, s->cache, s->q, (int)s->nq, s->sp.cfg_scale, s->logits, NULL);
     s->st.forward_seconds += now_s() - t0;
     if (st) return st;
     record_trace(s);
-    outcome *out;
-    size_t need = s->nit * sizeof(outcome);
-    int nthreads = 1;
-#ifdef _OPENMP
-    nthreads = zp_get_num_threads();
-#endif
+    outcome *out = (outcome *)s->work;
+    unsigned char *wbase = s->work + scratch_offset;
     size_t wsz = zp_sampling_work_size(s->V);
-    if ((st = zp_reserve((void **)&s->work, &s->cap_work, need + (size_t)nthreads * wsz, 1))) return st;
-    out = (outcome *)s->work;
-    unsigned char *wbase = s->work + need;
     double t_sample = now_s();
 #pragma omp parallel for schedule(dynamic, 1) num_threads(zp_get_num_threads()) \
     if ((size_t)s->nit * s->V >= 65536)
