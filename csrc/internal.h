@@ -10,6 +10,10 @@ zp_status zp_fail(zp_status st, const char *fmt, ...) __attribute__((format(prin
 /* Grows *buf to hold at least n elements of size elem (amortised doubling). */
 zp_status zp_reserve(void **buf, size_t *cap, size_t n, size_t elem);
 
+/* Slots per attention tile; the K cache is stored tile by tile, transposed within a tile. */
+#define ZP_TILE 32
+static inline int zp_tiled_len(int seq_len) { return (seq_len + ZP_TILE - 1) / ZP_TILE * ZP_TILE; }
+
 struct zp_model {
     zp_config cfg;
     zp_weights w;
@@ -41,7 +45,9 @@ typedef struct {
 struct zp_cache {
     const zp_model *m;
     int n_images, guided, n_streams, seq_len;
-    float *k, *v;          /* (n_layer, n_streams, seq_len, n_kv_head*head_dim) OWNED */
+    float *k;              /* (n_layer, n_streams, tiles, n_kv_head*head_dim, ZP_TILE) OWNED:
+                            * slot s at tile s / ZP_TILE, lane s % ZP_TILE (zp_tiled_len) */
+    float *v;              /* (n_layer, n_streams, tiles, n_kv_head, ZP_TILE, head_dim) OWNED */
     int32_t *slots;        /* (n_images, seq_len) OWNED slot states */
     float *prefix;         /* (n_streams, P, dim) OWNED: conditioning inputs per stream */
     uint8_t *prefix_mask;  /* (n_images, P) OWNED: 1 = valid key */

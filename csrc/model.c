@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -142,6 +143,21 @@ const zp_config *zp_model_config(const zp_model *m) { return &m->cfg; }
 
 /* ================================================================ cache */
 
+/* Zeroed memory for a large array read once per pass (the K/V cache): 2 MiB aligned and
+ * advised as huge pages, which spares the walk over it a TLB miss every 4 KiB. */
+static float *alloc_streamed(size_t n) {
+    const size_t huge = (size_t)2 << 20;
+    size_t bytes = (n * sizeof(float) + huge - 1) / huge * huge;
+    if (bytes == 0) bytes = huge;
+    void *p = aligned_alloc(huge, bytes);
+    if (!p) return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(p, bytes, MADV_HUGEPAGE); /* advice only: failure leaves ordinary pages */
+#endif
+    memset(p, 0, bytes);
+    return p;
+}
+
 zp_status zp_cache_new(const zp_model *m, int n_images, int guided, const float *prefix_cond,
                        const float *prefix_uncond, const uint8_t *prefix_mask, zp_cache **out) {
     *out = NULL;
@@ -156,10 +172,11 @@ zp_status zp_cache_new(const zp_model *m, int n_images, int guided, const float 
     k->guided = guided ? 1 : 0;
     k->n_streams = n_images * (guided ? 2 : 1);
     k->seq_len = m->seq_len;
-    size_t kvn = (size_t)c->n_layer * k->n_streams * k->seq_len * c->n_kv_head * c->head_dim;
+    size_t kn = (size_t)c->n_layer * k->n_streams * zp_tiled_len(k->seq_len) * c->n_kv_head *
+                c->head_dim;
     size_t P = c->cls_token_num, D = c->dim;
-    k->k = malloc(sizeof(float) * kvn);
-    k->v = malloc(sizeof(float) * kvn);
+    k->k = alloc_streamed(kn); /* zeros: the unwritten lanes of a tile are read */
+    k->v = alloc_streamed(kn);
     k->slots = malloc(sizeof(int32_t) * n_images * k->seq_len);
     k->stamp = calloc((size_t)n_images * k->seq_len, sizeof(uint32_t));
     k->prefix = malloc(sizeof(float) * k->n_streams * P * D);
@@ -167,7 +184,7 @@ zp_status zp_cache_new(const zp_model *m, int n_images, int guided, const float 
     if (!k->k || !k->v || !k->slots || !k->stamp || !k->prefix || !k->prefix_mask) {
         zp_cache_free(k);
         return zp_fail(ZP_ERR_NOMEM, "cannot allocate a KV cache of %.1f MB",
-                       2.0 * kvn * sizeof(float) / 1e6);
+                       2.0 * kn * sizeof(float) / 1e6);
     }
     for (size_t i = 0; i < (size_t)n_images * k->seq_len; i++) k->slots[i] = ZP_SLOT_UNWRITTEN;
     for (int im = 0; im < n_images; im++) {
@@ -247,34 +264,61 @@ static void rope(float *v, int n_heads, int head_dim, const float *cs, const flo
     }
 }
 
-/* Dot product in a fixed order that vectorises without reassociation: 16 lane sums over
- * d = l, l+16, ..., then a fixed tree, then the tail. */
-static inline __attribute__((always_inline)) float dot16(const float *a, const float *b, int n) {
-    float part[16] = {0};
-    int d = 0;
-    for (; d + 16 <= n; d += 16)
-        for (int l = 0; l < 16; l++) part[l] += a[d + l] * b[d + l];
-    for (int w = 8; w >= 1; w /= 2)
-        for (int l = 0; l < w; l++) part[l] += part[l + w];
-    float acc = part[0];
-    for (; d < n; d++) acc += a[d] * b[d];
-    return acc;
+/* 16 floats as one GCC vector (a zmm register, two ymm or four xmm, by clone), with
+ * unaligned loads and stores. The helpers are always inlined, so the ABI note GCC gives for
+ * passing such vectors by value does not apply. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float zp_v16 __attribute__((vector_size(64)));
+static inline __attribute__((always_inline)) zp_v16 v16_load(const float *p) {
+    zp_v16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
 }
+static inline __attribute__((always_inline)) void v16_store(float *p, zp_v16 v) {
+    memcpy(p, &v, sizeof v);
+}
+
+/* exp(x) for the softmax, x <= 0 (scores minus their max): Cody-Waite reduction by ln 2 and a
+ * degree-7 Taylor polynomial, relative error below 1e-7, exactly 0 below -87. Branch-free, so the
+ * loops calling it vectorise; every clone evaluates the same operations in the same order. */
+static inline __attribute__((always_inline)) float exp_nonpos(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln 2) */
+    float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { int32_t i; float f; } two_n = {.i = ((int32_t)n + 127) << 23};
+    return x <= -87.0f ? 0.0f : p * two_n.f;
+}
+
+/* Tiles ahead that the attention loops prefetch. */
+#ifndef ZP_PREFETCH
+#define ZP_PREFETCH 2
+#endif
 
 /* Attention of the rows of one stream (one image's cond or uncond cache) in this pass. ZipAR
  * passes hold several queries per image; they share the cache, so the slots are walked in
- * tiles and every K/V tile is used by all the stream's rows while it is in cache (each slot is
- * read from memory once per pass instead of once per query). Per row and head the result is the
- * same as a plain loop: scores per slot, a softmax summed in slot order, then V accumulated in
- * slot order. Compiled for AVX-512, AVX2 and plain x86-64; all clones use that order.
+ * tiles of ZP_TILE and every K/V tile is used by all the stream's rows while it is in cache.
+ * K is stored tile-transposed, (tile, kvd, ZP_TILE): a row's scores against a whole tile are
+ * ZP_TILE-wide vector multiply-adds, summed over the head dimension in order; the scores of
+ * the tile's invisible slots are computed and dropped. Per row and head the result depends
+ * only on the row's query and its visible slots: scores summed over d in order, the softmax
+ * (max and sum in a fixed 16-lane order, then normalised), V accumulated in slot order.
+ * Compiled for AVX-512, AVX2 and plain x86-64.
  * rows: (n,) row indices; vis/nv: per row its visible slots (ascending) and their count;
  * q: row r's query heads at q + r*ldq; sc: row r's (nh, nv[r]) scores at sc + r*ldsc;
- * o: row r's output (nh*hd) at o + r*nh*hd; cursor: (n,) scratch. */
-#define ZP_TILE 32
+ * o: row r's output (nh*hd) at o + r*nh*hd; kt: the stream's tiled K; vt: its tiled V
+ * (tile, n_kv_head, ZP_TILE, hd); cursor: (n,) scratch. */
 __attribute__((target_clones("avx512f", "avx2", "default")))
 static void attend_stream(const int32_t *rows, int n, const int32_t *const *vis, const int32_t *nv,
                           const float *q, int ldq, float *sc, size_t ldsc, float *o,
-                          const float *kb, const float *vb, int nh, int group, int hd, int kvd,
+                          const float *kt, const float *vt, int nh, int group, int hd, int kvd,
                           float scale, int32_t *cursor) {
     int last = 0;
     for (int a = 0; a < n; a++) {
@@ -283,53 +327,123 @@ static void attend_stream(const int32_t *rows, int n, const int32_t *const *vis,
         if (nv[r] && vis[r][nv[r] - 1] > last) last = vis[r][nv[r] - 1];
     }
     /* scores, tile by tile */
-    for (int t1 = ZP_TILE; t1 - ZP_TILE <= last; t1 += ZP_TILE)
+    for (int t0 = 0; t0 <= last; t0 += ZP_TILE) {
+        const float *ktile = kt + (size_t)(t0 / ZP_TILE) * kvd * ZP_TILE;
         for (int a = 0; a < n; a++) {
-            int r = rows[a], p = cursor[a];
+            int r = rows[a], p0 = cursor[a], p1 = p0;
+            while (p1 < nv[r] && vis[r][p1] < t0 + ZP_TILE) p1++;
+            if (p1 == p0) continue;
             const float *qr = q + (size_t)r * ldq;
             float *sr = sc + (size_t)r * ldsc;
-            for (; p < nv[r] && vis[r][p] < t1; p++) {
-                const float *kk = kb + (size_t)vis[r][p] * kvd;
-                for (int h = 0; h < nh; h++)
-                    sr[(size_t)h * nv[r] + p] =
-                        dot16(qr + (size_t)h * hd, kk + (size_t)(h / group) * hd, hd) * scale;
+            for (int h = 0; h < nh; h++) {
+                const float *qh = qr + (size_t)h * hd;
+                const float *kh = ktile + (size_t)(h / group) * hd * ZP_TILE;
+                if (t0 + ZP_PREFETCH * ZP_TILE <= last)
+                    for (int e = 0; e < hd * ZP_TILE; e += 16)
+                        __builtin_prefetch(kh + (size_t)ZP_PREFETCH * kvd * ZP_TILE + e);
+                /* four independent chains (d even/odd x lanes 0-15/16-31) hide the FMA latency */
+                zp_v16 e0 = {0}, e1 = {0}, o0 = {0}, o1 = {0};
+                int d = 0;
+                for (; d + 2 <= hd; d += 2) {
+                    const float *k0 = kh + (size_t)d * ZP_TILE;
+                    e0 += qh[d] * v16_load(k0);
+                    e1 += qh[d] * v16_load(k0 + 16);
+                    o0 += qh[d + 1] * v16_load(k0 + ZP_TILE);
+                    o1 += qh[d + 1] * v16_load(k0 + ZP_TILE + 16);
+                }
+                if (d < hd) {
+                    e0 += qh[d] * v16_load(kh + (size_t)d * ZP_TILE);
+                    e1 += qh[d] * v16_load(kh + (size_t)d * ZP_TILE + 16);
+                }
+                float acc[ZP_TILE];
+                v16_store(acc, e0 + o0);
+                v16_store(acc + 16, e1 + o1);
+                float *sh = sr + (size_t)h * nv[r];
+                for (int p = p0; p < p1; p++) sh[p] = acc[vis[r][p] - t0] * scale;
             }
-            cursor[a] = p;
+            cursor[a] = p1;
         }
-    /* softmax per row and head, in slot order */
+    }
+    /* softmax per row and head */
     for (int a = 0; a < n; a++) {
-        int r = rows[a];
+        int r = rows[a], m = nv[r];
         for (int h = 0; h < nh; h++) {
-            float *row = sc + (size_t)r * ldsc + (size_t)h * nv[r], mx = -INFINITY, sum = 0.f;
-            for (int j = 0; j < nv[r]; j++)
-                if (row[j] > mx) mx = row[j];
-            for (int j = 0; j < nv[r]; j++) {
-                row[j] = expf(row[j] - mx);
-                sum += row[j];
-            }
-            float inv = 1.f / sum;
-            for (int j = 0; j < nv[r]; j++) row[j] *= inv;
+            float *row = sc + (size_t)r * ldsc + (size_t)h * m;
+            float part[16];
+            for (int l = 0; l < 16; l++) part[l] = -INFINITY;
+            int j = 0;
+            for (; j + 16 <= m; j += 16)
+                for (int l = 0; l < 16; l++) part[l] = row[j + l] > part[l] ? row[j + l] : part[l];
+            for (int l = 0; j + l < m; l++) part[l] = row[j + l] > part[l] ? row[j + l] : part[l];
+            float mx = part[0];
+            for (int l = 1; l < 16; l++) mx = part[l] > mx ? part[l] : mx;
+            for (j = 0; j < m; j++) row[j] = exp_nonpos(row[j] - mx);
+            for (int l = 0; l < 16; l++) part[l] = 0.f;
+            for (j = 0; j + 16 <= m; j += 16)
+                for (int l = 0; l < 16; l++) part[l] += row[j + l];
+            for (int l = 0; j + l < m; l++) part[l] += row[j + l];
+            for (int w = 8; w >= 1; w /= 2)
+                for (int l = 0; l < w; l++) part[l] += part[l + w];
+            float inv = 1.f / part[0];
+            for (j = 0; j < m; j++) row[j] *= inv;
         }
         float *orow = o + (size_t)r * nh * hd;
         for (int e = 0; e < nh * hd; e++) orow[e] = 0.f;
         cursor[a] = 0;
     }
-    /* weighted values, tile by tile, in slot order per row */
-    for (int t1 = ZP_TILE; t1 - ZP_TILE <= last; t1 += ZP_TILE)
+    /* weighted values, tile by tile, in slot order per (row, head, element) */
+    for (int t0 = 0; t0 <= last; t0 += ZP_TILE)
         for (int a = 0; a < n; a++) {
-            int r = rows[a], p = cursor[a];
+            int r = rows[a], p0 = cursor[a], p1 = p0;
+            while (p1 < nv[r] && vis[r][p1] < t0 + ZP_TILE) p1++;
+            if (p1 == p0) continue;
             const float *sr = sc + (size_t)r * ldsc;
             float *orow = o + (size_t)r * nh * hd;
-            for (; p < nv[r] && vis[r][p] < t1; p++) {
-                const float *vv = vb + (size_t)vis[r][p] * kvd;
-                for (int h = 0; h < nh; h++) {
-                    float wgt = sr[(size_t)h * nv[r] + p];
-                    float *oh = orow + (size_t)h * hd;
-                    const float *vh = vv + (size_t)(h / group) * hd;
-                    for (int d = 0; d < hd; d++) oh[d] += wgt * vh[d];
+            const float *vtile = vt + (size_t)(t0 / ZP_TILE) * kvd * ZP_TILE;
+            const int32_t *lanes = vis[r];
+            for (int h = 0; h < nh; h++) {
+                const float *wh = sr + (size_t)h * nv[r];
+                float *oh = orow + (size_t)h * hd;
+                /* the head's (ZP_TILE, hd) block, lane = slot - t0 */
+                const float *vh = vtile + (size_t)(h / group) * ZP_TILE * hd - (size_t)t0 * hd;
+                if (t0 + ZP_PREFETCH * ZP_TILE <= last)
+                    for (int e = 0; e < hd * ZP_TILE; e += 16)
+                        __builtin_prefetch(vh + (size_t)(t0 + ZP_PREFETCH * ZP_TILE) * hd + e);
+#define VROW(p) (vh + (size_t)lanes[p] * hd)
+                int d = 0;
+                /* four independent chains (visible slots p0+4i+k, k = 0..3) per 16 elements,
+                 * summed (0+1)+(2+3) and added to the running output */
+                for (; d + 16 <= hd; d += 16) {
+                    zp_v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+                    int p = p0;
+                    for (; p + 4 <= p1; p += 4) {
+                        a0 += wh[p] * v16_load(VROW(p) + d);
+                        a1 += wh[p + 1] * v16_load(VROW(p + 1) + d);
+                        a2 += wh[p + 2] * v16_load(VROW(p + 2) + d);
+                        a3 += wh[p + 3] * v16_load(VROW(p + 3) + d);
+                    }
+                    if (p < p1) a0 += wh[p] * v16_load(VROW(p) + d);
+                    if (p + 1 < p1) a1 += wh[p + 1] * v16_load(VROW(p + 1) + d);
+                    if (p + 2 < p1) a2 += wh[p + 2] * v16_load(VROW(p + 2) + d);
+                    v16_store(oh + d, v16_load(oh + d) + ((a0 + a1) + (a2 + a3)));
                 }
+                for (; d < hd; d++) {
+                    float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+                    int p = p0;
+                    for (; p + 4 <= p1; p += 4) {
+                        a0 += wh[p] * VROW(p)[d];
+                        a1 += wh[p + 1] * VROW(p + 1)[d];
+                        a2 += wh[p + 2] * VROW(p + 2)[d];
+                        a3 += wh[p + 3] * VROW(p + 3)[d];
+                    }
+                    if (p < p1) a0 += wh[p] * VROW(p)[d];
+                    if (p + 1 < p1) a1 += wh[p + 1] * VROW(p + 1)[d];
+                    if (p + 2 < p1) a2 += wh[p + 2] * VROW(p + 2)[d];
+                    oh[d] += (a0 + a1) + (a2 + a3);
+                }
+#undef VROW
             }
-            cursor[a] = p;
+            cursor[a] = p1;
         }
 }
 
@@ -389,6 +503,7 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
 
     const int D = c->dim, HD = c->head_dim, NH = c->n_head, NKV = c->n_kv_head, P = c->cls_token_num;
     const int QKV = m->qkv_dim, KVD = NKV * HD, S = k->seq_len, GROUP = NH / NKV;
+    const int SPAD = zp_tiled_len(S);
     zp_scratch *s = &k->s;
 
     /* ---- rows: one per query and stream. A guided cache runs the unconditional stream for every
@@ -463,8 +578,8 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
     for (int i = 0; i < rows; i++) att_work += (size_t)s->vis_n[s->row_query[i]] * NH * HD * 2;
     for (int l = 0; l < c->n_layer; l++) {
         const zp_layer_weights *L = &m->layers[l];
-        float *kl = k->k + (size_t)l * k->n_streams * S * KVD;
-        float *vl = k->v + (size_t)l * k->n_streams * S * KVD;
+        float *kl = k->k + (size_t)l * k->n_streams * SPAD * KVD;
+        float *vl = k->v + (size_t)l * k->n_streams * SPAD * KVD;
 
         /* ---- attention: norm, qkv, rotary, write k/v into the slots */
         for (int i = 0; i < rows; i++)
@@ -477,9 +592,14 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
             const float *sn = m->rope_sin + (size_t)x->pos * (HD / 2);
             rope(qkv, NH, HD, cs, sn);
             rope(qkv + NH * HD, NKV, HD, cs, sn);
-            size_t off = ((size_t)s->row_stream[i] * S + x->pos) * KVD;
-            memcpy(kl + off, qkv + NH * HD, sizeof(float) * KVD);
-            memcpy(vl + off, qkv + NH * HD + KVD, sizeof(float) * KVD);
+            size_t tile = ((size_t)s->row_stream[i] * SPAD + (size_t)(x->pos / ZP_TILE) *
+                           ZP_TILE) * KVD;
+            int lane = x->pos % ZP_TILE;
+            float *kt = kl + tile + lane;
+            for (int e = 0; e < KVD; e++) kt[(size_t)e * ZP_TILE] = qkv[NH * HD + e];
+            for (int g = 0; g < NKV; g++)
+                memcpy(vl + tile + ((size_t)g * ZP_TILE + lane) * HD, qkv + NH * HD + KVD + g * HD,
+                       sizeof(float) * HD);
         }
 
         /* ---- softmax(q k^T / sqrt(hd)) v over the visible slots, one (row, head) per task;
@@ -489,7 +609,7 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         for (int g = 0; g < n_groups; g++) {
             int first = s->grp_start[g], n = s->grp_start[g + 1] - first;
             const int32_t *grp = s->grp_rows + first;
-            size_t off = (size_t)s->row_stream[grp[0]] * S * KVD;
+            size_t off = (size_t)s->row_stream[grp[0]] * SPAD * KVD;
             attend_stream(grp, n, (const int32_t *const *)s->row_vis, s->row_nv, s->qkv, QKV,
                           s->scores, (size_t)NH * S, s->att, kl + off, vl + off, NH, GROUP, HD,
                           KVD, scale, s->cursor + first);
