@@ -131,6 +131,24 @@ def test_records_deterministic_and_batch_independent():
     assert a.records[1]["nll_bits"] == pytest.approx(-lp.mean() / (H * W) / np.log(2))
 
 
+def test_cell_generated_in_pieces_equals_whole():
+    """benchmarks/bench_fidelity.py splits a cell's samples across workers with
+    _generate_cell(first=...): the pieces must be the whole cell's tokens and counters."""
+    model = zipar.random_model(**TINY)
+    settings = expand_grid({"policy": ["adaptive"], "min_window": [1], "threshold": [0.5]})[0]
+    labels = np.arange(6) % 3
+    whole = sw._generate_cell(model, settings, labels, 2)
+    parts = [sw._generate_cell(model, settings, labels[a:b], 2, first=a)
+             for a, b in ((0, 2), (2, 6))]
+    assert np.array_equal(whole[0], np.concatenate([p[0] for p in parts]))
+    for k in (1, 2):   # passes and queries per image
+        assert np.array_equal(whole[k], np.concatenate([p[k] for p in parts]))
+    assert whole[3] == {k: parts[0][3][k] + parts[1][3][k] for k in whole[3]}
+    # a piece that starts elsewhere is other samples, not the same ones again
+    assert not np.array_equal(parts[0][0], sw._generate_cell(model, settings, labels[:2], 2,
+                                                             first=2)[0])
+
+
 def test_labels_and_custom_metrics():
     res = sweep(SPEC, {"window": [2]}, n_samples=4, labels=[2], progress=False,
                 metrics={"t": tokens_sum, "m": with_interval})

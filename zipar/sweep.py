@@ -352,8 +352,9 @@ def _cell_labels(model, n: int, labels) -> np.ndarray:
     return np.asarray(labels, dtype=np.int64)
 
 
-def _generate_cell(model, settings: dict, labels: np.ndarray, batch_size: int):
-    """Tokens (n, H, W) and per-image counters of one cell, generated in batches."""
+def _generate_cell(model, settings: dict, labels: np.ndarray, batch_size: int, first: int = 0):
+    """Tokens (n, H, W) and per-image counters of one cell, generated in batches; image i is
+    sample id ``first + i`` (so a cell can be generated in pieces)."""
     c = model.config
     n = labels.shape[0]
     policy = _make_policy(settings)
@@ -369,7 +370,7 @@ def _generate_cell(model, settings: dict, labels: np.ndarray, batch_size: int):
                              cfg_interval=settings["cfg_interval"],
                              temperature=settings["temperature"], top_k=settings["top_k"],
                              top_p=settings["top_p"], seed=settings["seed"],
-                             sample_ids=np.arange(b0, b1), trace=True, decode_images=False)
+                             sample_ids=np.arange(first + b0, first + b1), trace=True, decode_images=False)
         tokens[b0:b1] = res.tokens
         seconds += res.stats["seconds"]
         for k in totals:
