@@ -306,10 +306,11 @@ static inline __attribute__((always_inline)) float exp_nonpos(float x) {
  * passes hold several queries per image; they share the cache, so the slots are walked in
  * tiles of ZP_TILE and every K/V tile is used by all the stream's rows while it is in cache.
  * K is stored tile-transposed, (tile, kvd, ZP_TILE): a row's scores against a whole tile are
- * ZP_TILE-wide vector multiply-adds, summed over the head dimension in order; the scores of
- * the tile's invisible slots are computed and dropped. Per row and head the result depends
- * only on the row's query and its visible slots: scores summed over d in order, the softmax
- * (max and sum in a fixed 16-lane order, then normalised), V accumulated in slot order.
+ * ZP_TILE-wide vector multiply-adds over the head dimension (even and odd d in two chains,
+ * added at the end); the scores of the tile's invisible slots are computed and dropped. Per
+ * row and head the result depends only on the row's query and its visible slots, in a fixed
+ * order of operations: scores as above, the softmax (max and sum in a fixed 16-lane order,
+ * then normalised), V accumulated over the visible slots in four interleaved chains per tile.
  * Compiled for AVX-512, AVX2 and plain x86-64.
  * rows: (n,) row indices; vis/nv: per row its visible slots (ascending) and their count;
  * q: row r's query heads at q + r*ldq; sc: row r's (nh, nv[r]) scores at sc + r*ldsc;
