@@ -9,6 +9,7 @@ pixel), diversity, seconds. Also the floor: the test set split in two halves.
     python benchmarks/bench_fidelity.py [--samples 1000] [--workers 2] [--cfg-scale 1.0]
     python benchmarks/bench_fidelity.py --generate-only   # chunks only (e.g. on a big machine)
     python benchmarks/bench_fidelity.py --report-only     # table/plot from finished chunks
+    python benchmarks/bench_fidelity.py --report-only --retime   # ... seconds re-timed here
 
 Sample i of every setting has label i % 10 and sample id i (seed 0), so its tokens do not depend
 on the batching or on the machine. Each setting is generated in chunks of --chunk consecutive
@@ -156,6 +157,17 @@ def _fmt_took(took):
     return "skipped (--stop-after)" if took is None else f"{took:.0f} s"
 
 
+def _pool(workers):
+    """Spawned single-threaded workers that exit when this process dies (a killed run must
+    not leave them computing)."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    return cf.ProcessPoolExecutor(max(1, workers), mp_context=mp.get_context("spawn"),
+                                  initializer=zsweep._process_worker_init,
+                                  initargs=(1, os.getpid()))
+
+
 def generate(cells, args):
     """Every missing chunk, longest settings first (--order short: shortest first), in spawned
     single-threaded workers."""
@@ -173,9 +185,8 @@ def generate(cells, args):
                   f"{_fmt_took(_worker(cell, first, last, args))}", flush=True)
         return
     import concurrent.futures as cf
-    import multiprocessing as mp
 
-    with cf.ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as ex:
+    with _pool(args.workers) as ex:
         futs = {ex.submit(_worker, cell, first, last, args): (cell, first, last)
                 for cell, first, last in todo}
         for f in cf.as_completed(futs):
@@ -232,12 +243,9 @@ def time_settings(records, args):
     """Re-time every setting side by side in one run (the chunks' own seconds come from
     different machines and loads): the first batch of each, in --workers single-threaded
     workers, all busy. The tokens must equal the chunks' (same sample ids)."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
     cells = [{k: r[k] for k in ("policy", "window", "schedule", "min_window", "threshold")
               if k == "policy" or k in _RELEVANT_TIMING[r["policy"]]} for r in records]
-    with cf.ProcessPoolExecutor(max(1, args.workers), mp_context=mp.get_context("spawn")) as ex:
+    with _pool(args.workers) as ex:
         futs = [ex.submit(_time_one, cell, args) for cell in cells]
         for rec, cell, f in zip(records, cells, futs):
             sec, tokens = f.result()
