@@ -302,6 +302,14 @@ static inline __attribute__((always_inline)) float exp_nonpos(float x) {
 #define ZP_PREFETCH 2
 #endif
 
+/* Prefetches the K or V tile `ahead` tiles after `tile` (kvd * ZP_TILE floats, either layout),
+ * once per tile for all the stream's rows and heads. */
+static inline __attribute__((always_inline)) void prefetch_tile(const float *tile, int ahead,
+                                                                int kvd) {
+    const float *next = tile + (size_t)ahead * kvd * ZP_TILE;
+    for (int e = 0; e < kvd * ZP_TILE; e += 16) __builtin_prefetch(next + e);
+}
+
 /* Attention of the rows of one stream (one image's cond or uncond cache) in this pass. ZipAR
  * passes hold several queries per image; they share the cache, so the slots are walked in
  * tiles of ZP_TILE and every K/V tile is used by all the stream's rows while it is in cache.
@@ -330,6 +338,7 @@ static void attend_stream(const int32_t *rows, int n, const int32_t *const *vis,
     /* scores, tile by tile */
     for (int t0 = 0; t0 <= last; t0 += ZP_TILE) {
         const float *ktile = kt + (size_t)(t0 / ZP_TILE) * kvd * ZP_TILE;
+        if (t0 + ZP_PREFETCH * ZP_TILE <= last) prefetch_tile(ktile, ZP_PREFETCH, kvd);
         for (int a = 0; a < n; a++) {
             int r = rows[a], p0 = cursor[a], p1 = p0;
             while (p1 < nv[r] && vis[r][p1] < t0 + ZP_TILE) p1++;
@@ -339,9 +348,6 @@ static void attend_stream(const int32_t *rows, int n, const int32_t *const *vis,
             for (int h = 0; h < nh; h++) {
                 const float *qh = qr + (size_t)h * hd;
                 const float *kh = ktile + (size_t)(h / group) * hd * ZP_TILE;
-                if (t0 + ZP_PREFETCH * ZP_TILE <= last)
-                    for (int e = 0; e < hd * ZP_TILE; e += 16)
-                        __builtin_prefetch(kh + (size_t)ZP_PREFETCH * kvd * ZP_TILE + e);
                 /* four independent chains (d even/odd x lanes 0-15/16-31) hide the FMA latency */
                 zp_v16 e0 = {0}, e1 = {0}, o0 = {0}, o1 = {0};
                 int d = 0;
@@ -393,23 +399,21 @@ static void attend_stream(const int32_t *rows, int n, const int32_t *const *vis,
         cursor[a] = 0;
     }
     /* weighted values, tile by tile, in slot order per (row, head, element) */
-    for (int t0 = 0; t0 <= last; t0 += ZP_TILE)
+    for (int t0 = 0; t0 <= last; t0 += ZP_TILE) {
+        const float *vtile = vt + (size_t)(t0 / ZP_TILE) * kvd * ZP_TILE;
+        if (t0 + ZP_PREFETCH * ZP_TILE <= last) prefetch_tile(vtile, ZP_PREFETCH, kvd);
         for (int a = 0; a < n; a++) {
             int r = rows[a], p0 = cursor[a], p1 = p0;
             while (p1 < nv[r] && vis[r][p1] < t0 + ZP_TILE) p1++;
             if (p1 == p0) continue;
             const float *sr = sc + (size_t)r * ldsc;
             float *orow = o + (size_t)r * nh * hd;
-            const float *vtile = vt + (size_t)(t0 / ZP_TILE) * kvd * ZP_TILE;
             const int32_t *lanes = vis[r];
             for (int h = 0; h < nh; h++) {
                 const float *wh = sr + (size_t)h * nv[r];
                 float *oh = orow + (size_t)h * hd;
                 /* the head's (ZP_TILE, hd) block, lane = slot - t0 */
                 const float *vh = vtile + (size_t)(h / group) * ZP_TILE * hd - (size_t)t0 * hd;
-                if (t0 + ZP_PREFETCH * ZP_TILE <= last)
-                    for (int e = 0; e < hd * ZP_TILE; e += 16)
-                        __builtin_prefetch(vh + (size_t)(t0 + ZP_PREFETCH * ZP_TILE) * hd + e);
 #define VROW(p) (vh + (size_t)lanes[p] * hd)
                 int d = 0;
                 /* four independent chains (visible slots p0+4i+k, k = 0..3) per 16 elements,
@@ -446,6 +450,7 @@ static void attend_stream(const int32_t *rows, int n, const int32_t *const *vis,
             }
             cursor[a] = p1;
         }
+    }
 }
 
 /* ================================================================ the forward primitive */
