@@ -221,6 +221,7 @@ def collect(cells, args):
         verified = rec["drafts_accepted"] + rec["drafts_rejected"]
         rec["draft_acceptance"] = rec["drafts_accepted"] / verified if verified else None
         rec["_tokens"] = cat["tokens"].astype(np.int32)
+        rec["_cell"] = cell
         records.append(rec)
         print(f"  {json.dumps(cell):<62} passes {rec['forward_passes']:7.1f}  "
               f"nll {rec['nll_bits']:.4f} bits/px  {rec['seconds_per_image']:.3f} s/img",
@@ -243,8 +244,7 @@ def time_settings(records, args):
     """Re-time every setting side by side in one run (the chunks' own seconds come from
     different machines and loads): the first batch of each, in --workers single-threaded
     workers, all busy. The tokens must equal the chunks' (same sample ids)."""
-    cells = [{k: r[k] for k in ("policy", "window", "schedule", "min_window", "threshold")
-              if k == "policy" or k in _RELEVANT_TIMING[r["policy"]]} for r in records]
+    cells = [r["_cell"] for r in records]
     with _pool(args.workers) as ex:
         futs = [ex.submit(_time_one, cell, args) for cell in cells]
         for rec, cell, f in zip(records, cells, futs):
@@ -254,10 +254,6 @@ def time_settings(records, args):
             rec["seconds_per_image_chunks"] = rec.pop("seconds_per_image")
             rec["seconds_per_image"] = sec
             print(f"  {json.dumps(cell):<62} {sec:.3f} s/img", flush=True)
-
-
-_RELEVANT_TIMING = {"raster": (), "zipar": ("window", "schedule"),
-                    "adaptive": ("min_window", "threshold")}
 
 
 def evaluate(records, args):
@@ -431,7 +427,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=50)
-    ap.add_argument("--chunk", type=int, default=100,
+    ap.add_argument("--chunk", type=int, default=50,
                     help="samples per work unit (a multiple of --batch)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="spawned single-threaded workers (1: run in this process)")

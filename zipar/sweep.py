@@ -370,7 +370,8 @@ def _generate_cell(model, settings: dict, labels: np.ndarray, batch_size: int, f
                              cfg_interval=settings["cfg_interval"],
                              temperature=settings["temperature"], top_k=settings["top_k"],
                              top_p=settings["top_p"], seed=settings["seed"],
-                             sample_ids=np.arange(first + b0, first + b1), trace=True, decode_images=False)
+                             sample_ids=np.arange(first + b0, first + b1), trace=True,
+                             decode_images=False)
         tokens[b0:b1] = res.tokens
         seconds += res.stats["seconds"]
         for k in totals:
