@@ -22,18 +22,21 @@
 #include <math.h>
 #include <omp.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "blas.h"
 
-#define ZP_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
-#define ZP_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define ZP_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx2,fma,f16c")))
+#define ZP_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define ZP_INLINE static inline __attribute__((always_inline))
 
 enum {
     ZP_LANES = 16,         /* partial sums per dot product: fixes the summation order */
     ZP_COLS = 4,           /* rows of w (output columns) per tile */
+    ZP_WIDE = 6,           /* rows of w per AVX-512 tile in passes of >= ZP_WIDE_MIN_ROWS rows */
+    ZP_WIDE_MIN_ROWS = 8,
     ZP_ROWS = 4,           /* rows of x per AVX-512 tile: 4 x 4 = 16 accumulators of 32 zmm */
     ZP_PANEL = 64,         /* rows of x whose accumulators a group keeps at once (16 tiles) */
 };
@@ -61,9 +64,11 @@ static int isa_supported(int isa)
     switch (isa) {
     case ZP_ISA_AVX512:
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx2") &&
+               __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     case ZP_ISA_AVX2:
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
     case ZP_ISA_SCALAR:
         return 1;
     default:
@@ -159,7 +164,44 @@ const char *zp_blas_name(void)
 
 int zp_blas_threads(void) { return ZP_BLAS_FN(openblas_get_num_threads)(); }
 
+int zp_wtype_size(int wtype)
+{
+    switch (wtype) {
+    case ZP_WTYPE_F32:
+        return 4;
+    case ZP_WTYPE_BF16:
+    case ZP_WTYPE_F16:
+        return 2;
+    default:
+        return 0;
+    }
+}
+
 /* ---------------------------------------------------------------- AVX-512 kernel */
+/* 16 weights at p (element type DT, a constant after inlining) as float32. Widening bf16 (a
+ * shift into the high half) and f16 (vcvtph2ps) is exact, so the products and sums that follow
+ * are those of the float32 kernel on the widened weights. */
+ZP_INLINE ZP_TARGET_AVX512 __m512 wload_avx512(const char *p, const int DT)
+{
+    if (DT == ZP_WTYPE_F32)
+        return _mm512_loadu_ps((const float *)p);
+    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    if (DT == ZP_WTYPE_BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
+/* The same for the lanes of `tail` only; the others are 0 (a masked load never touches them). */
+ZP_INLINE ZP_TARGET_AVX512 __m512 wload_tail_avx512(const char *p, __mmask16 tail, const int DT)
+{
+    if (DT == ZP_WTYPE_F32)
+        return _mm512_maskz_loadu_ps(tail, p);
+    __m256i h = _mm256_maskz_loadu_epi16(tail, p);
+    if (DT == ZP_WTYPE_BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
 /* Fold steps of the horizontal reduction. Each takes two vectors of partial sums and returns one
  * holding twice as many dot products with half as many partial sums each, pairing exactly the
  * elements of the tree in matmul.h (s8[j] = s[j] + s[j+8], s4, s2, s1). Float addition is
@@ -196,109 +238,132 @@ ZP_INLINE ZP_TARGET_AVX512 __m512 fold2_avx512(__m512 u, __m512 v)
     return _mm512_add_ps(lo, hi);
 }
 
+/* 16 vectors of 16 lane sums -> 1 vector of 16 dot products: input d = 4c + r (c, r < 4) comes
+ * out in lane 4r + c, so that each row r of a tile stores one 128-bit group of 4 columns. */
+ZP_INLINE ZP_TARGET_AVX512 __m512 reduce16_avx512(const __m512 v[16])
+{
+    __m512 f16[8], f8[4], f4[2];
+    for (int p = 0; p < 8; p++)
+        f16[p] = fold16_avx512(v[2 * p], v[2 * p + 1]);
+    for (int q = 0; q < 4; q++)
+        f8[q] = fold8_avx512(f16[2 * q], f16[2 * q + 1]);
+    for (int t = 0; t < 2; t++)
+        f4[t] = fold4_avx512(f8[2 * t], f8[2 * t + 1]);
+    return fold2_avx512(f4[0], f4[1]);
+}
+
 /* Software prefetch of the w that the next (group, K block) will read, spread over the tiles of
- * the current one: each tile requests one line per 16 floats of K from each of its n rows,
- * row[j][0 .. len). */
+ * the current one: each tile requests one line per 64 bytes of K from each of its n rows,
+ * row[j][0 .. len) (len in elements). */
 typedef struct {
-    const float *row[ZP_COLS];
-    int n;   /* rows of the next block this tile prefetches, 0..4 */
-    int len; /* floats per row */
+    const char *row[ZP_WIDE];
+    int n;   /* rows of the next block this tile prefetches, 0..NC */
+    int len; /* elements per row */
 } zp_prefetch;
 
 /* One tile over K block [k0, k1): y[r][c] = x_r . w_c for r < MR (<= 4 rows of x, stride K) and
- * c < nc (<= 4 rows of w given by wrow; the entries for c >= nc repeat a valid row and are not
- * stored). y: the tile's top-left output, row stride ldy. state: the 16 accumulators carried
- * between K blocks (saved and reloaded exactly, so the summation order is that of one pass).
- * MR is a constant after inlining, so the 4 x MR accumulators live in zmm registers.
- * Per 16 floats of K: 4 loads of w, MR loads of x, 4*MR fused multiply-adds, pf->n prefetches. */
+ * c < nc (<= NC rows of w given by wrow, elements of type DT; the entries for c >= nc repeat a
+ * valid row and are not stored). NC is 4 (the skinny tile) or 6 (the wide tile of passes with
+ * many rows: 24 accumulators, each row of x loaded once per 6 rows of w instead of 4). y: the
+ * tile's top-left output, row stride ldy. state: the accumulators carried between K blocks
+ * (saved and reloaded exactly, so the summation order is that of one pass). MR, NC and DT are
+ * constants after inlining, so the MR x NC accumulators live in zmm registers.
+ * Per 16 elements of K: NC loads of w, MR loads of x, MR*NC fused multiply-adds, pf->n prefetches
+ * (every other step for 2-byte weights: one per cache line). */
 ZP_INLINE ZP_TARGET_AVX512 void tile_avx512(float *y, int ldy, const float *x,
-                                            const float *const wrow[ZP_COLS], int K, int k0,
+                                            const char *const wrow[ZP_WIDE], int K, int k0,
                                             int k1, int nc, __m512 *state, const zp_prefetch *pf,
-                                            const int MR)
+                                            const int MR, const int NC, const int DT)
 {
-    __m512 acc[ZP_ROWS][ZP_COLS]; /* [x row][w row], 16 lanes of partial sums each */
+    const size_t es = DT == ZP_WTYPE_F32 ? 4 : 2;
+    __m512 acc[ZP_ROWS][ZP_WIDE]; /* [x row][w row], 16 lanes of partial sums each */
     for (int r = 0; r < ZP_ROWS; r++)
-        for (int c = 0; c < ZP_COLS; c++)
-            acc[r][c] = k0 == 0 || r >= MR ? _mm512_setzero_ps() : state[ZP_COLS * r + c];
+        for (int c = 0; c < NC; c++)
+            acc[r][c] = k0 == 0 || r >= MR ? _mm512_setzero_ps() : state[NC * r + c];
 
     int k = k0, pf_off = 0;
 #pragma GCC unroll 2
     for (; k + ZP_LANES <= k1; k += ZP_LANES, pf_off += ZP_LANES) {
-        if (pf_off < pf->len)
+        if (pf_off < pf->len && (pf_off * es) % 64 == 0)
             for (int j = 0; j < pf->n; j++)
-                _mm_prefetch((const char *)(pf->row[j] + pf_off), _MM_HINT_T0);
-        __m512 wv[ZP_COLS];
-        for (int c = 0; c < ZP_COLS; c++)
-            wv[c] = _mm512_loadu_ps(wrow[c] + k);
-        for (int r = 0; r < MR; r++) {
-            __m512 xv = _mm512_loadu_ps(x + (size_t)r * K + k);
-            for (int c = 0; c < ZP_COLS; c++)
-                acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
+                _mm_prefetch(pf->row[j] + (size_t)pf_off * es, _MM_HINT_T0);
+        __m512 xv[ZP_ROWS];
+        for (int r = 0; r < MR; r++)
+            xv[r] = _mm512_loadu_ps(x + (size_t)r * K + k);
+        for (int c = 0; c < NC; c++) {
+            __m512 wv = wload_avx512(wrow[c] + (size_t)k * es, DT);
+            for (int r = 0; r < MR; r++)
+                acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
         }
     }
     if (k1 < K) { /* more K blocks to come */
         for (int r = 0; r < MR; r++)
-            for (int c = 0; c < ZP_COLS; c++)
-                state[ZP_COLS * r + c] = acc[r][c];
+            for (int c = 0; c < NC; c++)
+                state[NC * r + c] = acc[r][c];
         return;
     }
     if (k < K) {
         /* K % 16 tail: masked lanes load 0 and fma(0, 0, s) = s, so each lane keeps its order */
         __mmask16 tail = (__mmask16)((1u << (K - k)) - 1u);
-        __m512 wv[ZP_COLS];
-        for (int c = 0; c < ZP_COLS; c++)
-            wv[c] = _mm512_maskz_loadu_ps(tail, wrow[c] + k);
-        for (int r = 0; r < MR; r++) {
-            __m512 xv = _mm512_maskz_loadu_ps(tail, x + (size_t)r * K + k);
-            for (int c = 0; c < ZP_COLS; c++)
-                acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
+        __m512 xv[ZP_ROWS];
+        for (int r = 0; r < MR; r++)
+            xv[r] = _mm512_maskz_loadu_ps(tail, x + (size_t)r * K + k);
+        for (int c = 0; c < NC; c++) {
+            __m512 wv = wload_tail_avx512(wrow[c] + (size_t)k * es, tail, DT);
+            for (int r = 0; r < MR; r++)
+                acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
         }
     }
 
-    /* 16 vectors -> 1: pair index d = 4c + r in the tree below; lane 4r + c of the result holds
-     * y[r][c], so each row of x stores one 128-bit group of 4 columns. */
-    __m512 f16[8], f8[4], f4[2];
-    for (int p = 0; p < 8; p++)
-        f16[p] = fold16_avx512(acc[(2 * p) % 4][(2 * p) / 4],
-                               acc[(2 * p + 1) % 4][(2 * p + 1) / 4]);
-    for (int q = 0; q < 4; q++)
-        f8[q] = fold8_avx512(f16[2 * q], f16[2 * q + 1]);
-    for (int t = 0; t < 2; t++)
-        f4[t] = fold4_avx512(f8[2 * t], f8[2 * t + 1]);
-    __m512 sums = fold2_avx512(f4[0], f4[1]);
-
-    float out[ZP_ROWS * ZP_COLS] __attribute__((aligned(64)));
-    _mm512_store_ps(out, sums);
-    __mmask8 cols = (__mmask8)((1u << nc) - 1u);
+    /* columns 0-3 in one reduction; columns 4-5 (NC = 6) in a second one whose inputs for
+     * columns 2-3 repeat 0-1 (lanes 4r + 2, 4r + 3 of it are not stored) */
+    float out[2][ZP_ROWS * ZP_COLS] __attribute__((aligned(64)));
+    for (int half = 0; half < NC / ZP_COLS + (NC % ZP_COLS != 0); half++) {
+        __m512 v[16];
+        for (int d = 0; d < 16; d++) {
+            int r = d % 4, c = half * ZP_COLS + (half ? d / 4 % 2 : d / 4);
+            v[d] = acc[r][c]; /* rows r >= MR hold zeros: their lanes are not stored */
+        }
+        _mm512_store_ps(out[half], reduce16_avx512(v));
+    }
+    __mmask8 cols = (__mmask8)((1u << (nc < ZP_COLS ? nc : ZP_COLS)) - 1u);
     for (int r = 0; r < MR; r++)
-        _mm_mask_storeu_ps(y + (size_t)r * ldy, cols, _mm_load_ps(out + ZP_COLS * r));
+        _mm_mask_storeu_ps(y + (size_t)r * ldy, cols, _mm_load_ps(out[0] + ZP_COLS * r));
+    if (NC > ZP_COLS && nc > ZP_COLS) {
+        __mmask8 more = (__mmask8)((1u << (nc - ZP_COLS)) - 1u);
+        for (int r = 0; r < MR; r++)
+            _mm_mask_storeu_ps(y + (size_t)r * ldy + ZP_COLS, more,
+                               _mm_load_ps(out[1] + ZP_COLS * r));
+    }
 }
 
 /* The w rows and K range that the block after (group n0, block [k0, k1)) reads: the next K block
- * of the same rows, else the first K block of the next group (none after the last group). */
-static void next_block(const float *w, int K, int N, int n0, int k1, int kblock,
-                       const float *rows[ZP_COLS], int *n_rows, int *len)
+ * of the same rows, else the first K block of the next group of NC rows (none after the last). */
+static inline void next_block(const char *w, size_t es, int K, int N, int n0, int k1, int kblock,
+                              int NC, const char *rows[ZP_WIDE], int *n_rows, int *len)
 {
-    int first = k1 < K ? n0 : n0 + ZP_COLS, k = k1 < K ? k1 : 0;
-    *n_rows = N - first < ZP_COLS ? (N - first > 0 ? N - first : 0) : ZP_COLS;
+    int first = k1 < K ? n0 : n0 + NC, k = k1 < K ? k1 : 0;
+    *n_rows = N - first < NC ? (N - first > 0 ? N - first : 0) : NC;
     *len = K - k < kblock ? K - k : kblock;
     for (int c = 0; c < *n_rows; c++)
-        rows[c] = w + (size_t)(first + c) * K + k;
+        rows[c] = w + ((size_t)(first + c) * K + k) * es;
 }
 
-/* Output columns n0 .. n0+3 (clipped at N) for all m rows: 4 rows of w against 4 rows of x at a
- * time, in panels of up to 64 rows of x, K in blocks. Within a (panel, K block) the first tile
- * takes w from memory and the others reuse it from L1; so that memory stays busy while they
- * compute, the T tiles share out the prefetch of the next block's rows (T < 4: 4/T rows each;
- * T >= 4: tiles 0..3 one row each). */
-static ZP_TARGET_AVX512 void group_avx512(float *y, int ldy, const float *x, const float *w, int m,
-                                          int K, int N, int n0)
+/* Output columns n0 .. n0+NC-1 (clipped at N) for all m rows: NC rows of w against 4 rows of x
+ * at a time, in panels of up to 64 rows of x, K in blocks. Within a (panel, K block) the first
+ * tile takes w from memory and the others reuse it from L1; so that memory stays busy while they
+ * compute, the T tiles share out the prefetch of the next block's rows (T < NC: NC/T rows each;
+ * T >= NC: tiles 0..NC-1 one row each). */
+ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x, const char *w,
+                                               int m, int K, int N, int n0, const int NC,
+                                               const int DT)
 {
-    int nc = N - n0 < ZP_COLS ? N - n0 : ZP_COLS;
-    const float *wrow[ZP_COLS];
-    for (int c = 0; c < ZP_COLS; c++)
-        wrow[c] = w + (size_t)(n0 + (c < nc ? c : nc - 1)) * K;
-    __m512 state[ZP_PANEL / ZP_ROWS][ZP_ROWS * ZP_COLS]; /* (tiles, 16 accumulators) */
+    const size_t es = DT == ZP_WTYPE_F32 ? 4 : 2;
+    int nc = N - n0 < NC ? N - n0 : NC;
+    const char *wrow[ZP_WIDE];
+    for (int c = 0; c < ZP_WIDE; c++)
+        wrow[c] = w + (size_t)(n0 + (c < nc ? c : nc - 1)) * K * es;
+    __m512 state[ZP_PANEL / ZP_ROWS][ZP_ROWS * ZP_WIDE]; /* (tiles, accumulators) */
 
     for (int i0 = 0; i0 < m; i0 += ZP_PANEL) {
         int rows = m - i0 < ZP_PANEL ? m - i0 : ZP_PANEL, tiles = (rows + ZP_ROWS - 1) / ZP_ROWS;
@@ -307,23 +372,24 @@ static ZP_TARGET_AVX512 void group_avx512(float *y, int ldy, const float *x, con
         int k0 = 0;
         do {
             int k1 = K - k0 < kblock ? K : k0 + kblock;
-            const float *next[ZP_COLS];
+            const char *next[ZP_WIDE];
             int n_next, len;
-            next_block(w, K, N, n0, k1, kblock, next, &n_next, &len);
+            next_block(w, es, K, N, n0, k1, kblock, NC, next, &n_next, &len);
             for (int t = 0; t < tiles; t++) {
                 int i = i0 + ZP_ROWS * t;
                 zp_prefetch pf = {{NULL}, 0, len};
-                int from = tiles >= ZP_COLS ? t : n_next * t / tiles;
-                int to = tiles >= ZP_COLS ? t + 1 : n_next * (t + 1) / tiles;
+                int from = tiles >= NC ? t : n_next * t / tiles;
+                int to = tiles >= NC ? t + 1 : n_next * (t + 1) / tiles;
                 for (int c = from; c < to && c < n_next; c++)
                     pf.row[pf.n++] = next[c];
                 float *yi = y + (size_t)i * ldy + n0;
                 const float *xi = x + (size_t)i * K;
+                __m512 *st = state[t];
                 switch (m - i < ZP_ROWS ? m - i : ZP_ROWS) { /* constant MR: one loop per case */
-                case 4: tile_avx512(yi, ldy, xi, wrow, K, k0, k1, nc, state[t], &pf, 4); break;
-                case 3: tile_avx512(yi, ldy, xi, wrow, K, k0, k1, nc, state[t], &pf, 3); break;
-                case 2: tile_avx512(yi, ldy, xi, wrow, K, k0, k1, nc, state[t], &pf, 2); break;
-                default: tile_avx512(yi, ldy, xi, wrow, K, k0, k1, nc, state[t], &pf, 1); break;
+                case 4: tile_avx512(yi, ldy, xi, wrow, K, k0, k1, nc, st, &pf, 4, NC, DT); break;
+                case 3: tile_avx512(yi, ldy, xi, wrow, K, k0, k1, nc, st, &pf, 3, NC, DT); break;
+                case 2: tile_avx512(yi, ldy, xi, wrow, K, k0, k1, nc, st, &pf, 2, NC, DT); break;
+                default: tile_avx512(yi, ldy, xi, wrow, K, k0, k1, nc, st, &pf, 1, NC, DT); break;
                 }
             }
             k0 = k1;
@@ -331,7 +397,33 @@ static ZP_TARGET_AVX512 void group_avx512(float *y, int ldy, const float *x, con
     }
 }
 
+/* One instance per (tile width, weight type). */
+#define ZP_GROUP_AVX512(name, NC, DT)                                                              \
+    static ZP_TARGET_AVX512 void name(float *y, int ldy, const float *x, const char *w, int m,    \
+                                      int K, int N, int n0)                                        \
+    {                                                                                              \
+        group_avx512_t(y, ldy, x, w, m, K, N, n0, NC, DT);                                         \
+    }
+ZP_GROUP_AVX512(group_avx512_f32, ZP_COLS, ZP_WTYPE_F32)
+ZP_GROUP_AVX512(group_avx512_bf16, ZP_COLS, ZP_WTYPE_BF16)
+ZP_GROUP_AVX512(group_avx512_f16, ZP_COLS, ZP_WTYPE_F16)
+ZP_GROUP_AVX512(group_wide_avx512_f32, ZP_WIDE, ZP_WTYPE_F32)
+ZP_GROUP_AVX512(group_wide_avx512_bf16, ZP_WIDE, ZP_WTYPE_BF16)
+ZP_GROUP_AVX512(group_wide_avx512_f16, ZP_WIDE, ZP_WTYPE_F16)
+#undef ZP_GROUP_AVX512
+
 /* ---------------------------------------------------------------- AVX2 kernel */
+/* 8 weights at p as float32 (exact, as for AVX-512). */
+ZP_INLINE ZP_TARGET_AVX2 __m256 wload_avx2(const char *p, const int DT)
+{
+    if (DT == ZP_WTYPE_F32)
+        return _mm256_loadu_ps((const float *)p);
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    if (DT == ZP_WTYPE_BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    return _mm256_cvtph_ps(h);
+}
+
 /* The same 16 lane sums as two 8-lane halves (lanes 0-7 and 8-15); s8 = lo + hi is the first
  * level of the tree. */
 ZP_INLINE ZP_TARGET_AVX2 float reduce_avx2(__m256 lo, __m256 hi)
@@ -344,10 +436,11 @@ ZP_INLINE ZP_TARGET_AVX2 float reduce_avx2(__m256 lo, __m256 hi)
 }
 
 /* y[c] = x . w_c for c < nc: one row of x (K floats) against 4 rows of w; 8 ymm accumulators.
- * Per 16 floats of K: 8 loads of w, 2 of x, 8 fused multiply-adds. */
-static ZP_TARGET_AVX2 void tile_avx2(float *y, const float *x, const float *const wrow[ZP_COLS],
-                                     int K, int nc)
+ * Per 16 elements of K: 8 loads of w, 2 of x, 8 fused multiply-adds. */
+ZP_INLINE ZP_TARGET_AVX2 void tile_avx2(float *y, const float *x, const char *const wrow[ZP_COLS],
+                                        int K, int nc, const int DT)
 {
+    const size_t es = DT == ZP_WTYPE_F32 ? 4 : 2;
     __m256 lo[ZP_COLS], hi[ZP_COLS]; /* lanes 0-7 and 8-15 of each dot's partial sums */
     for (int c = 0; c < ZP_COLS; c++)
         lo[c] = hi[c] = _mm256_setzero_ps();
@@ -356,47 +449,99 @@ static ZP_TARGET_AVX2 void tile_avx2(float *y, const float *x, const float *cons
     for (; k + ZP_LANES <= K; k += ZP_LANES) {
         __m256 xlo = _mm256_loadu_ps(x + k), xhi = _mm256_loadu_ps(x + k + 8);
         for (int c = 0; c < ZP_COLS; c++) {
-            lo[c] = _mm256_fmadd_ps(xlo, _mm256_loadu_ps(wrow[c] + k), lo[c]);
-            hi[c] = _mm256_fmadd_ps(xhi, _mm256_loadu_ps(wrow[c] + k + 8), hi[c]);
+            const char *p = wrow[c] + (size_t)k * es;
+            lo[c] = _mm256_fmadd_ps(xlo, wload_avx2(p, DT), lo[c]);
+            hi[c] = _mm256_fmadd_ps(xhi, wload_avx2(p + 8 * es, DT), hi[c]);
         }
     }
     if (k < K) {
+        /* K % 16 tail: x masked, w copied into a zeroed block (AVX2 has no 16-bit masked load);
+         * the zero lanes add fma(0, 0, s) = s, so each lane keeps its order */
         __m256i left = _mm256_set1_epi32(K - k);
         __m256i mlo = _mm256_cmpgt_epi32(left, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         __m256i mhi = _mm256_cmpgt_epi32(left, _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15));
         __m256 xlo = _mm256_maskload_ps(x + k, mlo), xhi = _mm256_maskload_ps(x + k + 8, mhi);
         for (int c = 0; c < ZP_COLS; c++) {
-            lo[c] = _mm256_fmadd_ps(xlo, _mm256_maskload_ps(wrow[c] + k, mlo), lo[c]);
-            hi[c] = _mm256_fmadd_ps(xhi, _mm256_maskload_ps(wrow[c] + k + 8, mhi), hi[c]);
+            char block[ZP_LANES * 4] __attribute__((aligned(32))) = {0};
+            memcpy(block, wrow[c] + (size_t)k * es, (size_t)(K - k) * es);
+            lo[c] = _mm256_fmadd_ps(xlo, wload_avx2(block, DT), lo[c]);
+            hi[c] = _mm256_fmadd_ps(xhi, wload_avx2(block + 8 * es, DT), hi[c]);
         }
     }
     for (int c = 0; c < nc; c++)
         y[c] = reduce_avx2(lo[c], hi[c]);
 }
 
-static ZP_TARGET_AVX2 void group_avx2(float *y, int ldy, const float *x, const float *w, int m,
-                                      int K, int N, int n0)
+ZP_INLINE ZP_TARGET_AVX2 void group_avx2_t(float *y, int ldy, const float *x, const char *w, int m,
+                                           int K, int N, int n0, const int DT)
 {
+    const size_t es = DT == ZP_WTYPE_F32 ? 4 : 2;
     int nc = N - n0 < ZP_COLS ? N - n0 : ZP_COLS;
-    const float *wrow[ZP_COLS];
+    const char *wrow[ZP_COLS];
     for (int c = 0; c < ZP_COLS; c++)
-        wrow[c] = w + (size_t)(n0 + (c < nc ? c : nc - 1)) * K;
+        wrow[c] = w + (size_t)(n0 + (c < nc ? c : nc - 1)) * K * es;
     for (int i = 0; i < m; i++)
-        tile_avx2(y + (size_t)i * ldy + n0, x + (size_t)i * K, wrow, K, nc);
+        tile_avx2(y + (size_t)i * ldy + n0, x + (size_t)i * K, wrow, K, nc, DT);
 }
 
+#define ZP_GROUP_AVX2(name, DT)                                                                    \
+    static ZP_TARGET_AVX2 void name(float *y, int ldy, const float *x, const char *w, int m,      \
+                                    int K, int N, int n0)                                          \
+    {                                                                                              \
+        group_avx2_t(y, ldy, x, w, m, K, N, n0, DT);                                               \
+    }
+ZP_GROUP_AVX2(group_avx2_f32, ZP_WTYPE_F32)
+ZP_GROUP_AVX2(group_avx2_bf16, ZP_WTYPE_BF16)
+ZP_GROUP_AVX2(group_avx2_f16, ZP_WTYPE_F16)
+#undef ZP_GROUP_AVX2
+
 /* ---------------------------------------------------------------- scalar kernel */
+/* IEEE binary16 bits -> float32, exactly (normals, subnormals, zeros, infinities; a NaN comes
+ * out quiet, as from vcvtph2ps). */
+static float half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
+    float f;
+    if (exp == 0) { /* zero or subnormal: man * 2^-24, exact in float32 */
+        f = ldexpf((float)man, -24);
+        return sign ? -f : f;
+    }
+    if (exp == 0x1f)
+        bits = sign | 0x7f800000u | (man << 13) | (man ? 0x00400000u : 0u);
+    else
+        bits = sign | ((exp + 112u) << 23) | (man << 13);
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* Element k of a row of weights of type wtype, as float32 (exact). */
+static inline float widen(const char *row, int k, int wtype)
+{
+    float f;
+    uint16_t h;
+    if (wtype == ZP_WTYPE_F32) {
+        memcpy(&f, row + (size_t)k * 4, sizeof f);
+        return f;
+    }
+    memcpy(&h, row + (size_t)k * 2, sizeof h);
+    if (wtype == ZP_WTYPE_F16)
+        return half_to_float(h);
+    uint32_t bits = (uint32_t)h << 16;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
 /* The reference order in plain C: fmaf is one rounding, like the vector FMA. Slow without
  * hardware FMA, but only CPUs older than 2013 take this path. */
-static float dot_scalar(const float *x, const float *w, int K)
+static float dot_scalar(const float *x, const char *w, int wtype, int K)
 {
     float s[ZP_LANES] = {0};
     int k = 0;
     for (; k + ZP_LANES <= K; k += ZP_LANES)
         for (int j = 0; j < ZP_LANES; j++)
-            s[j] = fmaf(x[k + j], w[k + j], s[j]);
+            s[j] = fmaf(x[k + j], widen(w, k + j, wtype), s[j]);
     for (int j = 0; k + j < K; j++)
-        s[j] = fmaf(x[k + j], w[k + j], s[j]);
+        s[j] = fmaf(x[k + j], widen(w, k + j, wtype), s[j]);
 
     float s8[8], s4[4], s2[2];
     for (int j = 0; j < 8; j++)
@@ -408,50 +553,116 @@ static float dot_scalar(const float *x, const float *w, int K)
     return s2[0] + s2[1];
 }
 
-static void group_scalar(float *y, int ldy, const float *x, const float *w, int m, int K, int N,
-                         int n0)
+static void group_scalar(float *y, int ldy, const float *x, const char *w, int wtype, int m, int K,
+                         int N, int n0)
 {
+    size_t es = (size_t)zp_wtype_size(wtype);
     int nc = N - n0 < ZP_COLS ? N - n0 : ZP_COLS;
     for (int i = 0; i < m; i++)
         for (int c = 0; c < nc; c++)
             y[(size_t)i * ldy + n0 + c] =
-                dot_scalar(x + (size_t)i * K, w + (size_t)(n0 + c) * K, K);
+                dot_scalar(x + (size_t)i * K, w + (size_t)(n0 + c) * K * es, wtype, K);
 }
 
 /* ---------------------------------------------------------------- dispatch */
-/* The skinny product: groups of 4 output columns, split into one contiguous block per thread
- * (static schedule), so each thread streams its own slice of w exactly once. */
-static void matmul_skinny(float *y, int ldy, const float *x, const float *w, int m, int K, int N)
+typedef void (*zp_group_fn)(float *y, int ldy, const float *x, const char *w, int m, int K, int N,
+                            int n0);
+
+/* The vector group function for (isa, wtype, m) and its width in output columns; NULL for the
+ * scalar kernel. The wide AVX-512 tile serves passes of >= ZP_WIDE_MIN_ROWS rows, where the
+ * product is compute-bound; it sums in the same order, so the choice never changes a bit. */
+static zp_group_fn group_fn(int isa, int wtype, int m, int *width)
 {
+    *width = ZP_COLS;
+    if (isa == ZP_ISA_AVX512) {
+        int wide = m >= ZP_WIDE_MIN_ROWS;
+        *width = wide ? ZP_WIDE : ZP_COLS;
+        switch (wtype) {
+        case ZP_WTYPE_F32:
+            return wide ? group_wide_avx512_f32 : group_avx512_f32;
+        case ZP_WTYPE_BF16:
+            return wide ? group_wide_avx512_bf16 : group_avx512_bf16;
+        default:
+            return wide ? group_wide_avx512_f16 : group_avx512_f16;
+        }
+    }
+    if (isa == ZP_ISA_AVX2)
+        return wtype == ZP_WTYPE_F32    ? group_avx2_f32
+               : wtype == ZP_WTYPE_BF16 ? group_avx2_bf16
+                                        : group_avx2_f16;
+    return NULL;
+}
+
+/* The skinny products of one x: the groups of output columns of every product, numbered one
+ * after the other, split into one contiguous block per thread (static schedule), so each thread
+ * streams its own slice of the weights exactly once and the threads wake once for all of them. */
+static void matmul_skinny(const float *x, int m, int K, const zp_matmul_out *out, int n_out)
+{
+    enum { MAX_OUT = 8 };
     int isa = isa_current();
-    int groups = (N + ZP_COLS - 1) / ZP_COLS;
+    zp_group_fn fn[MAX_OUT];
+    int width[MAX_OUT], first[MAX_OUT + 1];
+    size_t work = 0;
+    first[0] = 0;
+    for (int j = 0; j < n_out; j++) {
+        fn[j] = group_fn(isa, out[j].wtype, m, &width[j]);
+        first[j + 1] = first[j] + (out[j].N + width[j] - 1) / width[j];
+        work += (size_t)K * (size_t)out[j].N * (size_t)(m + 4);
+    }
+    int groups = first[n_out];
     int threads = zp_get_num_threads();
-    int parallel = threads > 1 && groups > 1 &&
-                   (size_t)K * (size_t)N * (size_t)(m + 4) >= ZP_PARALLEL_MIN_WORK;
+    int parallel = threads > 1 && groups > 1 && work >= ZP_PARALLEL_MIN_WORK;
 
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
     for (int g = 0; g < groups; g++) {
-        if (isa == ZP_ISA_AVX512)
-            group_avx512(y, ldy, x, w, m, K, N, g * ZP_COLS);
-        else if (isa == ZP_ISA_AVX2)
-            group_avx2(y, ldy, x, w, m, K, N, g * ZP_COLS);
+        int j = 0;
+        while (g >= first[j + 1])
+            j++;
+        const zp_matmul_out *o = &out[j];
+        int n0 = (g - first[j]) * width[j];
+        if (fn[j])
+            fn[j](o->y, o->ldy, x, (const char *)o->w, m, K, o->N, n0);
         else
-            group_scalar(y, ldy, x, w, m, K, N, g * ZP_COLS);
+            group_scalar(o->y, o->ldy, x, (const char *)o->w, o->wtype, m, K, o->N, n0);
     }
+}
+
+void zp_matmul_multi(const float *x, int m, int K, const zp_matmul_out *out, int n_out)
+{
+    enum { MAX_OUT = 8 };
+    zp_matmul_out valid[MAX_OUT];
+    if (m <= 0 || K < 0 || n_out <= 0 || out == NULL)
+        return;
+    while (n_out > 0) { /* at most MAX_OUT per parallel region */
+        int n = 0, take = n_out < MAX_OUT ? n_out : MAX_OUT;
+        for (int j = 0; j < take; j++)
+            if (zp_wtype_size(out[j].wtype) > 0 && out[j].N > 0 && out[j].ldy >= out[j].N)
+                valid[n++] = out[j];
+        if (n > 0)
+            matmul_skinny(x, m, K, valid, n);
+        out += take;
+        n_out -= take;
+    }
+}
+
+void zp_matmul_w(float *y, int ldy, const float *x, const void *w, int wtype, int m, int K, int N)
+{
+    if (m <= 0 || N <= 0 || K < 0 || ldy < N || zp_wtype_size(wtype) == 0)
+        return;
+    /* BLAS only for float32, with K >= 1 (its lda must be >= 1) and never from inside a parallel
+     * region: there the skinny kernel runs on the calling thread (nested regions are inactive). */
+    if (wtype == ZP_WTYPE_F32 && m >= zp_get_blas_min_rows() && K > 0 && !omp_in_parallel()) {
+        ZP_BLAS_FN(cblas_sgemm)(ZP_BLAS_ROW_MAJOR, ZP_BLAS_NO_TRANS, ZP_BLAS_TRANS, m, N, K, 1.0f,
+                                x, K, (const float *)w, K, 0.0f, y, ldy);
+        return;
+    }
+    zp_matmul_out one = {y, ldy, w, wtype, N};
+    matmul_skinny(x, m, K, &one, 1);
 }
 
 void zp_matmul_ld(float *y, int ldy, const float *x, const float *w, int m, int K, int N)
 {
-    if (m <= 0 || N <= 0 || K < 0 || ldy < N)
-        return;
-    /* BLAS only with K >= 1 (its lda must be >= 1) and never from inside a parallel region:
-     * there the skinny kernel runs on the calling thread (nested regions are inactive). */
-    if (m >= zp_get_blas_min_rows() && K > 0 && !omp_in_parallel()) {
-        ZP_BLAS_FN(cblas_sgemm)(ZP_BLAS_ROW_MAJOR, ZP_BLAS_NO_TRANS, ZP_BLAS_TRANS, m, N, K, 1.0f,
-                                x, K, w, K, 0.0f, y, ldy);
-        return;
-    }
-    matmul_skinny(y, ldy, x, w, m, K, N);
+    zp_matmul_w(y, ldy, x, w, ZP_WTYPE_F32, m, K, N);
 }
 
 void zp_matmul(float *y, const float *x, const float *w, int m, int K, int N)

@@ -14,6 +14,15 @@
  *     plain C) chosen at run time.
  *   - m >= zp_get_blas_min_rows(): OpenBLAS sgemm (see blas.h), which wins when compute-bound.
  *
+ * Weights may be float32, bfloat16 or float16 (zp_matmul_w); activations x, outputs y and every
+ * accumulation are float32. A bf16/f16 weight is widened to float32 in registers, which is exact,
+ * so y is bit for bit what the float32 product with the widened weights gives. (AVX512-BF16's
+ * vdpbf16ps would round x to bf16 as well: a relative error near 2^-9 per product, far above
+ * the 1e-4 the logits tests allow, so it is not used.)
+ *
+ * Passes of 8 rows or more take a register-blocked variant (4 rows of x x 6 rows of w per
+ * tile on AVX-512) that computes every dot product in the same order as the skinny tile.
+ *
  * Determinism of the skinny kernel: every y[i][n] is one dot product summed in one fixed order
  * that depends only on K: 16 partial sums, lane j accumulating (with fused multiply-add) the
  * products k = j, j+16, j+32, ... in increasing k, then combined by the tree
@@ -39,6 +48,33 @@ void zp_matmul(float *y, const float *x, const float *w, int m, int K, int N);
 /* Same, with an explicit row stride for y (ldy >= N, in floats) so callers can write into wider
  * buffers; y[i][n] for n >= N is left untouched. */
 void zp_matmul_ld(float *y, int ldy, const float *x, const float *w, int m, int K, int N);
+
+/* Storage type of a weight matrix. bf16 and f16 elements are uint16_t bit patterns (bfloat16:
+ * the high half of a float32; float16: IEEE binary16). */
+typedef enum { ZP_WTYPE_F32 = 0, ZP_WTYPE_BF16 = 1, ZP_WTYPE_F16 = 2 } zp_wtype;
+
+/* Bytes per element of a weight type; 0 for an unknown one. */
+int zp_wtype_size(int wtype);
+
+/* y = x . w^T with w stored as `wtype` ((N, K) elements, row-major); as zp_matmul_ld otherwise.
+ * An unknown wtype makes the product a no-op. Float32 products of m >= zp_get_blas_min_rows()
+ * go to BLAS sgemm; bf16/f16 ones never do. */
+void zp_matmul_w(float *y, int ldy, const float *x, const void *w, int wtype, int m, int K,
+                 int N);
+
+/* Several products of the same x (m, K), in ONE parallel region: out[j].y (m, out[j].N, row
+ * stride out[j].ldy) = x . out[j].w^T. Used for the gate and up projections of a feed-forward
+ * layer (w1, w3), so that a one-row pass wakes the threads once and streams both matrices
+ * back to back. Each output is bitwise the one zp_matmul_w would give. Entries with an unknown
+ * wtype, N <= 0 or ldy < N are skipped. Never uses BLAS. */
+typedef struct {
+    float *y;      /* (m, N), row stride ldy; borrowed */
+    int ldy;       /* >= N */
+    const void *w; /* (N, K) elements of wtype; borrowed */
+    int wtype;     /* zp_wtype */
+    int N;
+} zp_matmul_out;
+void zp_matmul_multi(const float *x, int m, int K, const zp_matmul_out *out, int n_out);
 
 /* Threads for the skinny kernel (OpenMP) and for OpenBLAS. n <= 0 restores the default (OpenMP's
  * omp_get_max_threads() at the time of each call). Ignored when called inside an OpenMP

@@ -639,8 +639,9 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         /* ---- SwiGLU feed-forward */
         for (int i = 0; i < rows; i++)
             rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, L->ffn_norm, D, c->norm_eps);
-        zp_matmul(s->h1, s->xb, L->w1, rows, D, c->hidden);
-        zp_matmul(s->h3, s->xb, L->w3, rows, D, c->hidden);
+        zp_matmul_out gate_up[2] = {{s->h1, c->hidden, L->w1, ZP_WTYPE_F32, c->hidden},
+                                    {s->h3, c->hidden, L->w3, ZP_WTYPE_F32, c->hidden}};
+        zp_matmul_multi(s->xb, rows, D, gate_up, 2); /* one thread team for both */
         for (size_t e = 0; e < (size_t)rows * c->hidden; e++) {
             float a = s->h1[e];
             s->h1[e] = a / (1.f + expf(-a)) * s->h3[e];

@@ -1,5 +1,6 @@
 /* test_matmul.c -- zp_matmul against a naive double-precision product, over many shapes and all
- * three skinny kernels (avx512 / avx2 / scalar, where the CPU has them) and the BLAS path; plus
+ * three skinny kernels (avx512 / avx2 / scalar, where the CPU has them) and the BLAS path; bf16
+ * and f16 weights (zp_matmul_w, zp_matmul_multi) against float32 on the widened weights; plus
  * the determinism promise of matmul.h (bitwise: thread count, batch size and company, kernel),
  * untouched memory outside the m x N region of a wider ldy buffer, and unmodified inputs.
  *
@@ -236,6 +237,166 @@ static void check_settings(void)
     CHECK(y[0] == 7, "degenerate sizes must be no-ops");
 }
 
+/* ---------------------------------------------------------------- bf16 / f16 weights */
+/* float32 -> bfloat16 bits, rounded to nearest even (finite inputs). */
+static uint16_t to_bf16(float f)
+{
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+
+static float from_bf16(uint16_t h)
+{
+    uint32_t b = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+
+/* IEEE binary16 bits -> float, written independently of the core's version: sign * 2^(e-15) *
+ * (1 + man/1024), or 2^-14 * man/1024 for subnormals (finite inputs only). */
+static float from_f16(uint16_t h)
+{
+    int e = (h >> 10) & 0x1f, man = h & 0x3ff;
+    double v = e ? ldexp(1.0 + man / 1024.0, e - 15) : ldexp(man / 1024.0, -14);
+    return (float)((h & 0x8000) ? -v : v);
+}
+
+/* n random weights of type wtype (bits in *bits, 2 bytes each) and their exact float32 values;
+ * f16 draws include subnormals, zeros of both signs and values up to 2^3; bf16 rounds uniform
+ * [-1, 1) values and includes a few zeros and float32-subnormal patterns. */
+static void random_half(int wtype, size_t n, uint16_t **bits, float **wide)
+{
+    *bits = malloc((n ? n : 1) * sizeof **bits);
+    *wide = malloc((n ? n : 1) * sizeof **wide);
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        float u = uniform();
+        if (wtype == ZP_WTYPE_BF16) {
+            h = to_bf16(u);
+            if (i % 97 == 5)
+                h = (uint16_t)(i % 2 ? 0x8000u : 0x0000u);
+            if (i % 89 == 7)
+                h = (uint16_t)(0x0001u + (i % 127)); /* a float32 subnormal */
+            (*wide)[i] = from_bf16(h);
+        } else {
+            uint32_t r = (uint32_t)((u + 1.0f) * 32768.0f);
+            int e = (int)(r % 19); /* exponents 0 (subnormal) .. 18: |v| < 2^4 */
+            h = (uint16_t)(((r >> 5) & 1u) << 15 | (uint32_t)e << 10 | ((r * 2654435761u) >> 22));
+            (*wide)[i] = from_f16(h);
+        }
+        (*bits)[i] = h;
+    }
+}
+
+/* For one (wtype, K, N): every kernel, every m (through both the skinny and the wide tile), is
+ * bitwise the float32 product with the exactly widened weights (the kernels widen in registers)
+ * and within float32 error of the float64 reference; threads, batch company and the fused
+ * zp_matmul_multi change no bit. */
+static void check_half(int wtype, int K, int N)
+{
+    static const int ms[] = {1, 2, 5, 7, 8, 9, 13, 33, 64, 70};
+    const int m_max = 70;
+    const char *tname = wtype == ZP_WTYPE_BF16 ? "bf16" : "f16";
+    uint16_t *wh;
+    float *wf, *x = random_floats((size_t)m_max * K);
+    random_half(wtype, (size_t)N * K, &wh, &wf);
+    double *ref = malloc(sizeof(double) * m_max * N), *abs_sum = malloc(sizeof(double) * m_max * N);
+    float *y = malloc(sizeof(float) * m_max * N), *y32 = malloc(sizeof(float) * m_max * N);
+    float *y2 = malloc(sizeof(float) * m_max * N * 2);
+    matmul_ref(ref, abs_sum, x, wf, m_max, K, N);
+    for (int mi = 0; mi < (int)(sizeof ms / sizeof ms[0]); mi++) {
+        int m = ms[mi];
+        for (int s = 0; s < 3; s++) {
+            if (zp_matmul_force_isa(isa_names[s]) != 0)
+                continue;
+            if (s == 2 && (double)m * K * N > 2e7)
+                continue;
+            zp_matmul_w(y, N, x, wh, wtype, m, K, N);
+            zp_matmul(y32, x, wf, m, K, N);
+            CHECK(memcmp(y, y32, sizeof(float) * m * N) == 0,
+                  "%s %s m=%d K=%d N=%d: differs from float32 on the widened weights", tname,
+                  isa_names[s], m, K, N);
+            int bad = 0;
+            for (size_t j = 0; j < (size_t)m * N && bad < 3; j++)
+                if (!close_enough(y[j], ref[j], abs_sum[j], K / 16 + 4)) {
+                    CHECK(0, "%s %s m=%d K=%d N=%d: y[%zu]=%.9g ref=%.9g", tname, isa_names[s], m,
+                          K, N, j, y[j], ref[j]);
+                    bad++;
+                }
+            /* fused: the same product twice in one region, into one (m, 2N) buffer */
+            zp_matmul_out outs[2] = {{y2, 2 * N, wh, wtype, N}, {y2 + N, 2 * N, wh, wtype, N}};
+            zp_matmul_multi(x, m, K, outs, 2);
+            for (int i = 0; i < m; i++)
+                CHECK(memcmp(y2 + (size_t)i * 2 * N, y + (size_t)i * N, sizeof(float) * N) == 0 &&
+                          memcmp(y2 + (size_t)i * 2 * N + N, y + (size_t)i * N,
+                                 sizeof(float) * N) == 0,
+                      "%s %s m=%d: zp_matmul_multi differs at row %d", tname, isa_names[s], m, i);
+            /* one thread, and row by row */
+            zp_set_num_threads(1);
+            zp_matmul_w(y2, N, x, wh, wtype, m, K, N);
+            zp_set_num_threads(2);
+            CHECK(memcmp(y2, y, sizeof(float) * m * N) == 0, "%s %s m=%d: 1 vs 2 threads", tname,
+                  isa_names[s], m);
+            for (int i = 0; i < m; i += 3) {
+                zp_matmul_w(y2, N, x + (size_t)i * K, wh, wtype, 1, K, N);
+                CHECK(memcmp(y2, y + (size_t)i * N, sizeof(float) * N) == 0,
+                      "%s %s m=%d: row %d alone differs", tname, isa_names[s], m, i);
+            }
+        }
+    }
+    zp_matmul_force_isa(NULL);
+    free(wh), free(wf), free(x), free(ref), free(abs_sum), free(y), free(y32), free(y2);
+}
+
+/* The widening itself, on every finite f16 and on a sweep of bf16 patterns: a 1 x K product with
+ * x = e_k picks out weight k, so y is the widened value (times 1, plus zeros) bit for bit. */
+static void check_widening(void)
+{
+    const int K = 16, N = 4096; /* each row of w holds one pattern at k = row % 16, else 0 */
+    uint16_t *w = calloc((size_t)N * K, sizeof *w);
+    float *x = calloc((size_t)16 * K, sizeof *x), *y = malloc(sizeof(float) * 16 * N);
+    for (int i = 0; i < 16; i++)
+        x[(size_t)i * K + i] = 1.0f;
+    for (int wtype = ZP_WTYPE_BF16; wtype <= ZP_WTYPE_F16; wtype++)
+        for (uint32_t base = 0; base < 65536u; base += (uint32_t)N) {
+            for (int n = 0; n < N; n++) {
+                memset(w + (size_t)n * K, 0, sizeof *w * K);
+                w[(size_t)n * K + n % K] = (uint16_t)(base + (uint32_t)n);
+            }
+            for (int s = 0; s < 3; s++) {
+                if (zp_matmul_force_isa(isa_names[s]) != 0)
+                    continue;
+                zp_matmul_w(y, N, x, w, wtype, 16, K, N);
+                int bad = 0;
+                for (int n = 0; n < N; n++) {
+                    uint16_t h = (uint16_t)(base + (uint32_t)n);
+                    float want;
+                    if (wtype == ZP_WTYPE_BF16) {
+                        want = from_bf16(h);
+                        if (isnan(want))
+                            continue;
+                    } else {
+                        if (((h >> 10) & 0x1f) == 0x1f)
+                            continue; /* inf, NaN: 0 * inf in the other lanes */
+                        want = from_f16(h);
+                    }
+                    if (isinf(want))
+                        continue;
+                    float got = y[(size_t)(n % K) * N + n];
+                    /* -0 comes out +0 (added to the +0 of the other lanes): == holds for both */
+                    if (got != want && bad++ < 3)
+                        CHECK(0, "%s widening of 0x%04x: got %.9g want %.9g (%s)",
+                              wtype == ZP_WTYPE_BF16 ? "bf16" : "f16", h, got, want, isa_names[s]);
+                }
+                CHECK(bad == 0, "widening %d", wtype);
+            }
+        }
+    zp_matmul_force_isa(NULL);
+    free(w), free(x), free(y);
+}
+
 /* ---------------------------------------------------------------- main */
 int main(void)
 {
@@ -264,6 +425,14 @@ int main(void)
             for (int b = 0; b < 2; b++)
                 check_determinism(isa_names[s], det_K[a], det_N[b]);
     printf("  determinism: 1 vs 2 threads, alone vs batch, across kernels: done\n");
+
+    static const int half_K[] = {1, 15, 16, 33, 100, 768, 1041, 2080}, half_N[] = {3, 17, 100};
+    for (int t = ZP_WTYPE_BF16; t <= ZP_WTYPE_F16; t++)
+        for (int a = 0; a < 8; a++)
+            for (int b = 0; b < 3; b++)
+                check_half(t, half_K[a], half_N[b]);
+    check_widening();
+    printf("  bf16 / f16 weights: = float32 on widened weights, threads, rows, fused: done\n");
 
     for (int s = 0; s < 3; s++) {
         check_ldy(isa_names[s], 5, 31, 17);
