@@ -57,6 +57,7 @@ enum { ZP_ISA_UNSET = 0, ZP_ISA_SCALAR = 1, ZP_ISA_AVX2 = 2, ZP_ISA_AVX512 = 3 }
 static int zp_isa_choice = ZP_ISA_UNSET; /* read and written with __atomic: set once, racily */
 static int zp_threads = 0;               /* 0: omp_get_max_threads() at each call */
 static int zp_blas_rows = 1 << 30;       /* m >= this goes to sgemm: off by default (see matmul.h) */
+static int zp_wide_rows = ZP_WIDE_MIN_ROWS; /* m >= this takes the wide AVX-512 tile */
 
 static int isa_supported(int isa)
 {
@@ -137,6 +138,11 @@ int zp_get_num_threads(void)
 {
     int n = __atomic_load_n(&zp_threads, __ATOMIC_RELAXED);
     return n > 0 ? n : omp_get_max_threads();
+}
+
+void zp_matmul_set_wide_min_rows(int m)
+{
+    __atomic_store_n(&zp_wide_rows, m > 0 ? m : ZP_WIDE_MIN_ROWS, __ATOMIC_RELAXED);
 }
 
 void zp_set_blas_min_rows(int m)
@@ -259,11 +265,13 @@ typedef struct {
     const char *row[ZP_WIDE];
     int n;   /* rows of the next block this tile prefetches, 0..NC */
     int len; /* elements per row */
+    int es;  /* bytes per element of those rows */
 } zp_prefetch;
 
 /* One tile over K block [k0, k1): y[r][c] = x_r . w_c for r < MR (<= 4 rows of x, stride K) and
  * c < nc (<= NC rows of w given by wrow, elements of type DT; the entries for c >= nc repeat a
- * valid row and are not stored). NC is 4 (the skinny tile) or 6 (the wide tile of passes with
+ * valid row and are not stored; element k of row c is at wrow[c] + (k - kbase) elements: kbase is
+ * 0 for weights read in place, k0 for a block widened into a scratch buffer). NC is 4 (the skinny tile) or 6 (the wide tile of passes with
  * many rows: 24 accumulators, each row of x loaded once per 6 rows of w instead of 4). y: the
  * tile's top-left output, row stride ldy. state: the accumulators carried between K blocks
  * (saved and reloaded exactly, so the summation order is that of one pass). MR, NC and DT are
@@ -271,9 +279,10 @@ typedef struct {
  * Per 16 elements of K: NC loads of w, MR loads of x, MR*NC fused multiply-adds, pf->n prefetches
  * (every other step for 2-byte weights: one per cache line). */
 ZP_INLINE ZP_TARGET_AVX512 void tile_avx512(float *y, int ldy, const float *x,
-                                            const char *const wrow[ZP_WIDE], int K, int k0,
-                                            int k1, int nc, __m512 *state, const zp_prefetch *pf,
-                                            const int MR, const int NC, const int DT)
+                                            const char *const wrow[ZP_WIDE], int kbase, int K,
+                                            int k0, int k1, int nc, __m512 *state,
+                                            const zp_prefetch *pf, const int MR, const int NC,
+                                            const int DT)
 {
     const size_t es = DT == ZP_WTYPE_F32 ? 4 : 2;
     __m512 acc[ZP_ROWS][ZP_WIDE]; /* [x row][w row], 16 lanes of partial sums each */
@@ -284,14 +293,14 @@ ZP_INLINE ZP_TARGET_AVX512 void tile_avx512(float *y, int ldy, const float *x,
     int k = k0, pf_off = 0;
 #pragma GCC unroll 2
     for (; k + ZP_LANES <= k1; k += ZP_LANES, pf_off += ZP_LANES) {
-        if (pf_off < pf->len && (pf_off * es) % 64 == 0)
+        if (pf_off < pf->len && (pf_off * pf->es) % 64 == 0)
             for (int j = 0; j < pf->n; j++)
-                _mm_prefetch(pf->row[j] + (size_t)pf_off * es, _MM_HINT_T0);
+                _mm_prefetch(pf->row[j] + (size_t)pf_off * pf->es, _MM_HINT_T0);
         __m512 xv[ZP_ROWS];
         for (int r = 0; r < MR; r++)
             xv[r] = _mm512_loadu_ps(x + (size_t)r * K + k);
         for (int c = 0; c < NC; c++) {
-            __m512 wv = wload_avx512(wrow[c] + (size_t)k * es, DT);
+            __m512 wv = wload_avx512(wrow[c] + (size_t)(k - kbase) * es, DT);
             for (int r = 0; r < MR; r++)
                 acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
         }
@@ -309,7 +318,7 @@ ZP_INLINE ZP_TARGET_AVX512 void tile_avx512(float *y, int ldy, const float *x,
         for (int r = 0; r < MR; r++)
             xv[r] = _mm512_maskz_loadu_ps(tail, x + (size_t)r * K + k);
         for (int c = 0; c < NC; c++) {
-            __m512 wv = wload_tail_avx512(wrow[c] + (size_t)k * es, tail, DT);
+            __m512 wv = wload_tail_avx512(wrow[c] + (size_t)(k - kbase) * es, tail, DT);
             for (int r = 0; r < MR; r++)
                 acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
         }
@@ -349,35 +358,66 @@ static inline void next_block(const char *w, size_t es, int K, int N, int n0, in
         rows[c] = w + ((size_t)(first + c) * K + k) * es;
 }
 
+/* Widens rows src[c][k0 .. k1) (c < NC, 2-byte elements of type DT) into
+ * dst[c * ld + 0 .. k1 - k0); nothing else of dst is written. */
+ZP_INLINE ZP_TARGET_AVX512 void widen_block_avx512(float *dst, int ld,
+                                                   const char *const src[ZP_WIDE], int k0, int k1,
+                                                   const int NC, const int DT)
+{
+    for (int c = 0; c < NC; c++) {
+        float *row = dst + (size_t)c * ld;
+        int k = k0;
+        for (; k + ZP_LANES <= k1; k += ZP_LANES)
+            _mm512_storeu_ps(row + (k - k0), wload_avx512(src[c] + (size_t)k * 2, DT));
+        if (k < k1) {
+            __mmask16 tail = (__mmask16)((1u << (k1 - k)) - 1u);
+            _mm512_mask_storeu_ps(row + (k - k0), tail,
+                                  wload_tail_avx512(src[c] + (size_t)k * 2, tail, DT));
+        }
+    }
+}
+
 /* Output columns n0 .. n0+NC-1 (clipped at N) for all m rows: NC rows of w against 4 rows of x
  * at a time, in panels of up to 64 rows of x, K in blocks. Within a (panel, K block) the first
  * tile takes w from memory and the others reuse it from L1; so that memory stays busy while they
  * compute, the T tiles share out the prefetch of the next block's rows (T < NC: NC/T rows each;
- * T >= NC: tiles 0..NC-1 one row each). */
+ * T >= NC: tiles 0..NC-1 one row each).
+ * bf16 / f16 weights with more than one tile: each (panel, K block) of w is first widened into a
+ * float32 scratch block that the tiles then share, so the conversion is paid once per block, not
+ * once per tile (the tiles read the same float32 values either way: same bits). */
 ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x, const char *w,
                                                int m, int K, int N, int n0, const int NC,
                                                const int DT)
 {
     const size_t es = DT == ZP_WTYPE_F32 ? 4 : 2;
     int nc = N - n0 < NC ? N - n0 : NC;
-    const char *wrow[ZP_WIDE];
+    const char *wrow[ZP_WIDE], *srow[ZP_WIDE];
     for (int c = 0; c < ZP_WIDE; c++)
-        wrow[c] = w + (size_t)(n0 + (c < nc ? c : nc - 1)) * K * es;
+        srow[c] = wrow[c] = w + (size_t)(n0 + (c < nc ? c : nc - 1)) * K * es;
     __m512 state[ZP_PANEL / ZP_ROWS][ZP_ROWS * ZP_WIDE]; /* (tiles, accumulators) */
+    /* bf16 / f16: one K block of NC rows as float32 (kblock <= 2 * ZP_KBLOCK with > 1 tile) */
+    float scratch[DT == ZP_WTYPE_F32 ? 1 : ZP_WIDE * 2 * ZP_KBLOCK] __attribute__((aligned(64)));
 
     for (int i0 = 0; i0 < m; i0 += ZP_PANEL) {
         int rows = m - i0 < ZP_PANEL ? m - i0 : ZP_PANEL, tiles = (rows + ZP_ROWS - 1) / ZP_ROWS;
         /* one tile reads x once: no blocking, and the prefetch runs a whole group ahead */
         int kblock = tiles > 1 && K > 2 * ZP_KBLOCK ? ZP_KBLOCK : (K > 0 ? K : 1);
+        int widen = DT != ZP_WTYPE_F32 && tiles > 1; /* then kblock <= 2 * ZP_KBLOCK */
         int k0 = 0;
         do {
             int k1 = K - k0 < kblock ? K : k0 + kblock;
             const char *next[ZP_WIDE];
             int n_next, len;
             next_block(w, es, K, N, n0, k1, kblock, NC, next, &n_next, &len);
+            if (widen) {
+                int ld = (kblock + ZP_LANES - 1) / ZP_LANES * ZP_LANES; /* <= 2 * ZP_KBLOCK */
+                widen_block_avx512(scratch, ld, wrow, k0, k1, NC, DT);
+                for (int c = 0; c < ZP_WIDE; c++)
+                    srow[c] = (const char *)(scratch + (size_t)(c < NC ? c : 0) * ld);
+            }
             for (int t = 0; t < tiles; t++) {
                 int i = i0 + ZP_ROWS * t;
-                zp_prefetch pf = {{NULL}, 0, len};
+                zp_prefetch pf = {{NULL}, 0, len, (int)es};
                 int from = tiles >= NC ? t : n_next * t / tiles;
                 int to = tiles >= NC ? t + 1 : n_next * (t + 1) / tiles;
                 for (int c = from; c < to && c < n_next; c++)
@@ -385,11 +425,21 @@ ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x
                 float *yi = y + (size_t)i * ldy + n0;
                 const float *xi = x + (size_t)i * K;
                 __m512 *st = state[t];
-                switch (m - i < ZP_ROWS ? m - i : ZP_ROWS) { /* constant MR: one loop per case */
-                case 4: tile_avx512(yi, ldy, xi, wrow, K, k0, k1, nc, st, &pf, 4, NC, DT); break;
-                case 3: tile_avx512(yi, ldy, xi, wrow, K, k0, k1, nc, st, &pf, 3, NC, DT); break;
-                case 2: tile_avx512(yi, ldy, xi, wrow, K, k0, k1, nc, st, &pf, 2, NC, DT); break;
-                default: tile_avx512(yi, ldy, xi, wrow, K, k0, k1, nc, st, &pf, 1, NC, DT); break;
+                int mr = m - i < ZP_ROWS ? m - i : ZP_ROWS;
+                if (widen) { /* constant MR: one loop per case */
+                    switch (mr) {
+                    case 4: tile_avx512(yi, ldy, xi, srow, k0, K, k0, k1, nc, st, &pf, 4, NC, ZP_WTYPE_F32); break;
+                    case 3: tile_avx512(yi, ldy, xi, srow, k0, K, k0, k1, nc, st, &pf, 3, NC, ZP_WTYPE_F32); break;
+                    case 2: tile_avx512(yi, ldy, xi, srow, k0, K, k0, k1, nc, st, &pf, 2, NC, ZP_WTYPE_F32); break;
+                    default: tile_avx512(yi, ldy, xi, srow, k0, K, k0, k1, nc, st, &pf, 1, NC, ZP_WTYPE_F32); break;
+                    }
+                } else {
+                    switch (mr) {
+                    case 4: tile_avx512(yi, ldy, xi, wrow, 0, K, k0, k1, nc, st, &pf, 4, NC, DT); break;
+                    case 3: tile_avx512(yi, ldy, xi, wrow, 0, K, k0, k1, nc, st, &pf, 3, NC, DT); break;
+                    case 2: tile_avx512(yi, ldy, xi, wrow, 0, K, k0, k1, nc, st, &pf, 2, NC, DT); break;
+                    default: tile_avx512(yi, ldy, xi, wrow, 0, K, k0, k1, nc, st, &pf, 1, NC, DT); break;
+                    }
                 }
             }
             k0 = k1;
@@ -575,7 +625,7 @@ static zp_group_fn group_fn(int isa, int wtype, int m, int *width)
 {
     *width = ZP_COLS;
     if (isa == ZP_ISA_AVX512) {
-        int wide = m >= ZP_WIDE_MIN_ROWS;
+        int wide = m >= __atomic_load_n(&zp_wide_rows, __ATOMIC_RELAXED);
         *width = wide ? ZP_WIDE : ZP_COLS;
         switch (wtype) {
         case ZP_WTYPE_F32:

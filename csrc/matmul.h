@@ -104,6 +104,9 @@ int zp_get_blas_min_rows(void);
 /* Forces the skinny kernel to "avx512", "avx2" or "scalar"; NULL returns to automatic choice.
  * Returns 0, or -1 (and changes nothing) when the name is unknown or the CPU cannot run it. */
 int zp_matmul_force_isa(const char *isa);
+/* Passes of m >= this many rows take the wide AVX-512 tile (default 8; m <= 0 restores it;
+ * 1 << 30: never). Results are the same bits either way; only the speed differs. */
+void zp_matmul_set_wide_min_rows(int m);
 
 #ifdef __cplusplus
 }
