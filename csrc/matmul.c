@@ -614,6 +614,14 @@ static void group_scalar(float *y, int ldy, const float *x, const char *w, int w
                 dot_scalar(x + (size_t)i * K, w + (size_t)(n0 + c) * K * es, wtype, K);
 }
 
+void zp_widen(float *dst, const void *src, int wtype, size_t n)
+{
+    if (zp_wtype_size(wtype) == 0)
+        return;
+    for (size_t i = 0; i < n; i++) /* rows of a few thousand elements: plain C is enough */
+        dst[i] = widen((const char *)src + i * (size_t)zp_wtype_size(wtype), 0, wtype);
+}
+
 /* ---------------------------------------------------------------- dispatch */
 typedef void (*zp_group_fn)(float *y, int ldy, const float *x, const char *w, int m, int K, int N,
                             int n0);

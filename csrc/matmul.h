@@ -37,6 +37,8 @@
 #ifndef ZP_MATMUL_H
 #define ZP_MATMUL_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -55,6 +57,9 @@ typedef enum { ZP_WTYPE_F32 = 0, ZP_WTYPE_BF16 = 1, ZP_WTYPE_F16 = 2 } zp_wtype;
 
 /* Bytes per element of a weight type; 0 for an unknown one. */
 int zp_wtype_size(int wtype);
+/* dst[i] = element i of src (n elements of type wtype) as float32, exactly (bf16 / f16 widened
+ * as the kernels widen them). An unknown wtype writes nothing. */
+void zp_widen(float *dst, const void *src, int wtype, size_t n);
 
 /* y = x . w^T with w stored as `wtype` ((N, K) elements, row-major); as zp_matmul_ld otherwise.
  * An unknown wtype makes the product a no-op. Float32 products of m >= zp_get_blas_min_rows()

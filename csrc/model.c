@@ -105,6 +105,7 @@ zp_status zp_model_new(const zp_config *cfg, const zp_weights *w, zp_model **out
     if (st) return st;
     if (!w || !w->tok_embeddings || !w->layers || !w->norm || !w->output)
         return zp_fail(ZP_ERR_ARG, "missing weight pointer");
+    if (zp_wtype_size(w->wtype) == 0) return zp_fail(ZP_ERR_ARG, "unknown weight type %d", w->wtype);
     for (int l = 0; l < cfg->n_layer; l++) {
         const zp_layer_weights *L = &w->layers[l];
         if (!L->attention_norm || !L->wqkv || !L->wo || !L->ffn_norm || !L->w1 || !L->w3 || !L->w2)
@@ -551,9 +552,12 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
             int stream = k->guided ? 2 * q[i].image + u : q[i].image;
             s->row_query[r] = i;
             s->row_stream[r] = stream;
-            const float *src = q[i].pos < P ? k->prefix + ((size_t)stream * P + q[i].pos) * D
-                                            : m->w.tok_embeddings + (size_t)q[i].token * D;
-            memcpy(s->x + (size_t)r * D, src, sizeof(float) * D);
+            if (q[i].pos < P)
+                memcpy(s->x + (size_t)r * D, k->prefix + ((size_t)stream * P + q[i].pos) * D,
+                       sizeof(float) * D);
+            else
+                zp_widen(s->x + (size_t)r * D, (const char *)m->w.tok_embeddings +
+                         (size_t)q[i].token * D * zp_wtype_size(m->w.wtype), m->w.wtype, D);
         }
         if (q[i].want_logits) n_logits++;
     }
@@ -590,7 +594,7 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         /* ---- attention: norm, qkv, rotary, write k/v into the slots */
         for (int i = 0; i < rows; i++)
             rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, L->attention_norm, D, c->norm_eps);
-        zp_matmul(s->qkv, s->xb, L->wqkv, rows, D, QKV);
+        zp_matmul_w(s->qkv, QKV, s->xb, L->wqkv, m->w.wtype, rows, D, QKV);
         for (int i = 0; i < rows; i++) {
             const zp_query *x = &q[s->row_query[i]];
             float *qkv = s->qkv + (size_t)i * QKV;
@@ -633,20 +637,20 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
                         for (int j = 0; j < s->row_nv[i]; j++) out[s->row_vis[i][j]] = wrow[j];
                     }
             }
-        zp_matmul(s->xb, s->att, L->wo, rows, NH * HD, D);
+        zp_matmul_w(s->xb, D, s->att, L->wo, m->w.wtype, rows, NH * HD, D);
         for (size_t e = 0; e < (size_t)rows * D; e++) s->x[e] += s->xb[e];
 
         /* ---- SwiGLU feed-forward */
         for (int i = 0; i < rows; i++)
             rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, L->ffn_norm, D, c->norm_eps);
-        zp_matmul_out gate_up[2] = {{s->h1, c->hidden, L->w1, ZP_WTYPE_F32, c->hidden},
-                                    {s->h3, c->hidden, L->w3, ZP_WTYPE_F32, c->hidden}};
+        zp_matmul_out gate_up[2] = {{s->h1, c->hidden, L->w1, m->w.wtype, c->hidden},
+                                    {s->h3, c->hidden, L->w3, m->w.wtype, c->hidden}};
         zp_matmul_multi(s->xb, rows, D, gate_up, 2); /* one thread team for both */
         for (size_t e = 0; e < (size_t)rows * c->hidden; e++) {
             float a = s->h1[e];
             s->h1[e] = a / (1.f + expf(-a)) * s->h3[e];
         }
-        zp_matmul(s->xb, s->h1, L->w2, rows, c->hidden, D);
+        zp_matmul_w(s->xb, D, s->h1, L->w2, m->w.wtype, rows, c->hidden, D);
         for (size_t e = 0; e < (size_t)rows * D; e++) s->x[e] += s->xb[e];
     }
 
@@ -668,7 +672,7 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         if (NEEDS_LOGITS(i))
             rmsnorm(s->xl + (size_t)(lr++) * D, s->x + (size_t)i * D, m->w.norm, D, c->norm_eps);
 #undef NEEDS_LOGITS
-    zp_matmul(s->logits2, s->xl, m->w.output, lrows, D, c->vocab);
+    zp_matmul_w(s->logits2, c->vocab, s->xl, m->w.output, m->w.wtype, lrows, D, c->vocab);
 
     /* ---- combine the two streams: uncond + (cond - uncond) * cfg_scale */
     int out_row = 0, src = 0;

@@ -27,6 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "matmul.h" /* zp_wtype */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -66,22 +68,26 @@ typedef struct {
 int zp_seq_len(const zp_config *c);
 int zp_cell_pos(const zp_config *c, int r, int col);
 
-/* ---------------------------------------------------------------- weights (all borrowed, float32) */
+/* ---------------------------------------------------------------- weights (all borrowed)
+ * The matrices (tok_embeddings, wqkv, wo, w1, w3, w2, output) are stored as zp_weights.wtype
+ * (matmul.h): ZP_WTYPE_F32 (float), ZP_WTYPE_BF16 or ZP_WTYPE_F16 (uint16_t bit patterns); they
+ * are used as stored, never widened in memory. The norms are float32 whatever wtype is. */
 typedef struct {
     const float *attention_norm; /* (dim,) */
-    const float *wqkv;           /* ((n_head + 2*n_kv_head)*head_dim, dim) */
-    const float *wo;             /* (dim, n_head*head_dim) */
+    const void *wqkv;            /* ((n_head + 2*n_kv_head)*head_dim, dim) */
+    const void *wo;              /* (dim, n_head*head_dim) */
     const float *ffn_norm;       /* (dim,) */
-    const float *w1;             /* (hidden, dim) */
-    const float *w3;             /* (hidden, dim) */
-    const float *w2;             /* (dim, hidden) */
+    const void *w1;              /* (hidden, dim) */
+    const void *w3;              /* (hidden, dim) */
+    const void *w2;              /* (dim, hidden) */
 } zp_layer_weights;
 
 typedef struct {
-    const float *tok_embeddings;    /* (vocab, dim) */
+    const void *tok_embeddings;     /* (vocab, dim) */
     const zp_layer_weights *layers; /* (n_layer,) array, borrowed; copied by zp_model_new */
     const float *norm;              /* (dim,) */
-    const float *output;            /* (vocab, dim) */
+    const void *output;             /* (vocab, dim) */
+    int wtype;                      /* zp_wtype of the matrices; 0 = ZP_WTYPE_F32 */
 } zp_weights;
 
 typedef struct zp_model zp_model;

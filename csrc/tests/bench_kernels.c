@@ -32,15 +32,13 @@
 #include "../blas.h"
 #include "../matmul.h"
 
-static double now(void)
-{
+static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static void *alloc_bytes(size_t bytes)
-{
+static void *alloc_bytes(size_t bytes) {
     void *a = aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (!a) {
         fprintf(stderr, "out of memory (%zu bytes)\n", bytes);
@@ -50,8 +48,7 @@ static void *alloc_bytes(size_t bytes)
 }
 
 /* n small values in [-1, 1) of the given type (touches every page). */
-static void *random_weights(size_t n, int wtype, uint32_t seed)
-{
+static void *random_weights(size_t n, int wtype, uint32_t seed) {
     void *a = alloc_bytes(n * (size_t)zp_wtype_size(wtype));
     uint32_t state = seed;
     for (size_t i = 0; i < n; i++) {
@@ -70,48 +67,42 @@ static void *random_weights(size_t n, int wtype, uint32_t seed)
 }
 
 /* ---------------------------------------------------------------- machine limits */
-__attribute__((target("avx512f"))) static float stream_sum_avx512(const float *a, size_t n)
-{
+__attribute__((target("avx512f"))) static float stream_sum_avx512(const float *a, size_t n) {
     __m512 s[8];
-    for (int j = 0; j < 8; j++)
-        s[j] = _mm512_setzero_ps();
+    for (int j = 0; j < 8; j++) s[j] = _mm512_setzero_ps();
     for (size_t i = 0; i + 128 <= n; i += 128)
         for (int j = 0; j < 8; j++) {
             _mm_prefetch((const char *)(a + i + 1024 + 16 * j), _MM_HINT_T0);
             s[j] = _mm512_add_ps(s[j], _mm512_load_ps(a + i + 16 * j));
         }
-    for (int j = 1; j < 8; j++)
-        s[0] = _mm512_add_ps(s[0], s[j]);
+    for (int j = 1; j < 8; j++) s[0] = _mm512_add_ps(s[0], s[j]);
     return _mm512_reduce_add_ps(s[0]);
 }
 
-__attribute__((target("avx2"))) static float stream_sum_avx2(const float *a, size_t n)
-{
+__attribute__((target("avx2"))) static float stream_sum_avx2(const float *a, size_t n) {
     __m256 s[8];
-    for (int j = 0; j < 8; j++)
-        s[j] = _mm256_setzero_ps();
+    for (int j = 0; j < 8; j++) s[j] = _mm256_setzero_ps();
     for (size_t i = 0; i + 64 <= n; i += 64)
         for (int j = 0; j < 8; j++) {
             _mm_prefetch((const char *)(a + i + 1024 + 8 * j), _MM_HINT_T0);
             s[j] = _mm256_add_ps(s[j], _mm256_load_ps(a + i + 8 * j));
         }
-    for (int j = 1; j < 8; j++)
-        s[0] = _mm256_add_ps(s[0], s[j]);
+    for (int j = 1; j < 8; j++) s[0] = _mm256_add_ps(s[0], s[j]);
     float out[8];
     _mm256_storeu_ps(out, s[0]);
     return out[0] + out[1] + out[2] + out[3] + out[4] + out[5] + out[6] + out[7];
 }
 
-static int wide_isa(void) { return strcmp(zp_matmul_isa(), "avx512") == 0; }
+static int wide_isa(void) {
+    return strcmp(zp_matmul_isa(), "avx512") == 0;
+}
 
 /* Best of 5 passes over `mib` MiB split between the threads: bytes per second. */
-static double read_bandwidth(int threads, size_t mib)
-{
+static double read_bandwidth(int threads, size_t mib) {
     const size_t n = mib << 18;
     float *a = alloc_bytes(n * sizeof(float));
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (size_t i = 0; i < n; i++)
-        a[i] = (float)(i & 7);
+    for (size_t i = 0; i < n; i++) a[i] = (float)(i & 7);
     double best = 0.0, sink = 0.0;
     for (int rep = 0; rep < 5; rep++) {
         double t0 = now();
@@ -125,41 +116,31 @@ static double read_bandwidth(int threads, size_t mib)
         best = bw > best ? bw : best;
     }
     free(a);
-    if (sink == 12345.0)
-        printf("(sink)\n");
+    if (sink == 12345.0) printf("(sink)\n");
     return best;
 }
 
-__attribute__((target("avx512f,fma"))) static double fma_avx512(long iters)
-{
+__attribute__((target("avx512f,fma"))) static double fma_avx512(long iters) {
     __m512 s[12], a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(1e-3f);
-    for (int j = 0; j < 12; j++)
-        s[j] = _mm512_set1_ps((float)j);
+    for (int j = 0; j < 12; j++) s[j] = _mm512_set1_ps((float)j);
     for (long i = 0; i < iters; i++)
-        for (int j = 0; j < 12; j++)
-            s[j] = _mm512_fmadd_ps(s[j], a, b);
-    for (int j = 1; j < 12; j++)
-        s[0] = _mm512_add_ps(s[0], s[j]);
+        for (int j = 0; j < 12; j++) s[j] = _mm512_fmadd_ps(s[j], a, b);
+    for (int j = 1; j < 12; j++) s[0] = _mm512_add_ps(s[0], s[j]);
     return (double)_mm512_reduce_add_ps(s[0]);
 }
 
-__attribute__((target("avx2,fma"))) static double fma_avx2(long iters)
-{
+__attribute__((target("avx2,fma"))) static double fma_avx2(long iters) {
     __m256 s[12], a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(1e-3f);
-    for (int j = 0; j < 12; j++)
-        s[j] = _mm256_set1_ps((float)j);
+    for (int j = 0; j < 12; j++) s[j] = _mm256_set1_ps((float)j);
     for (long i = 0; i < iters; i++)
-        for (int j = 0; j < 12; j++)
-            s[j] = _mm256_fmadd_ps(s[j], a, b);
-    for (int j = 1; j < 12; j++)
-        s[0] = _mm256_add_ps(s[0], s[j]);
+        for (int j = 0; j < 12; j++) s[j] = _mm256_fmadd_ps(s[j], a, b);
+    for (int j = 1; j < 12; j++) s[0] = _mm256_add_ps(s[0], s[j]);
     return (double)_mm256_cvtss_f32(s[0]);
 }
 
 /* FLOP/s (2 per multiply-add) over all threads: best of 4 runs of about 0.1-0.3 s each (long
  * enough for the clock to settle; main measures it at the start and at the end). */
-static double fma_peak(int threads)
-{
+static double fma_peak(int threads) {
     const long iters = 40 * 1000 * 1000;
     int lanes = wide_isa() ? 16 : 8;
     double best = 0.0, sink = 0.0;
@@ -170,8 +151,7 @@ static double fma_peak(int threads)
         double rate = 2.0 * threads * iters * 12 * lanes / (now() - t0);
         best = rate > best ? rate : best;
     }
-    if (sink == 12345.0)
-        printf("(sink)\n");
+    if (sink == 12345.0) printf("(sink)\n");
     return best;
 }
 
@@ -191,20 +171,25 @@ typedef struct {
 
 enum { MODE_FUSED, MODE_SPLIT, MODE_SGEMM };
 
-static void run_layer(const zp_shape *s, const zp_layer *L, zp_acts *a, int wtype, int m, int mode)
-{
+static void run_layer(const zp_shape *s, const zp_layer *L, zp_acts *a, int wtype, int m,
+                      int mode) {
     int D = s->dim, H = s->hidden;
     if (mode == MODE_SGEMM) {
-        ZP_BLAS_FN(cblas_sgemm)(ZP_BLAS_ROW_MAJOR, ZP_BLAS_NO_TRANS, ZP_BLAS_TRANS, m, 3 * D, D,
-                                1.0f, a->att, D, L->wqkv, D, 0.0f, a->qkv, 3 * D);
-        ZP_BLAS_FN(cblas_sgemm)(ZP_BLAS_ROW_MAJOR, ZP_BLAS_NO_TRANS, ZP_BLAS_TRANS, m, D, D, 1.0f,
-                                a->att, D, L->wo, D, 0.0f, a->out, D);
-        ZP_BLAS_FN(cblas_sgemm)(ZP_BLAS_ROW_MAJOR, ZP_BLAS_NO_TRANS, ZP_BLAS_TRANS, m, H, D, 1.0f,
-                                a->att, D, L->w1, D, 0.0f, a->h1, H);
-        ZP_BLAS_FN(cblas_sgemm)(ZP_BLAS_ROW_MAJOR, ZP_BLAS_NO_TRANS, ZP_BLAS_TRANS, m, H, D, 1.0f,
-                                a->att, D, L->w3, D, 0.0f, a->h3, H);
-        ZP_BLAS_FN(cblas_sgemm)(ZP_BLAS_ROW_MAJOR, ZP_BLAS_NO_TRANS, ZP_BLAS_TRANS, m, D, H, 1.0f,
-                                a->h1, H, L->w2, H, 0.0f, a->out, D);
+        ZP_BLAS_FN(cblas_sgemm)
+        (ZP_BLAS_ROW_MAJOR, ZP_BLAS_NO_TRANS, ZP_BLAS_TRANS, m, 3 * D, D, 1.0f, a->att, D, L->wqkv,
+         D, 0.0f, a->qkv, 3 * D);
+        ZP_BLAS_FN(cblas_sgemm)
+        (ZP_BLAS_ROW_MAJOR, ZP_BLAS_NO_TRANS, ZP_BLAS_TRANS, m, D, D, 1.0f, a->att, D, L->wo, D,
+         0.0f, a->out, D);
+        ZP_BLAS_FN(cblas_sgemm)
+        (ZP_BLAS_ROW_MAJOR, ZP_BLAS_NO_TRANS, ZP_BLAS_TRANS, m, H, D, 1.0f, a->att, D, L->w1, D,
+         0.0f, a->h1, H);
+        ZP_BLAS_FN(cblas_sgemm)
+        (ZP_BLAS_ROW_MAJOR, ZP_BLAS_NO_TRANS, ZP_BLAS_TRANS, m, H, D, 1.0f, a->att, D, L->w3, D,
+         0.0f, a->h3, H);
+        ZP_BLAS_FN(cblas_sgemm)
+        (ZP_BLAS_ROW_MAJOR, ZP_BLAS_NO_TRANS, ZP_BLAS_TRANS, m, D, H, 1.0f, a->h1, H, L->w2, H,
+         0.0f, a->out, D);
         return;
     }
     zp_matmul_w(a->qkv, 3 * D, a->att, L->wqkv, wtype, m, D, 3 * D);
@@ -223,17 +208,14 @@ static void run_layer(const zp_shape *s, const zp_layer *L, zp_acts *a, int wtyp
  * `copies` layers (1: hot). About `budget` seconds. */
 static void time_layers(double *best, const int *ms, int n_ms, const zp_shape *s,
                         const zp_layer *layers, int copies, zp_acts *a, int wtype, int mode,
-                        double budget)
-{
+                        double budget) {
     int next = 0;
     double t0 = now();
-    for (int i = 0; i < n_ms; i++)
-        run_layer(s, &layers[next++ % copies], a, wtype, ms[i], mode);
+    for (int i = 0; i < n_ms; i++) run_layer(s, &layers[next++ % copies], a, wtype, ms[i], mode);
     double round = now() - t0;
     int rounds = (int)(budget / (round > 1e-6 ? round : 1e-6));
     rounds = rounds < 3 ? 3 : rounds > 400 ? 400 : rounds;
-    for (int i = 0; i < n_ms; i++)
-        best[i] = 1e30;
+    for (int i = 0; i < n_ms; i++) best[i] = 1e30;
     for (int r = 0; r < rounds; r++)
         for (int i = 0; i < n_ms; i++) {
             const zp_layer *L = &layers[next++ % copies];
@@ -248,8 +230,7 @@ static void time_layers(double *best, const int *ms, int n_ms, const zp_shape *s
  * the cycled copies: best seconds of each. */
 static void time_fused_split(double *fused, double *split, const zp_shape *s,
                              const zp_layer *layers, int copies, zp_acts *a, int wtype, int m,
-                             double budget)
-{
+                             double budget) {
     int next = 0;
     *fused = *split = 1e30;
     double t_end = now() + budget;
@@ -263,8 +244,7 @@ static void time_fused_split(double *fused, double *split, const zp_shape *s,
         }
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     static const zp_shape shapes[] = {{"GPT-B", 768, 2048}, {"GPT-L", 1024, 2816}};
     static const int ms[] = {1, 2, 8, 32, 64, 128};
     enum { N_MS = sizeof ms / sizeof ms[0], M_MAX = 128 };
