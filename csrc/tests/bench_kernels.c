@@ -120,11 +120,24 @@ static double read_bandwidth(int threads, size_t mib) {
     return best;
 }
 
+/* 12 independent multiply-add chains per thread, in registers the compiler cannot spill (inline
+ * asm operands): s_j += a * b. */
+#define ZP_FMA12(insn, r)                                                                          \
+    __asm__ volatile(insn " %[b], %[a], %[s0]\n\t" insn " %[b], %[a], %[s1]\n\t" insn            \
+                          " %[b], %[a], %[s2]\n\t" insn " %[b], %[a], %[s3]\n\t" insn                \
+                          " %[b], %[a], %[s4]\n\t" insn " %[b], %[a], %[s5]\n\t" insn                \
+                          " %[b], %[a], %[s6]\n\t" insn " %[b], %[a], %[s7]\n\t" insn                \
+                          " %[b], %[a], %[s8]\n\t" insn " %[b], %[a], %[s9]\n\t" insn                \
+                          " %[b], %[a], %[s10]\n\t" insn " %[b], %[a], %[s11]\n\t"                  \
+                     : [s0] "+" r(s[0]), [s1] "+" r(s[1]), [s2] "+" r(s[2]), [s3] "+" r(s[3]),      \
+                       [s4] "+" r(s[4]), [s5] "+" r(s[5]), [s6] "+" r(s[6]), [s7] "+" r(s[7]),      \
+                       [s8] "+" r(s[8]), [s9] "+" r(s[9]), [s10] "+" r(s[10]), [s11] "+" r(s[11])   \
+                     : [a] r(a), [b] r(b))
+
 __attribute__((target("avx512f,fma"))) static double fma_avx512(long iters) {
     __m512 s[12], a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(1e-3f);
     for (int j = 0; j < 12; j++) s[j] = _mm512_set1_ps((float)j);
-    for (long i = 0; i < iters; i++)
-        for (int j = 0; j < 12; j++) s[j] = _mm512_fmadd_ps(s[j], a, b);
+    for (long i = 0; i < iters; i++) ZP_FMA12("vfmadd231ps", "v");
     for (int j = 1; j < 12; j++) s[0] = _mm512_add_ps(s[0], s[j]);
     return (double)_mm512_reduce_add_ps(s[0]);
 }
@@ -132,8 +145,7 @@ __attribute__((target("avx512f,fma"))) static double fma_avx512(long iters) {
 __attribute__((target("avx2,fma"))) static double fma_avx2(long iters) {
     __m256 s[12], a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(1e-3f);
     for (int j = 0; j < 12; j++) s[j] = _mm256_set1_ps((float)j);
-    for (long i = 0; i < iters; i++)
-        for (int j = 0; j < 12; j++) s[j] = _mm256_fmadd_ps(s[j], a, b);
+    for (long i = 0; i < iters; i++) ZP_FMA12("vfmadd231ps", "x");
     for (int j = 1; j < 12; j++) s[0] = _mm256_add_ps(s[0], s[j]);
     return (double)_mm256_cvtss_f32(s[0]);
 }
