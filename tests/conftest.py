@@ -5,7 +5,9 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 try:
-    import zipar._core  # noqa: F401
+    from zipar import _ext   # the binding is loaded on first use: load it now
+
+    _ext.core()
 except ImportError:
     sys.modules.pop("zipar", None)
     if ROOT not in sys.path:

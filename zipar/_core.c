@@ -351,7 +351,7 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw) {
     const zp_config *cfg = zp_model_config(model->m);
     const float *pc, *pu;
     const uint8_t *pm;
-    if (!prefix_args(cfg, n, sp.cfg_scale != 1.0f, cond, unc, mask, &pc, &pu, &pm)) return -1;
+    if (!prefix_args(cfg, n, zp_sampling_guided(&sp), cond, unc, mask, &pc, &pu, &pm)) return -1;
     const uint32_t *ids = NULL;
     if (sids != Py_None) {
         if (!check_array(sids, NPY_UINT32, n, "sample_ids")) return -1;
