@@ -33,7 +33,8 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SIZES = {"B": (768, 12, 12), "L": (1024, 24, 16)}  # dim, layers, heads (docs/llamagen.md)
+SIZES = {"B": (768, 12, 12), "L": (1024, 24, 16),  # dim, layers, heads (docs/llamagen.md)
+         "S": (256, 2, 4)}  # a small shape for a smoke run
 VOCAB, CLASSES, W = 16384, 1000, 24
 CFG = 4.0
 

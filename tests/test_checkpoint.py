@@ -816,10 +816,9 @@ def test_load_llamagen_layouts(name, dtype):
     model = _model_module()
     sd = ck.load_state_dict(fixture(name))
     cfg = ck.infer_llamagen_config(sd, n_head=4, grid=2)
-    if dtype == "float16":
-        sd = {k: v.astype(np.float16) for k, v in sd.items()}
-    direct = model.Model(cfg, sd)
-    loaded = ck.load_llamagen(fixture(name), n_head=4, grid=2, dtype=dtype)
+    direct = model.Model(cfg, sd, dtype=dtype)  # the Model's conversion rule, all at once
+    loaded = ck.load_llamagen(fixture(name), n_head=4, grid=2, dtype=dtype)  # while reading
+    assert loaded.dtype == dtype
     tokens = np.arange(8).reshape(2, 2, 2)
     np.testing.assert_array_equal(loaded.logits([1, 2], tokens), direct.logits([1, 2], tokens))
 

@@ -58,6 +58,8 @@ static int check_array(PyObject *o, int typenum, npy_intp count, const char *wha
     if (PyArray_TYPE(a) != typenum || !PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
         PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous array of %s", what,
                      typenum == NPY_FLOAT32 ? "float32" : typenum == NPY_INT32 ? "int32"
+                     : typenum == NPY_UINT16 ? "uint16 (bfloat16 bits)"
+                     : typenum == NPY_FLOAT16 ? "float16"
                      : typenum == NPY_UINT8 ? "uint8" : typenum == NPY_UINT32 ? "uint32"
                      : "the expected dtype");
         return 0;
@@ -87,20 +89,44 @@ static void Model_dealloc(ModelObject *self) {
 }
 
 /* Model(weights, *, dim, n_layer, n_head, n_kv_head, head_dim, hidden, vocab, cls_token_num,
- *       grid_h, grid_w, eor, eor_token, norm_eps, rope_base): the zp_config fields by name;
- * weights: a sequence of float32 arrays ordered as tok_embeddings, norm, output, then per layer
- * the zp_layer_weights fields in their declaration order (zipar.model.LAYER_KEYS). */
+ *       grid_h, grid_w, eor, eor_token, norm_eps, rope_base, wtype=ZP_WTYPE_F32): the zp_config
+ * fields by name; weights: a sequence of arrays ordered as tok_embeddings, norm, output, then per
+ * layer the zp_layer_weights fields in their declaration order (zipar.model.LAYER_KEYS). The
+ * norms are float32; the matrices are float32, uint16 (bfloat16 bit patterns) or float16 as
+ * wtype says. */
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"weights", "dim", "n_layer", "n_head", "n_kv_head", "head_dim",
                              "hidden", "vocab", "cls_token_num", "grid_h", "grid_w", "eor",
-                             "eor_token", "norm_eps", "rope_base", NULL};
+                             "eor_token", "norm_eps", "rope_base", "wtype", NULL};
     zp_config c;
     PyObject *arrays;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O$iiiiiiiiiiiiff", kwlist, &arrays, &c.dim,
+    int wtype = ZP_WTYPE_F32;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$iiiiiiiiiiiiffi", kwlist, &arrays, &c.dim,
                                      &c.n_layer, &c.n_head, &c.n_kv_head, &c.head_dim, &c.hidden,
                                      &c.vocab, &c.cls_token_num, &c.grid_h, &c.grid_w, &c.eor,
-                                     &c.eor_token, &c.norm_eps, &c.rope_base))
+                                     &c.eor_token, &c.norm_eps, &c.rope_base, &wtype))
         return -1;
+    /* every zp_config field is required (the format makes them optional only so that wtype
+     * can be) */
+    static const char *required[] = {"dim", "n_layer", "n_head", "n_kv_head", "head_dim",
+                                      "hidden", "vocab", "cls_token_num", "grid_h", "grid_w",
+                                      "eor", "eor_token", "norm_eps", "rope_base"};
+    for (size_t i = 0; i < sizeof required / sizeof required[0]; i++) {
+        PyObject *v = kw ? PyDict_GetItemString(kw, required[i]) : NULL;
+        if (!v) {
+            PyErr_Format(PyExc_TypeError, "Model() missing required keyword argument '%s'",
+                         required[i]);
+            return -1;
+        }
+    }
+    int mtype = wtype == ZP_WTYPE_F32    ? NPY_FLOAT32
+                : wtype == ZP_WTYPE_BF16 ? NPY_UINT16
+                : wtype == ZP_WTYPE_F16  ? NPY_FLOAT16
+                                         : -1;
+    if (mtype < 0) {
+        PyErr_Format(PyExc_ValueError, "unknown weight type %d", wtype);
+        return -1;
+    }
     if (self->m) {
         PyErr_SetString(PyExc_RuntimeError, "Model already initialised");
         return -1;
@@ -114,9 +140,9 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
     }
     npy_intp D = c.dim, V = c.vocab, HD = c.head_dim, F = c.hidden;
     npy_intp QKV = (npy_intp)(c.n_head + 2 * c.n_kv_head) * HD;
-    if (!check_array(PyTuple_GET_ITEM(t, 0), NPY_FLOAT32, V * D, "tok_embeddings") ||
+    if (!check_array(PyTuple_GET_ITEM(t, 0), mtype, V * D, "tok_embeddings") ||
         !check_array(PyTuple_GET_ITEM(t, 1), NPY_FLOAT32, D, "norm") ||
-        !check_array(PyTuple_GET_ITEM(t, 2), NPY_FLOAT32, V * D, "output")) {
+        !check_array(PyTuple_GET_ITEM(t, 2), mtype, V * D, "output")) {
         Py_DECREF(t);
         return -1;
     }
@@ -129,10 +155,11 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
     npy_intp sizes[7] = {D, QKV * D, D * c.n_head * HD, D, F * D, F * D, D * F};
     const char *names[7] = {"attention_norm", "wqkv", "wo", "ffn_norm", "w1", "w3", "w2"};
     for (int l = 0; l < c.n_layer; l++) {
-        const float *ptrs[7];
+        const void *ptrs[7];
         for (int j = 0; j < 7; j++) {
             PyObject *a = PyTuple_GET_ITEM(t, 3 + 7 * l + j);
-            if (!check_array(a, NPY_FLOAT32, sizes[j], names[j])) {
+            int norm = j == 0 || j == 3; /* attention_norm, ffn_norm */
+            if (!check_array(a, norm ? NPY_FLOAT32 : mtype, sizes[j], names[j])) {
                 PyMem_Free(L);
                 Py_DECREF(t);
                 return -1;
@@ -142,7 +169,8 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
         L[l] = (zp_layer_weights){ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], ptrs[6]};
     }
     zp_weights w = {.tok_embeddings = DATA(PyTuple_GET_ITEM(t, 0)), .layers = L,
-                    .norm = DATA(PyTuple_GET_ITEM(t, 1)), .output = DATA(PyTuple_GET_ITEM(t, 2))};
+                    .norm = DATA(PyTuple_GET_ITEM(t, 1)), .output = DATA(PyTuple_GET_ITEM(t, 2)),
+                    .wtype = wtype};
     zp_status st = zp_model_new(&c, &w, &self->m);
     PyMem_Free(L);
     if (st) {
@@ -716,7 +744,8 @@ PyMODINIT_FUNC PyInit__core(void) {
 #define ADD_CONST(name) PyModule_AddIntConstant(m, #name, name) < 0
     if (ADD_CONST(ZP_ROLE_PREFIX) || ADD_CONST(ZP_ROLE_SAMPLE) || ADD_CONST(ZP_ROLE_PROXY) ||
         ADD_CONST(ZP_ROLE_REFEED) || ADD_CONST(ZP_ROLE_VERIFY) || ADD_CONST(ZP_ROLE_DRAFT) ||
-        ADD_CONST(ZP_ROLE_EOR) || ADD_CONST(ZP_POLICY_RASTER) || ADD_CONST(ZP_POLICY_ZIPAR) ||
+        ADD_CONST(ZP_ROLE_EOR) || ADD_CONST(ZP_WTYPE_F32) || ADD_CONST(ZP_WTYPE_BF16) ||
+        ADD_CONST(ZP_WTYPE_F16) || ADD_CONST(ZP_POLICY_RASTER) || ADD_CONST(ZP_POLICY_ZIPAR) ||
         ADD_CONST(ZP_POLICY_ADAPTIVE) || ADD_CONST(ZP_POLICY_EXTERNAL) ||
         ADD_CONST(ZP_SCHEDULE_EAGER) || ADD_CONST(ZP_SCHEDULE_PAPER) ||
         ADD_CONST(ZP_PROXY_ABOVE) || ADD_CONST(ZP_PROXY_LEFT) || ADD_CONST(ZP_SLOT_UNWRITTEN) ||

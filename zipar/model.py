@@ -7,6 +7,7 @@ live in zipar.session, the sampling settings in zipar.sampling.
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Dict, Mapping, cast
 
@@ -14,14 +15,14 @@ import numpy as np
 
 from ._ext import core
 from .config import ModelConfig
-from .io.dtypes import as_float
+from .io.dtypes import as_float, float32_to_bfloat16
 from .policies import Policy, Raster, _Builtin
 from .sampling import Sampling, check_sample_ids, is_guided
 from .session import (GenerationResult, RawSession, expected_passes, histogram, progress_bar,
                       run_python_policy)
 
 __all__ = ["Model", "GenerationResult", "RawSession", "expected_weight_shapes", "ROLES",  # noqa: F822
-           "LAYER_KEYS", "random_model"]
+           "LAYER_KEYS", "random_model", "DTYPES", "convert_weight", "is_matrix"]
 
 #: The per-layer weights, in the order of csrc/zipar.h's zp_layer_weights fields: the one list
 #: the binding's weight sequence, the shape table and the checkpoint readers follow.
@@ -73,11 +74,69 @@ def expected_weight_shapes(cfg: ModelConfig) -> Dict[str, tuple]:
 
 # Optional keys that are accepted and ignored (LlamaGen buffers recomputed here).
 _IGNORED_KEYS = {"freqs_cis"}
+
+#: Weight types of a Model: its matrices are stored as one of these; activations and every sum
+#: stay float32. bfloat16 is held as uint16 bit patterns (NumPy has no bfloat16; the package
+#: reads uint16 weights as bfloat16 throughout).
+DTYPES = ("float32", "bfloat16", "float16")
+_NP_OF = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(np.uint16),
+          "float16": np.dtype(np.float16)}
+
+# The matrices the engine reads (and keeps in the Model's dtype); "module." / "_orig_mod."
+# prefixes of raw checkpoint names allowed. Everything else (norms, class table, caption
+# projection) is small and stays float32.
+_MATRIX = re.compile(r"^(?:(?:module|_orig_mod)\.)*(?:tok_embeddings|output|layers\.\d+\."
+                     r"(?:attention\.wqkv|attention\.wo|feed_forward\.w[123]))\.weight$")
+
+
+def is_matrix(name: str) -> bool:
+    """Whether the weight ``name`` is one the engine keeps in the Model's dtype."""
+    return bool(_MATRIX.match(name))
+
+
+def _check_finite(name: str, a: np.ndarray) -> None:
+    if a.dtype == np.uint16:  # bfloat16 bits: exponent all ones is inf or NaN
+        bad = ((a & np.uint16(0x7F80)) == np.uint16(0x7F80)).any()
+    else:
+        bad = not np.isfinite(a).all()
+    if bad:
+        raise ValueError(f"weight {name!r} contains NaN or inf")
+
+
+def convert_weight(name: str, a, dtype: str = "float32", *, check: bool = True) -> np.ndarray:
+    """The C-contiguous array a Model of weight type ``dtype`` holds for weight ``name``.
+
+    Matrices (:func:`is_matrix`) become ``dtype``: "float32", "bfloat16" (uint16 bit patterns,
+    rounded to nearest even) or "float16" (rounded to nearest); every other weight float32.
+    Input uint16 arrays are bfloat16 bits. An array already in its target type is returned as
+    it is (no copy: a memory map stays a memory map). ``check``: ValueError on NaN or inf.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"weight {name!r} must be a numpy array, got {type(a).__name__}")
+    target = dtype if is_matrix(name) else "float32"
+    want = _NP_OF[target]
+    if a.dtype == want and a.flags.c_contiguous and a.flags.aligned:
+        out = a
+    elif a.dtype == want:
+        out = np.array(a, order="C")  # a contiguous, aligned copy
+    elif target == "float32":
+        out = as_float(name, a, np.float32)
+    elif target == "bfloat16":
+        out = float32_to_bfloat16(as_float(name, a, np.float32))
+    else:
+        with np.errstate(over="ignore"):  # beyond float16's range -> inf, refused below
+            out = np.ascontiguousarray(as_float(name, a, np.float32).astype(np.float16))
+    if check:
+        _check_finite(name, out)
+    return out
+
+
 def _to_float32(name: str, a) -> np.ndarray:
     """float32 view (no copy when already C-contiguous float32) of a weight; uint16 = bfloat16."""
     out = as_float(name, a, np.float32)
-    if not np.isfinite(out).all():
-        raise ValueError(f"weight {name!r} contains NaN or inf")
+    _check_finite(name, out)
     return out
 
 
@@ -92,17 +151,27 @@ class Model:
 
     ``weights`` maps LlamaGen state-dict names to NumPy arrays (docs/llamagen.md). Every key,
     shape and dtype is checked; missing or unexpected keys raise ``ValueError`` naming them
-    (``freqs_cis`` is ignored). float16, float64 and bfloat16 (as uint16 bit patterns) are
-    converted to float32 copies; C-contiguous float32 arrays are used in place: they are
-    borrowed, the Model keeps them alive, and they must not be modified while it exists.
+    (``freqs_cis`` is ignored).
+
+    ``dtype`` is how the matrices (embeddings, attention and feed-forward projections, output
+    head) are stored and read by every pass: "float32" (default), "bfloat16" or "float16"; the
+    norms and the conditioning tables stay float32, and activations and all accumulation are
+    float32 whatever ``dtype`` is (the kernels widen each weight in registers, exactly).
+    bfloat16 arrays are uint16 bit patterns, in and out. Weights of another type are converted
+    (float32 -> bfloat16 rounds to nearest even); arrays already C-contiguous in their target
+    type are used in place, memory maps included: they are borrowed, the Model keeps them
+    alive, and they must not be modified while it exists. ``model.dtype`` says which it is;
+    :meth:`save` writes the weights as stored.
     """
 
     def __init__(self, config: ModelConfig, weights: Mapping[str, np.ndarray], *, tokenizer=None,
-                 decoder=None):
+                 decoder=None, dtype: str = "float32"):
         if not isinstance(config, ModelConfig):
             raise TypeError("config must be a zipar.ModelConfig")
         if not isinstance(weights, Mapping):
             raise TypeError("weights must be a mapping of state-dict names to numpy arrays")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         expected = expected_weight_shapes(config)
         keys = set(weights) - _IGNORED_KEYS
         missing = sorted(set(expected) - keys)
@@ -119,30 +188,42 @@ class Model:
             if getattr(a, "shape", None) != shape:
                 raise ValueError(f"weight {name!r} has shape {getattr(a, 'shape', None)}, "
                                  f"expected {shape}")
-            w[name] = _to_float32(name, a)
+            w[name] = convert_weight(name, a, dtype)
         self.config = config
+        self._dtype = dtype
         self.weights = w
         self.tokenizer = tokenizer
         self.decoder = decoder
         arrays = [w["tok_embeddings.weight"], w["norm.weight"], w["output.weight"]]
         for i in range(config.n_layer):
             arrays += [w[f"layers.{i}.{k}"] for k in LAYER_KEYS]
-        self._core = core().Model(arrays, **config.c_kwargs())
+        wtype = {"float32": "ZP_WTYPE_F32", "bfloat16": "ZP_WTYPE_BF16",
+                 "float16": "ZP_WTYPE_F16"}[dtype]
+        self._core = core().Model(arrays, **config.c_kwargs(), wtype=getattr(core(), wtype))
+
+    @property
+    def dtype(self) -> str:
+        """How the matrices are stored: "float32", "bfloat16" (uint16 bits) or "float16"."""
+        return self._dtype
 
     def __repr__(self):
         c = self.config
         n = sum(a.size for a in self.weights.values())
         return (f"<zipar.Model dim={c.dim} layers={c.n_layer} heads={c.n_head} grid={c.H}x{c.W} "
-                f"vocab={c.vocab_size} params={n / 1e6:.1f}M>")
+                f"vocab={c.vocab_size} params={n / 1e6:.1f}M dtype={self.dtype}>")
 
     def save(self, path) -> None:
-        """Write the weights and config to ``.npz`` or ``.safetensors`` (by extension); reload
-        with ``zipar.load_llamagen(path)``. No pickle is involved either way."""
+        """Write the weights and config to ``.npz`` or ``.safetensors`` (by extension), in the
+        stored dtype (bfloat16 matrices as BF16 tensors in .safetensors, as uint16 bit patterns
+        in .npz); reload with ``zipar.load_llamagen(path)``, which keeps that dtype. No pickle is
+        involved either way."""
         from .io.npz import write_npz
         from .io.safetensors import write_safetensors
 
         if str(path).endswith(".safetensors"):
-            write_safetensors(path, self.weights, config_json=self.config.to_json())
+            bf16 = [k for k, v in self.weights.items() if v.dtype == np.uint16]
+            write_safetensors(path, self.weights, config_json=self.config.to_json(),
+                              bfloat16=bf16)
         else:
             write_npz(path, self.weights, config_json=self.config.to_json())
 

@@ -31,7 +31,7 @@ from ..io.errors import CheckpointError
 from ..io.formats import load_state_dict, read_config_json
 from ..io.npz import write_npz
 from ..io.safetensors import write_safetensors
-from ..model import LAYER_KEYS, Model
+from ..model import DTYPES, LAYER_KEYS, Model, convert_weight
 
 __all__ = ["infer_llamagen_config", "load_llamagen", "grid_from_filename", "read_config",
            "save_npz", "save_safetensors", "read_vq_state_dict", "VQ_DECODER_PREFIXES"]
@@ -180,14 +180,20 @@ def infer_llamagen_config(state_dict: Dict[str, np.ndarray], *, grid=None,
 
 # ============================================================================ loaders
 
-_LOAD_DTYPES = ("float32", "float16", "bfloat16")
+_LOAD_DTYPES = DTYPES
 # Buffers LlamaGen creates at inference time (setup_caches); a model saved after sampling
 # carries them. They are not weights: never read, never passed to the Model.
 _RUNTIME_BUFFER = re.compile(r"(^|\.)kv_cache\.[kv]_cache$|^causal_mask$")
 
 
+def _is_float(a: np.ndarray) -> bool:
+    """Floating-point weights, bfloat16 (uint16 bits) included; integer buffers are not."""
+    return a.dtype.kind == "f" or a.dtype == np.uint16
+
+
 def _convert_weights(weights: Dict[str, np.ndarray], dtype: str) -> Dict[str, np.ndarray]:
-    # In place, tensor by tensor, so the old copy of each is freed as the next is made.
+    """Every floating-point tensor to ``dtype`` (bfloat16 as uint16 bits), in place, tensor by
+    tensor. (load_llamagen converts while reading, with the Model's rule: convert_weight.)"""
     for name in list(weights):
         arr = weights[name]
         if arr.dtype == np.uint16 and dtype == "bfloat16":
@@ -199,6 +205,16 @@ def _convert_weights(weights: Dict[str, np.ndarray], dtype: str) -> Dict[str, np
         elif arr.dtype != dtype:
             weights[name] = arr.astype(dtype)
     return weights
+
+
+def _stored_dtype(weights: Dict[str, np.ndarray]) -> str:
+    """The Model dtype of a checkpoint as stored: that of its token embeddings (float64 and
+    anything else -> float32)."""
+    a = weights.get("tok_embeddings.weight")
+    if a is None:
+        return "float32"
+    return {np.dtype(np.uint16): "bfloat16", np.dtype(np.float16): "float16"}.get(a.dtype,
+                                                                                "float32")
 
 
 # Image size tags in the published file names (c2i_L_384.pt, t2i_XL_stage2_512.pt) -> grid side
@@ -218,7 +234,8 @@ def grid_from_filename(path) -> Optional[int]:
 
 
 def load_llamagen(path, *, grid=None, n_head: Optional[int] = None,
-                  num_classes: Optional[int] = None, dtype: str = "float32"):
+                  num_classes: Optional[int] = None, dtype: Optional[str] = None,
+                  mmap: bool = True):
     """Load a LlamaGen GPT checkpoint (torch.save, .npz or .safetensors) as a zipar Model.
 
     KV-cache buffers (``*.kv_cache.k_cache``, ``causal_mask``) are skipped. The config is the
@@ -229,16 +246,34 @@ def load_llamagen(path, *, grid=None, n_head: Optional[int] = None,
     ``_512`` -> 32; see :func:`grid_from_filename`), else it defaults to 16. Pass ``grid=``
     for files renamed without the tag.
 
-    ``dtype`` is what every floating-point weight is converted to before the Model is built:
-    "float32" (default; bfloat16 and float16 checkpoints are widened exactly), "float16", or
-    "bfloat16" (as uint16 bit patterns; bfloat16 checkpoints keep their stored bits). The
-    current Model computes in float32 and widens narrow weights itself (a float32 copy), so
-    "float32" is the choice that does not hold two copies.
+    ``dtype``: how the Model stores its matrices (see :class:`zipar.Model`): "float32",
+    "bfloat16" or "float16"; None (default) keeps the checkpoint's own type (that of its token
+    embeddings), so a bfloat16 or float16 file is never widened. Each tensor is converted as
+    soon as it is read, before the next one is, so loading a float32 file as bfloat16 peaks
+    near the bfloat16 size plus one float32 tensor. Norms and class tables are float32 always.
+
+    ``mmap`` (default True): uncompressed tensors already in their target type (.safetensors,
+    .npz written by np.savez, torch.save records) are memory-mapped from the file rather than
+    read: the Model then reads the file's pages as it runs, and the file must not be changed
+    or truncated while the Model exists. ``mmap=False`` reads everything into memory.
     """
-    if dtype not in _LOAD_DTYPES:
-        raise ValueError(f"dtype must be one of {_LOAD_DTYPES}, got {dtype!r}")
-    weights = load_state_dict(path, keep_bfloat16=(dtype == "bfloat16"),
-                              select=lambda k: not _RUNTIME_BUFFER.search(k))
+    if dtype is not None and dtype not in _LOAD_DTYPES:
+        raise ValueError(f"dtype must be one of {_LOAD_DTYPES} or None, got {dtype!r}")
+    select = lambda k: not _RUNTIME_BUFFER.search(k)  # noqa: E731
+    if dtype is None:
+        weights = load_state_dict(path, keep_bfloat16=True, mmap=mmap, select=select)
+        dtype = _stored_dtype(weights)
+        for name in list(weights):  # one tensor at a time (only mixed-type files convert)
+            if _is_float(weights[name]):
+                weights[name] = convert_weight(name, weights[name], dtype, check=False)
+    else:
+        target = dtype
+
+        def convert(name, a):
+            return convert_weight(name, a, target, check=False) if _is_float(a) else a
+
+        weights = load_state_dict(path, keep_bfloat16=True, mmap=mmap, select=select,
+                                  convert=convert)
     config = read_config(path)
     if config is None:
         if grid is None and isinstance(path, (str, bytes, os.PathLike)):
@@ -250,8 +285,7 @@ def load_llamagen(path, *, grid=None, n_head: Optional[int] = None,
                                        ("num_classes", num_classes)) if v is not None}
         if overrides:
             config = dataclasses.replace(config, **overrides)
-    weights = _convert_weights(weights, dtype)
-    return Model(config, weights)
+    return Model(config, weights, dtype=dtype)
 
 
 VQ_DECODER_PREFIXES = ("decoder.", "post_quant_conv.", "quantize.embedding.weight")

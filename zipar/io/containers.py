@@ -6,7 +6,7 @@ import numpy as np
 
 from .errors import CheckpointError
 
-__all__ = ["unwrap_state_dict", "LazyTensor"]
+__all__ = ["unwrap_state_dict", "LazyTensor", "strip_key_prefixes"]
 
 _WRAPPER_KEYS = ("model", "module", "state_dict")
 _KEY_PREFIXES = ("module.", "_orig_mod.")
@@ -17,6 +17,13 @@ class LazyTensor:
     """Base of tensors described by a container but not read yet (torch_pickle's references)."""
 
     __slots__ = ()
+
+
+def strip_key_prefixes(name: str) -> str:
+    """``name`` without its leading "module." / "_orig_mod." prefixes (as unwrap_state_dict)."""
+    while name.startswith(_KEY_PREFIXES):
+        name = name.split(".", 1)[1]
+    return name
 
 
 def _is_tensor(v) -> bool:
@@ -42,9 +49,7 @@ def unwrap_state_dict(obj, *, path: str = "checkpoint") -> dict:
     for key, value in obj.items():
         if not isinstance(key, str) or not _is_tensor(value):
             continue
-        name = key
-        while name.startswith(_KEY_PREFIXES):
-            name = name.split(".", 1)[1]
+        name = strip_key_prefixes(key)
         if name in _DROPPED_KEYS:
             continue
         if name in out:

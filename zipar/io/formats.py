@@ -10,7 +10,7 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-from .containers import unwrap_state_dict
+from .containers import strip_key_prefixes, unwrap_state_dict
 from .errors import CheckpointError
 from .npz import _read_npz, read_npz_config_json
 from .safetensors import CONFIG_META_KEY, read_safetensors, read_safetensors_metadata
@@ -56,23 +56,30 @@ sniff_format = _sniff
 
 
 def load_state_dict(path, *, keep_bfloat16: bool = False, mmap: bool = False,
-                    select: Optional[Callable[[str], bool]] = None) -> Dict[str, np.ndarray]:
+                    select: Optional[Callable[[str], bool]] = None,
+                    convert: Optional[Callable[[str, np.ndarray], np.ndarray]] = None
+                    ) -> Dict[str, np.ndarray]:
     """Load ``{name: np.ndarray}`` from a torch.save archive, .npz or .safetensors file.
 
     The format is recognised from the content. Keys are normalised as in
     :func:`unwrap_state_dict`; ``select``, ``keep_bfloat16`` and ``mmap`` are as in
-    :func:`read_torch_checkpoint` (``mmap`` is ignored for .npz). Nothing is ever unpickled
-    except through the restricted torch unpickler.
+    :func:`read_torch_checkpoint` (.npz: uncompressed members are mapped). ``convert(name,
+    array)`` replaces each tensor as soon as it is read, before the next one is read, so a
+    conversion never holds two whole copies (for .npz and .safetensors the name is the one in
+    the file, before prefixes are stripped). Nothing is ever unpickled except through the
+    restricted torch unpickler.
     """
     path = os.fspath(path)
     kind = _sniff(path)
     if kind == "torch":
         return read_torch_checkpoint(path, keep_bfloat16=keep_bfloat16, mmap=mmap,
-                                     select=select)
+                                     select=select, convert=convert)
+    raw_select = None if select is None else (lambda k: select(strip_key_prefixes(k)))
     if kind == "npz":
-        tensors = _read_npz(path)
+        tensors = _read_npz(path, select=raw_select, mmap=mmap, convert=convert)
     else:
-        tensors, _ = read_safetensors(path, keep_bfloat16=keep_bfloat16, mmap=mmap)
+        tensors, _ = read_safetensors(path, keep_bfloat16=keep_bfloat16, mmap=mmap,
+                                      select=raw_select, convert=convert)
     tensors = unwrap_state_dict(tensors, path=path)
     if select is not None:
         tensors = {k: v for k, v in tensors.items() if select(k)}

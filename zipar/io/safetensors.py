@@ -83,12 +83,16 @@ def _st_header(f, path: str, size: int):
 
 
 def read_safetensors(path, *, keep_bfloat16: bool = False, mmap: bool = False,
-                     select: Optional[Callable[[str], bool]] = None):
+                     select: Optional[Callable[[str], bool]] = None,
+                     convert: Optional[Callable[[str, np.ndarray], np.ndarray]] = None):
     """Read a .safetensors file: returns ``(tensors, metadata)``; never unpickles anything.
 
     The header is validated (dtype, shape, offsets inside the file, sizes matching shapes, no
-    overlaps). ``mmap=True`` returns read-only views of a file map; otherwise each tensor is
-    read into its own array. bfloat16 becomes float32 unless ``keep_bfloat16``.
+    overlaps). ``mmap=True`` returns read-only views of a file map (one map per tensor);
+    otherwise each tensor is read into its own array. bfloat16 becomes float32 unless
+    ``keep_bfloat16``. ``convert(name, array)``, when given, replaces each tensor as soon as it
+    is read, before the next one is: what it returns is kept, the tensor as read is dropped (so
+    loading a float32 file as bfloat16 holds one float32 tensor at a time).
     """
     path = os.fspath(path)
     try:
@@ -112,20 +116,28 @@ def read_safetensors(path, *, keep_bfloat16: bool = False, mmap: bool = False,
                         raise CheckpointError(f"{path}: tensor {name!r} is cut short")
                 if dtype is _BF16 and not keep_bfloat16:
                     arr = bfloat16_to_float32(arr)
-                out[name] = arr
+                out[name] = arr if convert is None else convert(name, arr)
+                del arr
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read: {e}") from None
     return out, meta
 
 
-def _write_safetensors(path, tensors: Dict[str, np.ndarray], metadata: Dict[str, str]):
+def _write_safetensors(path, tensors: Dict[str, np.ndarray], metadata: Dict[str, str],
+                       bfloat16=()):
     header: dict = {"__metadata__": dict(metadata)} if metadata else {}
     by_np = {np.dtype(d.np_code).newbyteorder("<"): d for d in _DTYPE_LIST
              if d.st_name and d is not _BF16}
+    bfloat16 = set(bfloat16)
     arrays, offset = [], 0
     for name, value in tensors.items():
         arr = np.asarray(value)
         dtype = by_np.get(arr.dtype.newbyteorder("<"))
+        if name in bfloat16:
+            if arr.dtype != np.uint16:
+                raise ValueError(f"{name!r}: bfloat16 tensors are given as uint16 bit patterns, "
+                                 f"got {arr.dtype}")
+            dtype = _BF16
         if dtype is None:
             raise ValueError(f"cannot store {name!r} of dtype {arr.dtype} in safetensors")
         arr = np.ascontiguousarray(arr, dtype=np.dtype(dtype.np_code))
@@ -144,14 +156,14 @@ def _write_safetensors(path, tensors: Dict[str, np.ndarray], metadata: Dict[str,
 
 
 def write_safetensors(path, weights: Dict[str, np.ndarray], *,
-                      config_json: Optional[str] = None) -> None:
+                      config_json: Optional[str] = None, bfloat16=()) -> None:
     """Write ``weights`` to a .safetensors file, ``config_json`` (if any) in ``__metadata__``
-    under "zipar_config". Arrays keep their NumPy dtype (uint16 stays U16: bfloat16 bit patterns
-    are not relabelled)."""
+    under "zipar_config". Arrays keep their NumPy dtype (uint16 stays U16), except the names in
+    ``bfloat16``: uint16 arrays of bfloat16 bit patterns, stored as BF16 tensors."""
     meta = {"format": "np"}
     if config_json is not None:
         meta[CONFIG_META_KEY] = config_json
-    _write_safetensors(os.fspath(path), weights, meta)
+    _write_safetensors(os.fspath(path), weights, meta, bfloat16)
 
 
 def read_safetensors_metadata(path) -> Dict[str, str]:

@@ -388,9 +388,10 @@ class _TorchArchive:
                                   "end of the file; the archive is truncated")
         return start
 
-    def materialize(self, refs: Dict[str, _TensorRef], *, keep_bfloat16: bool = False
-                    ) -> Dict[str, np.ndarray]:
-        """Read the storages behind ``refs`` (each once, one at a time) and build the arrays."""
+    def materialize(self, refs: Dict[str, _TensorRef], *, keep_bfloat16: bool = False,
+                    convert=None) -> Dict[str, np.ndarray]:
+        """Read the storages behind ``refs`` (each once, one at a time) and build the arrays;
+        ``convert(name, array)`` replaces each array before the next storage is read."""
         by_storage: Dict[str, list] = {}
         for name, ref in refs.items():
             by_storage.setdefault(ref.storage.key, []).append(name)
@@ -399,6 +400,9 @@ class _TorchArchive:
             raw = self.read_storage(refs[names[0]].storage)
             for name in names:
                 out[name] = self._build(raw, refs[name], keep_bfloat16)
+            if convert is not None:
+                for name in names:
+                    out[name] = convert(name, out[name])
             del raw  # the storage lives on only through views into it
         return {name: out[name] for name in refs}
 
@@ -461,7 +465,8 @@ def _substitute(obj, arrays: dict, depth: int = 0):
 
 
 def read_torch_checkpoint(path, *, unwrap: bool = True, keep_bfloat16: bool = False,
-                          mmap: bool = False, select: Optional[Callable[[str], bool]] = None):
+                          mmap: bool = False, select: Optional[Callable[[str], bool]] = None,
+                          convert: Optional[Callable[[str, np.ndarray], np.ndarray]] = None):
     """Read a ``torch.save`` zip archive (torch >= 1.6) without PyTorch.
 
     Returns ``{name: np.ndarray}``: the state dict found by :func:`unwrap_state_dict` (top level
@@ -473,6 +478,8 @@ def read_torch_checkpoint(path, *, unwrap: bool = True, keep_bfloat16: bool = Fa
     ``keep_bfloat16``: return bfloat16 tensors as uint16 bit patterns instead of float32.
     ``mmap``: map uncompressed storage records straight from the file (read-only arrays, no
     copy, no CRC check) instead of reading them into memory.
+    ``convert(name, array)`` (with ``unwrap``): replaces each tensor as soon as its storage is
+    read, before the next storage is (e.g. float32 -> bfloat16 one tensor at a time).
 
     Each storage record is read once; tensors sharing it are views into it (strided, i.e.
     non-contiguous tensors are copied), so peak memory stays near one copy of the weights.
@@ -487,7 +494,7 @@ def read_torch_checkpoint(path, *, unwrap: bool = True, keep_bfloat16: bool = Fa
             refs = unwrap_state_dict(tree, path=path)
             if select is not None:
                 refs = {k: v for k, v in refs.items() if select(k)}
-            return archive.materialize(refs, keep_bfloat16=keep_bfloat16)
+            return archive.materialize(refs, keep_bfloat16=keep_bfloat16, convert=convert)
         found: list = []
         _collect_refs(tree, found)
         unique = {id(r): r for r in found}
