@@ -20,11 +20,13 @@ positions they have in the 24 x 24 image), so that a full table fits a short run
 band. Step gain = raster passes / passes.
 
     python benchmarks/bench_vs_torch.py [--models B,L] [--rows 6] [--batches 1,8]
-        [--dtypes fp32,bf16] [--policies raster,zipar8,zipar4] [--threads N] [--tag NAME]
+        [--dtypes fp32,bf16] [--policies raster,zipar8,zipar4] [--only 'B:*:1:*,...']
+        [--gain L:bf16:24] [--threads N] [--tag NAME]
 
 Writes benchmarks/results/vs_torch_<tag>.json (tag defaults to "<threads>t").
 """
 import argparse
+import fnmatch
 import json
 import os
 import platform
@@ -117,7 +119,7 @@ class TorchLlamaGen:
     def forward(self, x, pos, mask, cache, logit_rows):
         """x (B2, q, dim) input embeddings at positions pos (q,); mask (q, seq) bool; returns
         float32 logits (B2, len(logit_rows), vocab) of the queries logit_rows."""
-        t, F, w = self.t, self.F, self.w
+        F, w = self.F, self.w
         B2, q = x.shape[0], x.shape[1]
         nh, hd = self.n_head, self.hd
         for i in range(self.n_layer):
@@ -130,10 +132,12 @@ class TorchLlamaGen:
             kc, vc = cache[i]
             kc[:, :, pos] = xk.transpose(1, 2)
             vc[:, :, pos] = xv.view(B2, q, nh, hd).transpose(1, 2)
-            o = F.scaled_dot_product_attention(xq.transpose(1, 2), kc, vc, attn_mask=mask[None, None])
+            o = F.scaled_dot_product_attention(xq.transpose(1, 2), kc, vc,
+                                               attn_mask=mask[None, None])
             x = x + o.transpose(1, 2).reshape(B2, q, nh * hd) @ w[p + "attention.wo.weight"].T
             h = self._rms(x, w[p + "ffn_norm.weight"])
-            g = F.silu(h @ w[p + "feed_forward.w1.weight"].T) * (h @ w[p + "feed_forward.w3.weight"].T)
+            g = (F.silu(h @ w[p + "feed_forward.w1.weight"].T)
+                 * (h @ w[p + "feed_forward.w3.weight"].T))
             x = x + g @ w[p + "feed_forward.w2.weight"].T
         h = self._rms(x[:, logit_rows], w["norm.weight"])
         return (h @ w["output.weight"].T).float()
@@ -161,7 +165,8 @@ class TorchLlamaGen:
                     toks = t.stack([own[:, q[0]] if q[1] is None else t.full((B,), q[1])
                                     for q in queries], dim=1)  # (B, q)
                     x = tok_emb[t.cat([toks, toks])]
-                mask = (slots[None] <= pos[:, None]) & (written[None] | (slots[None] == pos[:, None]))
+                mask = ((slots[None] <= pos[:, None])
+                        & (written[None] | (slots[None] == pos[:, None])))
                 want = [j for j, q in enumerate(queries) if q[2]]
                 logits = self.forward(x, pos, mask, cache, want)
                 written[pos] = True
@@ -203,7 +208,12 @@ def main():
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--policies", default="raster,zipar8,zipar4")
     ap.add_argument("--threads", type=int, default=0, help="0: all cores")
-    ap.add_argument("--skip", default="", help="cells to skip, e.g. 'L:8' (model:batch), comma-separated")
+    ap.add_argument("--only", default="*",
+                    help="cells to run, fnmatch patterns of model:dtype:batch:policy, "
+                         "comma-separated (e.g. 'B:*:1:*,L:bf16:1:raster')")
+    ap.add_argument("--gain", default="",
+                    help="also zipar alone at the full square grid, e.g. 'L:bf16:24': raster, "
+                         "ZipAR-4 and ZipAR-8 (paper schedule), batch 1: step and wall gain")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
 
@@ -220,29 +230,51 @@ def main():
     zipar.set_num_threads(threads)
     pols = {"raster": Raster(), "zipar8": ZipAR(8, schedule="paper"),
             "zipar4": ZipAR(4, schedule="paper")}
-    skip = set(s for s in args.skip.split(",") if s)
+    only = [p for p in args.only.split(",") if p]
+    tag = args.tag or f"{threads}t"
+    out = os.path.join(HERE, "results", f"vs_torch_{tag}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+
+    def wanted(*cell):
+        return any(fnmatch.fnmatch(":".join(map(str, cell)), p) for p in only)
+
+    def save(results, gains):
+        with open(out, "w") as f:
+            json.dump({"threads": threads, "rows": args.rows, "width": W, "cfg_scale": CFG,
+                       "torch": torch.__version__,
+                       "machine": platform.processor() or platform.machine(),
+                       "cpu_count": os.cpu_count(), "results": results, "full_grid": gains},
+                      f, indent=1)
     zipar.show_config()
     print(f"bench_vs_torch: {threads} threads, torch {torch.__version__}, {args.rows}x{W} "
           f"cells per image, CFG {CFG}, greedy", flush=True)
-    results = []
+    results, gains = [], []
     for name in args.models.split(","):
+        if not any(wanted(name, dt, b, p) for dt in args.dtypes.split(",")
+                   for b in args.batches.split(",") for p in args.policies.split(",")):
+            continue
         dim, n_layer, n_head = SIZES[name]
         cfg = ModelConfig(dim=dim, n_layer=n_layer, n_head=n_head, vocab_size=VOCAB,
                           grid=(args.rows, W), num_classes=CLASSES)
         sd32 = random_state_dict(dim, n_layer, cfg.hidden, seed=1)
         for dt in args.dtypes.split(","):
+            if not any(wanted(name, dt, b, p) for b in args.batches.split(",")
+                       for p in args.policies.split(",")):
+                continue
             sd = sd32 if dt == "fp32" else {k: round_bf16(v) for k, v in sd32.items()}
             zdtype = "float32" if dt == "fp32" else "bfloat16"
             zmodel = Model(cfg, sd, dtype=zdtype)
             tmodel = TorchLlamaGen(torch, sd, dim, n_layer, n_head, args.rows,
                                    torch.float32 if dt == "fp32" else torch.bfloat16)
             for batch in [int(b) for b in args.batches.split(",")]:
-                if f"{name}:{batch}" in skip:
+                if not any(wanted(name, dt, batch, p) for p in args.policies.split(",")):
                     continue
                 labels = [(207 + 13 * i) % CLASSES for i in range(batch)]
                 tmodel.run(labels[:1], raster_passes(1)[:3])  # warm-up (allocator, threads)
                 base = {}
                 for pname in args.policies.split(","):
+                    if not wanted(name, dt, batch, pname):
+                        continue
                     pol = pols[pname]
                     t0 = time.perf_counter()
                     res = zmodel.generate(labels, policy=pol, cfg_scale=CFG, temperature=0.0,
@@ -256,14 +288,17 @@ def main():
                         same = float(np.mean(t_tok.reshape(batch, -1) ==
                                              np.asarray(res.tokens).reshape(batch, -1)))
                         base = {"z": z_s, "t": t_s, "passes": len(passes)}
+                    gain = (lambda a, b: a / b if base else float("nan"))
                     row = {"model": f"GPT-{name}", "dtype": dt, "batch": batch, "policy": pname,
                            "threads": threads, "passes": len(passes),
                            "zipar_s_per_img": z_s / batch, "torch_s_per_img": t_s / batch,
                            "torch_over_zipar": t_s / z_s,
-                           "step_gain": base["passes"] / len(passes),
-                           "zipar_wall_gain": base["z"] / z_s, "torch_wall_gain": base["t"] / t_s,
+                           "step_gain": gain(base.get("passes"), len(passes)),
+                           "zipar_wall_gain": gain(base.get("z"), z_s),
+                           "torch_wall_gain": gain(base.get("t"), t_s),
                            "raster_tokens_equal_fraction": same}
                     results.append(row)
+                    save(results, gains)
                     print(f"GPT-{name} {dt:<4} batch {batch} {pname:<7} passes {len(passes):4d}  "
                           f"zipar {z_s / batch:8.3f} s/img  torch {t_s / batch:8.3f} s/img  "
                           f"torch/zipar {t_s / z_s:5.2f}x  step gain {row['step_gain']:4.2f}  "
@@ -272,13 +307,29 @@ def main():
                           + (f"  raster tokens equal {same:.3f}" if same is not None else ""),
                           flush=True)
             del zmodel, tmodel
-    tag = args.tag or f"{threads}t"
-    out = os.path.join(HERE, "results", f"vs_torch_{tag}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"threads": threads, "rows": args.rows, "width": W, "cfg_scale": CFG,
-                   "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-                   "cpu_count": os.cpu_count(), "results": results}, f, indent=1)
+    if args.gain:  # zipar alone, the whole square grid
+        name, dt, grid = args.gain.split(":")
+        dim, n_layer, n_head = SIZES[name]
+        cfg = ModelConfig(dim=dim, n_layer=n_layer, n_head=n_head, vocab_size=VOCAB,
+                          grid=int(grid), num_classes=CLASSES)
+        zmodel = Model(cfg, random_state_dict(dim, n_layer, cfg.hidden, seed=1),
+                       dtype="float32" if dt == "fp32" else "bfloat16")
+        base = None
+        for pname in ("raster", "zipar4", "zipar8"):
+            res = zmodel.generate([207], policy=pols[pname], cfg_scale=CFG, temperature=0.0,
+                                  decode_images=False)
+            wall, passes = res.stats["seconds"], res.stats["forward_passes"]
+            base = base or (wall, passes)
+            row = {"model": f"GPT-{name}", "dtype": dt, "grid": int(grid), "policy": pname,
+                   "threads": threads, "passes": passes, "seconds": wall,
+                   "step_gain": base[1] / passes, "wall_gain": base[0] / wall}
+            row["wall_over_step"] = row["wall_gain"] / row["step_gain"]
+            gains.append(row)
+            save(results, gains)
+            print(f"full grid GPT-{name} {dt} {grid}x{grid} {pname:<7} passes {passes:4d}  "
+                  f"{wall:8.3f} s  step gain {row['step_gain']:4.2f}  wall gain "
+                  f"{row['wall_gain']:4.2f}  wall/step {row['wall_over_step']:4.2f}", flush=True)
+    save(results, gains)
     print(f"wrote {out}")
 
 

@@ -35,8 +35,8 @@
 enum {
     ZP_LANES = 16,         /* partial sums per dot product: fixes the summation order */
     ZP_COLS = 4,           /* rows of w (output columns) per tile */
-    ZP_WIDE = 6,           /* rows of w per AVX-512 tile in passes of >= ZP_WIDE_MIN_ROWS rows */
-    ZP_WIDE_MIN_ROWS = 8,
+    ZP_WIDE = 6,           /* rows of w per wide AVX-512 tile (off by default: see matmul.h) */
+    ZP_WIDE_MIN_ROWS = 1 << 30,
     ZP_ROWS = 4,           /* rows of x per AVX-512 tile: 4 x 4 = 16 accumulators of 32 zmm */
     ZP_PANEL = 64,         /* rows of x whose accumulators a group keeps at once (16 tiles) */
 };
@@ -627,8 +627,8 @@ typedef void (*zp_group_fn)(float *y, int ldy, const float *x, const char *w, in
                             int n0);
 
 /* The vector group function for (isa, wtype, m) and its width in output columns; NULL for the
- * scalar kernel. The wide AVX-512 tile serves passes of >= ZP_WIDE_MIN_ROWS rows, where the
- * product is compute-bound; it sums in the same order, so the choice never changes a bit. */
+ * scalar kernel. The wide AVX-512 tile serves passes of >= zp_wide_rows rows (default: none);
+ * it sums in the same order, so the choice never changes a bit. */
 static zp_group_fn group_fn(int isa, int wtype, int m, int *width)
 {
     *width = ZP_COLS;

@@ -20,8 +20,15 @@
  * vdpbf16ps would round x to bf16 as well: a relative error near 2^-9 per product, far above
  * the 1e-4 the logits tests allow, so it is not used.)
  *
- * Passes of 8 rows or more take a register-blocked variant (4 rows of x x 6 rows of w per
- * tile on AVX-512) that computes every dot product in the same order as the skinny tile.
+ * Compute-bound passes (many rows): the AVX-512 tile is register-blocked, 4 rows of x by 4 rows
+ * of w (16 zmm accumulators, 8 loads per 16 fused multiply-adds); the group of 4 rows of w and
+ * a K block of up to 64 rows of x stay in L1/L2 while the tiles reuse them; bf16/f16 blocks are
+ * widened once into a float32 scratch block that all tiles share. A wider 4 x 6 tile exists
+ * (zp_matmul_set_wide_min_rows) with the same summation order; measured on a 16-core
+ * Sapphire-Rapids-class host (csrc/tests/bench_kernels.c, BENCHMARKS.md) it was no faster than
+ * the 4 x 4 one at 16 threads (slower for bf16), so it is off by default. OpenBLAS sgemm is
+ * slower on every decode shape measured and its blocking depends on m, which would break the
+ * batch-independence below: it is off by default too.
  *
  * Determinism of the skinny kernel: every y[i][n] is one dot product summed in one fixed order
  * that depends only on K: 16 partial sums, lane j accumulating (with fused multiply-add) the
@@ -64,8 +71,7 @@ void zp_widen(float *dst, const void *src, int wtype, size_t n);
 /* y = x . w^T with w stored as `wtype` ((N, K) elements, row-major); as zp_matmul_ld otherwise.
  * An unknown wtype makes the product a no-op. Float32 products of m >= zp_get_blas_min_rows()
  * go to BLAS sgemm; bf16/f16 ones never do. */
-void zp_matmul_w(float *y, int ldy, const float *x, const void *w, int wtype, int m, int K,
-                 int N);
+void zp_matmul_w(float *y, int ldy, const float *x, const void *w, int wtype, int m, int K, int N);
 
 /* Several products of the same x (m, K), in ONE parallel region: out[j].y (m, out[j].N, row
  * stride out[j].ldy) = x . out[j].w^T. Used for the gate and up projections of a feed-forward
@@ -109,8 +115,8 @@ int zp_get_blas_min_rows(void);
 /* Forces the skinny kernel to "avx512", "avx2" or "scalar"; NULL returns to automatic choice.
  * Returns 0, or -1 (and changes nothing) when the name is unknown or the CPU cannot run it. */
 int zp_matmul_force_isa(const char *isa);
-/* Passes of m >= this many rows take the wide AVX-512 tile (default 8; m <= 0 restores it;
- * 1 << 30: never). Results are the same bits either way; only the speed differs. */
+/* Passes of m >= this many rows take the wide AVX-512 tile (default 1 << 30: never; m <= 0
+ * restores the default). Results are the same bits either way; only the speed differs. */
 void zp_matmul_set_wide_min_rows(int m);
 
 #ifdef __cplusplus

@@ -113,10 +113,11 @@ def test_save_keeps_dtype_and_maps(base, tmp_path, ext, dtype):
     back = load_llamagen(path)  # dtype as stored
     assert back.dtype == dtype
     q = back.weights["layers.1.feed_forward.w2.weight"]
-    assert isinstance(q, np.memmap) and q.dtype == m.weights["layers.1.feed_forward.w2.weight"].dtype
+    assert isinstance(q, np.memmap)
+    assert q.dtype == m.weights["layers.1.feed_forward.w2.weight"].dtype
     np.testing.assert_array_equal(back.logits([2], tokens, cfg_scale=2.0), want)
-    np.testing.assert_array_equal(load_llamagen(path, mmap=False).logits([2], tokens, cfg_scale=2.0),
-                                  want)
+    read = load_llamagen(path, mmap=False)
+    np.testing.assert_array_equal(read.logits([2], tokens, cfg_scale=2.0), want)
     if ext == "safetensors" and dtype == "bfloat16":  # BF16 tensors, readable as such
         t, _ = read_safetensors(path)
         np.testing.assert_array_equal(t["output.weight"],

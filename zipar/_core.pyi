@@ -11,6 +11,9 @@ ZP_ROLE_REFEED: int
 ZP_ROLE_VERIFY: int
 ZP_ROLE_DRAFT: int
 ZP_ROLE_EOR: int
+ZP_WTYPE_F32: int
+ZP_WTYPE_BF16: int
+ZP_WTYPE_F16: int
 ZP_POLICY_RASTER: int
 ZP_POLICY_ZIPAR: int
 ZP_POLICY_ADAPTIVE: int
@@ -34,7 +37,7 @@ class Model:
     def __init__(self, weights: object, *, dim: int, n_layer: int, n_head: int, n_kv_head: int,
                  head_dim: int, hidden: int, vocab: int, cls_token_num: int, grid_h: int,
                  grid_w: int, eor: int, eor_token: int, norm_eps: float,
-                 rope_base: float) -> None: ...
+                 rope_base: float, wtype: int = ...) -> None: ...
 
 @final
 class Cache:

@@ -40,7 +40,7 @@ int main(void) {
                                        random_array((size_t)DIM * HIDDEN, 0.12f, 0.f)};
     zp_weights weights = {random_array((size_t)VOCAB * DIM, 1.f, 0.f), layers,
                           random_array(DIM, 0.2f, 1.f),
-                          random_array((size_t)VOCAB * DIM, 0.25f, 0.f)};
+                          random_array((size_t)VOCAB * DIM, 0.25f, 0.f), ZP_WTYPE_F32};
     int n_images = 3;
     float *prefix_cond = random_array((size_t)n_images * DIM, 1.f, 0.f);
     int32_t out[3 * GRID * GRID];

@@ -350,6 +350,37 @@ static void check_half(int wtype, int K, int N)
     free(wh), free(wf), free(x), free(ref), free(abs_sum), free(y), free(y32), free(y2);
 }
 
+/* With the wide tile forced on (the caller sets it), products of 8+ rows equal, bit for bit,
+ * those of the default tile, for every weight type and a few K with tails and K blocks. */
+static void check_wide_same(int wtype)
+{
+    static const int Ks[] = {33, 768, 1041}, ms[] = {8, 13, 70};
+    const int N = 23;
+    for (int a = 0; a < 3; a++) {
+        int K = Ks[a];
+        uint16_t *wh = NULL;
+        float *wf = NULL, *x = random_floats((size_t)70 * K);
+        const void *w;
+        if (wtype == ZP_WTYPE_F32)
+            w = wf = random_floats((size_t)N * K);
+        else {
+            random_half(wtype, (size_t)N * K, &wh, &wf);
+            w = wh;
+        }
+        float *y = malloc(sizeof(float) * 70 * N), *y0 = malloc(sizeof(float) * 70 * N);
+        for (int b = 0; b < 3; b++) {
+            int m = ms[b];
+            zp_matmul_w(y, N, x, w, wtype, m, K, N);
+            zp_matmul_set_wide_min_rows(1 << 30);
+            zp_matmul_w(y0, N, x, w, wtype, m, K, N);
+            zp_matmul_set_wide_min_rows(8);
+            CHECK(memcmp(y, y0, sizeof(float) * m * N) == 0, "wide tile differs: wtype %d m=%d K=%d",
+                  wtype, m, K);
+        }
+        free(wh), free(wf), free(x), free(y), free(y0);
+    }
+}
+
 /* The widening itself, on every finite f16 and on a sweep of bf16 patterns: a 1 x K product with
  * x = e_k picks out weight k, so y is the widened value (times 1, plus zeros) bit for bit. */
 static void check_widening(void)
@@ -431,6 +462,11 @@ int main(void)
         for (int a = 0; a < 8; a++)
             for (int b = 0; b < 3; b++)
                 check_half(t, half_K[a], half_N[b]);
+    /* the wide AVX-512 tile (off by default): the same bits as the default path */
+    zp_matmul_set_wide_min_rows(8);
+    for (int t = ZP_WTYPE_F32; t <= ZP_WTYPE_F16; t++)
+        check_wide_same(t);
+    zp_matmul_set_wide_min_rows(0);
     check_widening();
     printf("  bf16 / f16 weights: = float32 on widened weights, threads, rows, fused: done\n");
 

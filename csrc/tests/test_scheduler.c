@@ -97,7 +97,8 @@ int main(void) {
                                        random_array((size_t)HIDDEN * DIM, 0.6f, 0.f),
                                        random_array((size_t)DIM * HIDDEN, 0.4f, 0.f)};
     zp_weights w = {random_array((size_t)VOCAB * DIM, 2.f, 0.f), layers,
-                    random_array(DIM, 0.2f, 1.f), random_array((size_t)VOCAB * DIM, 1.f, 0.f)};
+                    random_array(DIM, 0.2f, 1.f), random_array((size_t)VOCAB * DIM, 1.f, 0.f),
+                    ZP_WTYPE_F32};
     cond = random_array((size_t)N * DIM, 2.f, 0.f);
     uncond = random_array((size_t)N * DIM, 2.f, 0.f);
     for (int eor = 0; eor <= 1; eor++) {

@@ -113,6 +113,7 @@ def _write_aligned_member(zf: zipfile.ZipFile, name: str, arr: np.ndarray) -> No
     info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
     info.compress_type = zipfile.ZIP_STORED
     zip64 = len(data) * 1.05 > zipfile.ZIP64_LIMIT  # zipfile then adds a 20-byte extra
+    assert zf.fp is not None  # open for writing
     start = zf.fp.tell() + 30 + len(name.encode("utf-8")) + (20 if zip64 else 0) + 4
     pad = -(start + npy_header) % _ALIGN
     info.extra = struct.pack("<HH", _PAD_ID, pad) + b"\0" * pad
