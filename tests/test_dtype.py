@@ -214,3 +214,19 @@ def test_float32_file_as_bf16_stays_under_float32_size(tmp_path):
     grown = r["loaded"] - r["before"]
     assert grown < f32_bytes, (grown, f32_bytes)  # bf16 size plus about one float32 tensor
     assert grown < 0.5 * f32_bytes + 120e6, (grown, f32_bytes)
+
+
+def test_cli_convert_dtype(tmp_path, capsys):
+    from zipar.__main__ import main
+
+    fix = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "c2i_tiny.pt")
+    out = tmp_path / "m.safetensors"
+    assert main(["convert", fix, str(out), "--n-head", "4", "--grid", "2",
+                 "--dtype", "bfloat16"]) == 0
+    back = load_llamagen(out)
+    assert back.dtype == "bfloat16"
+    t, _ = read_safetensors(out, keep_bfloat16=True)
+    assert t["output.weight"].dtype == np.uint16 and t["norm.weight"].dtype == np.float32
+    direct = load_llamagen(fix, n_head=4, grid=2, dtype="bfloat16")
+    tokens = np.arange(4).reshape(1, 2, 2)
+    np.testing.assert_array_equal(back.logits([1], tokens), direct.logits([1], tokens))

@@ -125,13 +125,11 @@ def cmd_generate(a):
 
 
 def cmd_convert(a):
-    from .families.llamagen import load_llamagen, save_npz, save_safetensors
+    from .families.llamagen import load_llamagen
 
-    model = load_llamagen(a.checkpoint, grid=a.grid, n_head=a.n_head, num_classes=a.num_classes)
-    if a.out.endswith(".safetensors"):
-        save_safetensors(a.out, model.config, model.weights)
-    else:
-        save_npz(a.out, model.config, model.weights)
+    model = load_llamagen(a.checkpoint, grid=a.grid, n_head=a.n_head, num_classes=a.num_classes,
+                          dtype=a.dtype)
+    model.save(a.out)  # in the model's dtype (bfloat16 as BF16 tensors in .safetensors)
     print(f"wrote {a.out}: {model!r}")
     return 0
 
@@ -180,6 +178,8 @@ def main(argv=None):
                    help="grid side (default: from a _256/_384/_512 file name tag, else 16)")
     c.add_argument("--n-head", type=int, default=None)
     c.add_argument("--num-classes", type=int, default=None)
+    c.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="weight type to write (default: the checkpoint's own)")
     c.set_defaults(fn=cmd_convert)
     i = sub.add_parser("info", help="BLAS, OpenMP and kernel facts")
     i.set_defaults(fn=cmd_info)
