@@ -102,4 +102,5 @@ def test_fuzz_loaders(fmt, seed):
     assert not problems, "\n".join(problems)
     assert summary is not None and summary["intact"], summary
     assert summary["mutants"] >= 100, f"only {summary['mutants']} mutants in the time bound"
-    assert not escaped, f"{len(escaped)} of {summary['mutants']} escaped:\n" + "\n".join(escaped[:20])
+    head = f"{len(escaped)} of {summary['mutants']} escaped:\n"
+    assert not escaped, head + "\n".join(escaped[:20])

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the corpus is a table: one file per line reads better than wrapped)
 """Write the hostile-file corpus in tests/hostile/files/ (small, deterministic, no torch needed).
 
     python3 tests/hostile/make_hostile.py

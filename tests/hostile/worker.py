@@ -191,9 +191,9 @@ def mutant(fmt: str, base: bytes, rng: random.Random) -> bytes:
         def npy(d):
             n = 10 + struct.unpack("<H", d[8:10])[0] if d[:6] == b"\x93NUMPY" else 64
             return _mutate_text_tokens(rng, d[:n]) + d[n:]
-        pick = rng.randrange(1000)
-        return _rezip(base, lambda n, d, c=[0]: (c.__setitem__(0, c[0] + 1) or c[0]) % 7 == pick % 7,
-                      npy)
+        names = zipfile.ZipFile(io.BytesIO(base)).namelist()
+        pick = rng.choice(names)
+        return _rezip(base, lambda n, d: n == pick, npy)
     # safetensors: mutate the JSON header, fixing or not its length prefix
     n = struct.unpack("<Q", base[:8])[0]
     header = _mutate_text_tokens(rng, base[8:8 + n])
