@@ -27,6 +27,10 @@ V, H, W, K = 16, 3, 3, 4
 MODEL = zipar.random_model(dim=16, n_layer=1, n_head=2, vocab_size=V, grid=(H, W), num_classes=K)
 CLEAN = (ValueError, TypeError)
 CALLS = {"n": 0}
+if "ZIPAR_PROP_EXAMPLES" in os.environ:  # a campaign run (RELIABILITY.md): report the count
+    import atexit
+
+    atexit.register(lambda: print(f"\napi calls tried: {CALLS['n']}"))
 
 big_ints = st.sampled_from([2 ** 31 - 1, 2 ** 31, 2 ** 32, 2 ** 32 + 1, 2 ** 63, 2 ** 64, 2 ** 70,
                             -1, -(2 ** 31) - 1, -(2 ** 63), -(2 ** 64)])

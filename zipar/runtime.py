@@ -22,8 +22,10 @@ def show_config() -> None:
     """Print which BLAS and OpenMP are in use and the thread counts."""
     info = build_info()
     print(f"zipar {__version__}")
-    print(f"  matrix kernel : {info['kernel_isa']} (skinny products below "
-          f"{info['blas_min_rows']} rows)")
+    rows = info["blas_min_rows"]
+    when = ("every matrix product; OpenBLAS sgemm off" if rows >= 1 << 30 else
+            f"products below {rows} rows; sgemm from {rows}")
+    print(f"  matrix kernel : {info['kernel_isa']} ({when})")
     print(f"  BLAS          : {info['blas']}, {info['blas_threads']} thread(s)")
     print(f"  OpenMP        : libgomp (_OPENMP={info['openmp']}), "
           f"{get_num_threads()} thread(s), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
