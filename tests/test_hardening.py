@@ -382,3 +382,14 @@ def test_cli_main_job_png_is_readable(tmp_path):
                      for k, d in chunks if k in (b"tEXt", b"iTXt", b"zTXt")).decode("latin1")
     assert re.search(r"(?i)passes", text) and re.search(r"(?i)seconds", text), text
     assert "raster" in text.lower() and "zipar" in text.lower()
+
+
+def test_python_limits_match_the_core():
+    from zipar import config, runtime
+    from zipar._ext import core
+
+    c = core()
+    assert config.MAX_SEQ_LEN == c.ZP_MAX_SEQ_LEN
+    assert config.MAX_WIDTH == c.ZP_MAX_WIDTH
+    assert config.MAX_LAYERS == c.ZP_MAX_LAYERS
+    assert runtime.MAX_THREADS == c.ZP_MAX_THREADS

@@ -60,6 +60,8 @@ class _Callable(_Frozen):
     function's __defaults__, __kwdefaults__ and __dict__ could be set by BUILD)."""
 
     __slots__ = ("name", "fn")
+    name: str
+    fn: Callable
 
     def __init__(self, name: str, fn):
         self._init(name=name, fn=fn)
@@ -75,6 +77,8 @@ class _StorageType(_Frozen):
     """Stands for torch.FloatStorage & co. inside data.pkl: plain data, never callable."""
 
     __slots__ = ("qualname", "dtype")
+    qualname: str
+    dtype: _Dtype
 
     def __init__(self, qualname: str, dtype: _Dtype):
         self._init(qualname=qualname, dtype=dtype)
@@ -87,6 +91,7 @@ class _DtypeToken(_Frozen):
     """Stands for torch.float32 & co. (the dtype argument of _rebuild_tensor_v3)."""
 
     __slots__ = ("dtype",)
+    dtype: _Dtype
 
     def __init__(self, dtype: _Dtype):
         self._init(dtype=dtype)
@@ -99,6 +104,7 @@ class _TensorClass(_Frozen):
     """Stands for torch.Tensor / torch.nn.Parameter (the type in _rebuild_from_type_v2)."""
 
     __slots__ = ("qualname",)
+    qualname: str
 
     def __init__(self, qualname: str):
         self._init(qualname=qualname)
@@ -111,6 +117,9 @@ class _StorageRef(_Frozen):
     """A storage record named by data.pkl: ``<archive>/data/<key>``, ``numel`` elements."""
 
     __slots__ = ("key", "dtype", "numel")
+    key: str
+    dtype: _Dtype
+    numel: int
 
     def __init__(self, key: str, dtype: _Dtype, numel: int):
         self._init(key=key, dtype=dtype, numel=numel)
@@ -131,6 +140,11 @@ class _TensorRef(_Frozen, LazyTensor):
     """
 
     __slots__ = ("storage", "dtype", "offset", "shape", "stride")
+    storage: _StorageRef
+    dtype: _Dtype
+    offset: int
+    shape: tuple
+    stride: tuple
 
     def __init__(self, storage, dtype, offset, shape, stride):
         self._init(storage=storage, dtype=dtype, offset=offset, shape=shape, stride=stride)
