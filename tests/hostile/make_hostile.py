@@ -234,6 +234,8 @@ def pt_files():
                         + p_tuple([p_global("collections", "OrderedDict"),
                                    p_global("torch", "Tensor"), p_tuple([]), p_sdict([])]) + b"R")]))
     f["memo_missing"] = ("GET of an unset memo slot", archive(p_pickle(b"g99\n"), {}))
+    f["memo_huge_index"] = ("LONG_BINPUT 2**31-1: the C unpickler would grow its memo to 16 GB",
+                            archive(p_pickle(b"]r" + struct.pack("<I", 2 ** 31 - 1)), {}))
     f["binunicode_huge_len"] = ("BINUNICODE claiming 2**31 bytes",
                                 archive(p_pickle(b"X" + struct.pack("<I", 2 ** 31) + b"abc"), {}))
     f["persistent_id_garbage"] = ("persistent id of the wrong shape",

@@ -14,6 +14,7 @@ import collections
 import io
 import os
 import pickle
+import pickletools
 import struct
 import types
 import zipfile
@@ -324,6 +325,27 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return known
 
 
+def _scan_pickle(path: str, data: bytes) -> None:
+    """Reads the opcodes of data.pkl without running any (pickletools), before unpickling:
+    memo indices are bounded (the C unpickler grows its memo table to the largest index it is
+    given: one 5-byte opcode could demand 30 GB), and opcodes that reach the copyreg extension
+    registry or build arbitrary classes are refused outright."""
+    limit = len(data) + 1  # a real pickle memoises at most one object per opcode
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET") \
+                    and not (isinstance(arg, int) and 0 <= arg < limit):
+                raise CheckpointError(f"{path}: data.pkl uses memo index {arg!r:.40}, beyond "
+                                      "any object it could have stored")
+            if op.name in ("EXT1", "EXT2", "EXT4", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"):
+                raise CheckpointError(f"{path}: data.pkl uses the {op.name} opcode, which a "
+                                      "state dict never needs; refusing it")
+    except CheckpointError:
+        raise
+    except Exception as e:  # genops on a malformed stream: truncated args, unknown opcodes
+        raise CheckpointError(f"{path}: corrupt data.pkl ({type(e).__name__}: {e})") from None
+
+
 # ============================================================================ torch archive
 
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
@@ -391,6 +413,7 @@ class _TorchArchive:
     def load_pickle(self):
         """The object tree of data.pkl, tensors as _TensorRef (nothing read yet)."""
         data = self._read_small(self.prefix + "data.pkl", _MAX_PICKLE_BYTES)
+        _scan_pickle(self.path, data)
         unpickler = _RestrictedUnpickler(io.BytesIO(data))
         unpickler.storages = {}
         try:
