@@ -104,3 +104,47 @@ def test_fuzz_loaders(fmt, seed):
     assert summary["mutants"] >= 100, f"only {summary['mutants']} mutants in the time bound"
     head = f"{len(escaped)} of {summary['mutants']} escaped:\n"
     assert not escaped, head + "\n".join(escaped[:20])
+
+
+def test_load_llamagen_refuses_cleanly():
+    """The model loader on top of the readers (config inference, weight checks) adds no other
+    failure: the corpus and 100 seeded mutants per format give CheckpointError or a model."""
+    import random
+
+    import zipar
+
+    sys.path.insert(0, HOSTILE)
+    try:
+        import worker
+    finally:
+        sys.path.remove(HOSTILE)
+    try:
+        from zipar.io import CheckpointError
+    except ImportError:  # pragma: no cover - layout before the io/ split
+        from zipar.checkpoint import CheckpointError
+    paths = [os.path.join(FILES, n) for n in sorted(MANIFEST) if not n.startswith("poison_")]
+    escaped = []
+
+    def attempt(path):
+        try:
+            zipar.load_llamagen(path, grid=2, n_head=4)
+        except CheckpointError:
+            pass
+        except Exception as e:  # noqa: BLE001 - what we count
+            escaped.append(f"{os.path.basename(path)}: {type(e).__name__}: {str(e)[:100]}")
+
+    for p in paths:
+        attempt(p)
+    for fmt, ext in (("pt", ".pt"), ("npz", ".npz"), ("safetensors", ".safetensors")):
+        with open(os.path.join(ROOT, "tests", "fixtures", "c2i_tiny" + ext), "rb") as fh:
+            base = fh.read()
+        rng = random.Random(11)
+        for i in range(100):
+            path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"zipar_ll_{os.getpid()}{ext}")
+            with open(path, "wb") as fh:
+                fh.write(worker.mutant(fmt, base, rng))
+            try:
+                attempt(path)
+            finally:
+                os.remove(path)
+    assert not escaped, "\n".join(escaped[:20])
