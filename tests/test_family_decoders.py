@@ -183,7 +183,7 @@ def test_emu3_hf_checkpoint_folder(tmp_path):
     vq_files = {f for k, f in index["weight_map"].items() if k.startswith("vqmodel.")}
     assert len(vq_files) > 1  # the VQ tensors really are spread over shards
     dec = emu3_vq.load_emu3_vq(folder)
-    tmap = emu3_image_tokens(read_vocabulary(folder))
+    tmap = emu3_vq.load_emu3_image_tokens(folder)  # config.json vocabulary_map
     assert tmap.offset == 29 and tmap.codebook_size == 32
     H, W = 3, 4
     codes = np.random.default_rng(2).integers(0, 32, (H, W))
@@ -477,6 +477,12 @@ def test_image_token_maps(tmp_path):
     assert ts.offset is None and np.array_equal(ts.codes([100, 88]), [0, 4])
     with pytest.raises(ValueError, match="missing"):
         chameleon_image_tokens({"IMGIMGAZ": 4, "IMGIMGCZ": 6})
+    lumina = tmp_path / "lumina"  # a Lumina-mGPT (HF Chameleon) config.json
+    lumina.mkdir()
+    (lumina / "config.json").write_text(json.dumps({"model_type": "chameleon",
+                                                    "vocabulary_map": vocab}))
+    tl = chameleon_vq.load_chameleon_image_tokens(lumina)
+    assert np.array_equal(tl.token_ids, tm.token_ids)
     # tokenizer.json layout (model.vocab + added_tokens)
     tj = {"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": []},
           "added_tokens": [{"id": 2 + k, "content": f"<|visual token {k:06d}|>"}

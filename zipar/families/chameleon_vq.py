@@ -40,8 +40,8 @@ from ..io.formats import load_state_dict
 from .image_tokens import chameleon_image_tokens, read_vocabulary
 from .vq16 import GROUPS, _Attn, _conv1x1, _conv3x3, _group_norm, _Resnet, _upsample2
 
-__all__ = ["ChameleonVQDecoder", "load_chameleon_vq", "to_pixels", "read_vqgan_yaml",
-           "random_chameleon_vq_state_dict", "chameleon_image_tokens"]
+__all__ = ["ChameleonVQDecoder", "load_chameleon_vq", "load_chameleon_image_tokens", "to_pixels",
+           "read_vqgan_yaml", "random_chameleon_vq_state_dict", "chameleon_image_tokens"]
 
 _KEEP = ("decoder.", "post_quant_conv.", "quantize.embedding.weight")
 

@@ -51,8 +51,8 @@ from ..io.safetensors import read_safetensors
 from .image_tokens import emu3_image_tokens, read_vocabulary
 from .vq16 import GROUPS, _conv1x1, _conv3x3, _group_norm, _swish_inplace, _upsample2
 
-__all__ = ["Emu3VQDecoder", "load_emu3_vq", "to_pixels", "random_emu3_vq_state_dict",
-           "canonical_emu3_vq_names", "emu3_image_tokens"]
+__all__ = ["Emu3VQDecoder", "load_emu3_vq", "load_emu3_image_tokens", "to_pixels",
+           "random_emu3_vq_state_dict", "canonical_emu3_vq_names", "emu3_image_tokens"]
 
 BATCHNORM_EPS = 1e-5  # nn.BatchNorm3d default
 _ATTN_QUERY_CHUNK = 2048  # queries per softmax block: bounds the score matrix to chunk x N
