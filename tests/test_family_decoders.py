@@ -26,13 +26,21 @@ FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
                        "family_decoders.npz")
 
 
+def _need(module):
+    """The module, or a skip when it is not installed (any ImportError)."""
+    try:
+        return __import__(module)
+    except ImportError as e:
+        pytest.skip(f"{module} not available: {e}")
+
+
 def _torch():
-    return pytest.importorskip("torch")
+    return _need("torch")
 
 
 def _transformers():
     _torch()
-    tf = pytest.importorskip("transformers")
+    tf = _need("transformers")
     if not hasattr(tf, "Emu3VQVAEConfig"):
         pytest.skip("transformers without Emu3")
     return tf
@@ -124,6 +132,7 @@ def _np_state(module):
     (dict(num_attention_heads=2, attn_resolutions=[1]), (1, 4, 4)),
 ])
 def test_emu3_matches_transformers(cfg, shape):
+    _transformers()
     import torch
     model = tiny_emu3_vqvae(seed=len(cfg), **cfg)
     heads = model.config.num_attention_heads
@@ -176,6 +185,7 @@ def _tiny_emu3_full(tmp_path):
 
 
 def test_emu3_hf_checkpoint_folder(tmp_path):
+    _transformers()
     import torch
     model, folder, vocab = _tiny_emu3_full(tmp_path)
     index = json.loads((folder / "model.safetensors.index.json").read_text())

@@ -8,7 +8,10 @@ import json
 
 import pytest
 
-tokenizers = pytest.importorskip("tokenizers")
+try:
+    import tokenizers  # noqa: F401
+except ImportError as e:
+    pytest.skip(f"tokenizers not available: {e}", allow_module_level=True)
 
 from zipar.families import prompts  # noqa: E402
 
@@ -21,6 +24,14 @@ CORPUS = ["a red fox in the snow at dawn", "masterpiece, film grained, best qual
           "lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit",
           "90*90 45*80 12*34 720x720", "Generate an image of 768x768 according to the "
           "following prompt:\nA cat"]
+
+
+def _need_transformers():
+    try:
+        import transformers
+    except ImportError as e:
+        pytest.skip(f"transformers not available: {e}")
+    return transformers
 
 
 def _bpe_tokenizer(path, specials):
@@ -52,7 +63,7 @@ def lumina_folder(tmp_path):
 
 
 def _hf_tokenizer(folder):
-    tf = pytest.importorskip("transformers")
+    tf = _need_transformers()
     return tf.PreTrainedTokenizerFast(
         tokenizer_file=str(folder / "tokenizer.json"), bos_token="<|extra_203|>",
         eos_token="<|extra_204|>", pad_token="<|endoftext|>",
@@ -119,7 +130,7 @@ def test_emu3_template_and_errors(emu3_folder):
 
 
 def test_emu3_grid_matches_processor():
-    tf = pytest.importorskip("transformers")
+    tf = _need_transformers()
     calc = tf.Emu3Processor.calculate_generate_size
     for ratio in ("1:1", "16:9", "9:16", "4:3", "21:9"):
         for area in (518400, 262144, 720 * 360):
