@@ -97,9 +97,10 @@ def infer_llamagen_config(state_dict: Dict[str, np.ndarray], *, grid=None,
     if not layers:
         raise CheckpointError("not a LlamaGen GPT state dict: no layers.{i}.* keys")
     n_layer = max(layers) + 1
-    if len(layers) != n_layer:
-        missing = sorted(set(range(n_layer)) - layers)
-        raise CheckpointError(f"layers {missing} are missing from the state dict")
+    if len(layers) != n_layer:  # (a key "layers.999999999999.x" must not build a huge range)
+        missing = [i for i in range(min(n_layer, len(layers) + 8)) if i not in layers]
+        raise CheckpointError(f"layers {missing[:8]}{' ...' if len(missing) > 8 else ''} are "
+                              f"missing from the state dict (highest layer {n_layer - 1})")
 
     if n_head is None:
         matches = [(name, h) for name, (nl, h, d) in LLAMAGEN_SIZES.items()
@@ -262,10 +263,6 @@ def load_llamagen(path, *, grid=None, n_head: Optional[int] = None,
     select = lambda k: not _RUNTIME_BUFFER.search(k)  # noqa: E731
     if dtype is None:
         weights = load_state_dict(path, keep_bfloat16=True, mmap=mmap, select=select)
-        dtype = _stored_dtype(weights)
-        for name in list(weights):  # one tensor at a time (only mixed-type files convert)
-            if _is_float(weights[name]):
-                weights[name] = convert_weight(name, weights[name], dtype, check=False)
     else:
         target = dtype
 
@@ -274,18 +271,28 @@ def load_llamagen(path, *, grid=None, n_head: Optional[int] = None,
 
         weights = load_state_dict(path, keep_bfloat16=True, mmap=mmap, select=select,
                                   convert=convert)
-    config = read_config(path)
-    if config is None:
-        if grid is None and isinstance(path, (str, bytes, os.PathLike)):
-            grid = grid_from_filename(path)
-        config = infer_llamagen_config(weights, grid=grid, n_head=n_head,
-                                       num_classes=num_classes)
-    else:
-        overrides = {k: v for k, v in (("grid", grid), ("n_head", n_head),
-                                       ("num_classes", num_classes)) if v is not None}
-        if overrides:
-            config = dataclasses.replace(config, **overrides)
-    return Model(config, weights, dtype=dtype)
+    try:  # what the file holds may still not make a model: that is the file's fault too
+        if dtype is None:
+            dtype = _stored_dtype(weights)
+            for name in list(weights):  # one tensor at a time (only mixed-type files convert)
+                if _is_float(weights[name]):
+                    weights[name] = convert_weight(name, weights[name], dtype, check=False)
+        config = read_config(path)
+        if config is None:
+            if grid is None and isinstance(path, (str, bytes, os.PathLike)):
+                grid = grid_from_filename(path)
+            config = infer_llamagen_config(weights, grid=grid, n_head=n_head,
+                                           num_classes=num_classes)
+        else:
+            overrides = {k: v for k, v in (("grid", grid), ("n_head", n_head),
+                                           ("num_classes", num_classes)) if v is not None}
+            if overrides:
+                config = dataclasses.replace(config, **overrides)
+        return Model(config, weights, dtype=dtype)
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        raise CheckpointError(f"{os.fspath(path)}: {e}") from None
 
 
 VQ_DECODER_PREFIXES = ("decoder.", "post_quant_conv.", "quantize.embedding.weight")
