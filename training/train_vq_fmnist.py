@@ -27,7 +27,8 @@ the training images and of their mirror images (tokens of flipped images, re-enc
 Modes
   all        VQ, then GPT (one device run); writes everything under --out
   gpt        GPT only, on a tokenizer trained before (--tokenizer-state, the float32 state dict)
-  reference  (CPU, here) golden decoder outputs of the PyTorch decoder for tests/fixtures
+  reference  (CPU) zipar/data/fmnist_vq_reference.npz: golden PyTorch decoder outputs and the
+             GPT's GPU log-likelihoods / logits, for the tests
 
 Outputs of all (--out; at most 8 files so that they fit the device's return):
   fmnist_vq_tokenizer.npz   VQ state dict (encoder + decoder), float16, LlamaGen names
@@ -667,19 +668,34 @@ def run_all(args, dev):
 
 
 def run_reference(args):
-    """Golden outputs of the PyTorch decoder (float32, CPU) from the shipped float16 weights."""
+    """zipar/data/fmnist_vq_reference.npz: the golden values the package is tested against.
+
+    decoder_tokens / decoder_output: the PyTorch decoder (float32, CPU) on --n-ref test token
+    grids, from the shipped float16 weights. tokens / labels / loglik / logits*: the GPT side,
+    as computed on the GPU by `all` (vq_data.npz, --tokens): the first 8 test images' tokens,
+    their log-likelihoods (nats, float32 math with the float16 weights) and the logits of test
+    image 0 at every 8th grid position."""
     with np.load(args.tokenizer) as z:
         cfg = json.loads(bytes(z["__zipar_vq__"]).decode())
         sd = {k: torch.as_tensor(z[k].astype(np.float32)) for k in z.files if k != "__zipar_vq__"}
     vq = VQModel(cfg)
     vq.load_state_dict(sd)
     vq.eval()
-    tokens = np.load(args.tokens)["test_tokens"][:args.n_ref].astype(np.int64)
+    data = np.load(args.tokens)
+    test_tokens = data["test_tokens"].astype(np.int64)
+    tokens = test_tokens[:args.n_ref]
     with torch.no_grad():
         y = vq.decode_tokens(torch.as_tensor(tokens)).numpy().astype(np.float32)
-    np.savez_compressed(args.out_file, tokens=tokens.astype(np.int16), decoder_output=y)
-    log(f"wrote {args.out_file}: tokens {tokens.shape}, outputs {y.shape} in "
-        f"[{y.min():.3f}, {y.max():.3f}]")
+    vy = tf.load_idx(os.path.join(args.data, "t10k-labels-idx1-ubyte.gz"))
+    pos = np.arange(0, 256, 8)
+    np.savez_compressed(
+        args.out_file, decoder_tokens=tokens.astype(np.int16), decoder_output=y,
+        test_index=np.arange(8, dtype=np.int32), labels=vy[:8].astype(np.int32),
+        tokens=test_tokens[:8].astype(np.int16),
+        loglik=-data["gpt_test_nll_nats"][:8].astype(np.float64),
+        logits_positions=pos.astype(np.int32),
+        logits=data["gpt_logits_test2"][0, pos].astype(np.float32))
+    log(f"wrote {args.out_file}: decoder outputs {y.shape} in [{y.min():.3f}, {y.max():.3f}]")
 
 
 def main(argv=None):
@@ -724,7 +740,7 @@ def main(argv=None):
     ap.add_argument("--tokenizer", default="zipar/data/fmnist_vq_tokenizer.npz")
     ap.add_argument("--tokens", default="", help="reference: an npz holding test_tokens")
     ap.add_argument("--n-ref", type=int, default=3)
-    ap.add_argument("--out-file", default="tests/fixtures/vq_fmnist_golden.npz")
+    ap.add_argument("--out-file", default="zipar/data/fmnist_vq_reference.npz")
     args = ap.parse_args(argv)
     if args.mode == "reference":
         torch.set_num_threads(2)

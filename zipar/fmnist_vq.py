@@ -68,7 +68,7 @@ def _images(images, side: int, name: str) -> np.ndarray:
 def upscale(images) -> np.ndarray:
     """(B, 28, 28) grey in [0, 255] -> (B, 64, 64) float32, bilinear."""
     x = _images(images, SIDE, "images").astype(np.float64)
-    return np.einsum("ij,bjk,lk->bil", _UP, x, _UP).astype(np.float32)
+    return (_UP @ x @ _UP.T).astype(np.float32)
 
 
 def to_vq_input(images) -> np.ndarray:
@@ -87,5 +87,5 @@ def to_grey28(pixels) -> np.ndarray:
         raise ValueError(f"pixels must have shape (B, {VQ_SIDE}, {VQ_SIDE}, 3), got "
                          f"{np.shape(pixels)}")
     grey = p.astype(np.float64).mean(axis=3)
-    small = np.einsum("ij,bjk,lk->bil", _DOWN, grey, _DOWN)
+    small = _DOWN @ grey @ _DOWN.T
     return np.floor(np.clip(small, 0.0, 255.0) + 0.5).astype(np.uint8)
