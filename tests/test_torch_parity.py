@@ -1,6 +1,6 @@
 """The engine against an independent PyTorch LlamaGen GPT forward (float64).
 
-The PyTorch model below is written from the architecture facts in spec/llamagen.md alone, in
+The PyTorch model below is written from the architecture facts in docs/llamagen.md alone, in
 the shape of the published model code (full-sequence training-style forward, boolean attention
 mask, rotary table with zeroed conditioning rows), and shares nothing with zipar.reference or
 the C core. Random weights and tokens; teacher-forced logits must agree within 1e-4.
@@ -75,7 +75,8 @@ class TorchGPT:
     def caption_prefix(self, captions):
         def cap_proj(c):
             h = F.linear(c, self.w["cls_embedding.cap_proj.fc1.weight"])
-            return F.linear(F.gelu(h, approximate="tanh"), self.w["cls_embedding.cap_proj.fc2.weight"])
+            return F.linear(F.gelu(h, approximate="tanh"),
+                            self.w["cls_embedding.cap_proj.fc2.weight"])
 
         caps = torch.tensor(np.asarray(captions, dtype=np.float64))
         unc = self.w["cls_embedding.uncond_embedding"].expand(caps.shape[0], -1, -1)
