@@ -1,18 +1,24 @@
-"""The shipped miniature LlamaGen (training/train_vq_fmnist.py): its VQ tokenizer decodes through
-zipar.vq like a published VQ-16 checkpoint and equals the PyTorch decoder; its GPT loads through
-the LlamaGen loader and reproduces the PyTorch logits and log-likelihoods.
+"""The shipped miniature LlamaGen (training/train_vq_fmnist.py), zipar.load_default(): its VQ
+tokenizer decodes through zipar.families.vq16 like a published VQ-16 checkpoint and equals the
+PyTorch decoder; its GPT loads through the LlamaGen loader and reproduces the PyTorch logits and
+log-likelihoods; the main job runs on it.
 
 Golden values: zipar/data/fmnist_vq_reference.npz (no torch needed here)."""
 
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import zipar
-from zipar import fmnist_vq
-from zipar.checkpoint import read_vq_state_dict
-from zipar.vq import VQDecoder
+from zipar.fmnist import resize as fmnist_vq
+from zipar.families.llamagen import read_vq_state_dict
+from zipar.families.vq16 import VQDecoder
+from zipar.fmnist import builtin
+from zipar.io import png
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(zipar.__file__)), "data")
 TOKENIZER = os.path.join(DATA, "fmnist_vq_tokenizer.npz")
@@ -21,8 +27,7 @@ GPT = os.path.join(DATA, "fmnist_vq_gpt.npz")
 
 @pytest.fixture(scope="module")
 def ref():
-    with np.load(os.path.join(DATA, "fmnist_vq_reference.npz")) as z:
-        return {k: z[k] for k in z.files}
+    return builtin.reference()
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +38,19 @@ def decoder():
 @pytest.fixture(scope="module")
 def gpt():
     return zipar.load_llamagen(GPT)
+
+
+def test_load_default_is_the_vq_model(ref):
+    m = zipar.load_default()
+    assert m.config == builtin.default_config() == zipar.load_llamagen(GPT).config
+    assert m.config.vocab_size == 1024 and isinstance(m.decoder, builtin.FashionVQDecoder)
+    np.testing.assert_allclose(m.log_prob(ref["labels"][:2], ref["tokens"][:2]),
+                               ref["loglik"][:2], rtol=1e-5)
+    assert zipar.load_default("pixels").config.grid == (28, 28)
+    info = builtin.builtin_info()
+    assert info["gpt"]["config"]["vocab_size"] == 1024
+    with pytest.raises(ValueError, match="unknown built-in model"):
+        zipar.load_default("pixel")
 
 
 def test_tokenizer_structure_is_vq16_family(decoder):
@@ -78,6 +96,22 @@ def test_generate_and_decode(gpt, decoder):
     assert z.stats["forward_passes"] == 16 + 15 * 4 and a.stats["forward_passes"] == 256
     img = fmnist_vq.to_grey28(decoder.decode(a.tokens))
     assert img.shape == (1, 28, 28)
+
+
+def test_main_job_vq(tmp_path):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(zipar.__file__)) + os.pathsep + \
+        env.get("PYTHONPATH", "")
+    out = tmp_path / "grid.png"
+    proc = subprocess.run([sys.executable, "-m", "zipar", "generate", "--labels", "8",
+                           "--out", str(out), "--quiet"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "256 passes" in proc.stdout and "76 passes" in proc.stdout  # raster, ZipAR-4
+    meta = json.loads(png.read_png_text(out)["zipar"])
+    assert [m["policy"]["policy"] for m in meta] == ["Raster", "ZipAR"]
+    img = png.read_png(out)
+    assert img.ndim == 2 and img.shape[0] >= 28
 
 
 def test_image_maps_round_trip():

@@ -2,7 +2,7 @@
 LlamaGen c2i GPT on its tokens.
 
 PyTorch is needed here only. Images: Fashion-MNIST 28x28 upscaled to 64x64 (bilinear, see
-zipar/fmnist_vq.py), repeated over RGB, in [-1, 1].
+zipar/fmnist/resize.py), repeated over RGB, in [-1, 1].
 
 VQ tokenizer (module structure and state-dict names of LlamaGen's VQModel, so zipar.vq decodes
 it through the same code as vq_ds16_c2i.pt; only the sizes are small):
@@ -76,7 +76,7 @@ def _load_file(name, path):
 # the pixel model's script: GPT, train_gpt, nll_bits, load_data, the log function
 tf = _load_file("train_fmnist", os.path.join(REPO, "training", "train_fmnist.py"))
 # 28x28 <-> 64x64 image maps shared with the package (NumPy only)
-fv = _load_file("zipar_fmnist_vq", os.path.join(REPO, "zipar", "fmnist_vq.py"))
+fv = _load_file("zipar_fmnist_vq", os.path.join(REPO, "zipar", "fmnist", "resize.py"))
 log = tf.log
 
 GROUPS, GN_EPS = 32, 1e-6
@@ -293,7 +293,7 @@ def vq_config(args):
 # ============================================================================ data
 
 class Upscaler:
-    """uint8 (B, 28, 28) on the device -> (B, 3, 64, 64) float in [-1, 1] (zipar.fmnist_vq's
+    """uint8 (B, 28, 28) on the device -> (B, 3, 64, 64) float in [-1, 1] (zipar.fmnist.resize's
     bilinear map, as two matrix products)."""
 
     def __init__(self, dev):
@@ -477,7 +477,7 @@ def evaluate_vq(model, tx, vx, dev):
            "recon_psnr_28_db": float(10 * np.log10(255.0 ** 2 / mse28)),
            "resize_roundtrip_mse_28_u8": mse_rt,
            "recon_unit": "MSE in 8-bit grey levels^2 over all 10,000 test images; 64: channel "
-                         "mean of decoder pixels vs the bilinear upscale; 28: zipar.fmnist_vq."
+                         "mean of decoder pixels vs the bilinear upscale; 28: zipar.fmnist.resize."
                          "to_grey28(decoder pixels) vs the original test images",
            "eval_time_s": time.time() - t0}
     log(f"VQ eval: {json.dumps(rec)}")

@@ -1,7 +1,8 @@
 """Command line: ``python -m zipar {generate,convert,info,sweep}``.
 
-``python -m zipar generate`` with no arguments loads the built-in Fashion-MNIST model and writes a
-PNG grid (raster beside ZipAR, one row per class) with passes and seconds for each.
+``python -m zipar generate`` with no arguments loads the built-in Fashion-MNIST model (the
+miniature LlamaGen: 16x16 VQ tokens; ``--builtin pixels`` for the 28x28 grey-level one) and writes
+a PNG grid (raster beside ZipAR, one row per class) with passes and seconds for each.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def cmd_generate(a):
     else:
         from .fmnist.builtin import load_default
 
-        model = load_default()
+        model = load_default(a.builtin)
         default_labels = list(range(model.config.num_classes))
         cfg = a.cfg_scale if a.cfg_scale is not None else 2.0
         top_k = a.top_k if a.top_k is not None else 0
@@ -158,6 +159,9 @@ def main(argv=None):
     g = sub.add_parser("generate", help="generate images (default: built-in model)")
     g.add_argument("--checkpoint", help="LlamaGen .pt / .npz / .safetensors (default: built-in)")
     g.add_argument("--vq", help="VQ-16 decoder checkpoint for pixels")
+    g.add_argument("--builtin", default="vq", choices=["vq", "pixels"],
+                   help="which built-in model, without --checkpoint (default: vq, 16x16 VQ "
+                        "tokens; pixels: 28x28 grey-level tokens)")
     g.add_argument("--grid", type=int, default=None,
                    help="grid side (default: the stored config, else from a _256/_384/_512 "
                         "file name tag, else 16)")
