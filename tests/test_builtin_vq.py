@@ -54,7 +54,7 @@ def test_load_default_is_the_vq_model(ref):
 
 
 def test_tokenizer_structure_is_vq16_family(decoder):
-    # read from the keys exactly as for vq_ds16_c2i.pt: 3 levels (downsample 4), 1024 l2-normed codes
+    # read from the keys as for vq_ds16_c2i.pt: 3 levels (downsample 4), 1024 l2-normed codes
     assert decoder.codebook_size == 1024 and decoder.embed_dim == 8 and decoder.scale == 4
     assert [lv["channels"] for lv in decoder.levels] == [64, 64, 32]
     assert [lv["attn"] for lv in decoder.levels] == [True, False, False]

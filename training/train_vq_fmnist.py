@@ -55,7 +55,6 @@ import importlib.util
 import json
 import math
 import os
-import sys
 import time
 
 import numpy as np

@@ -153,11 +153,11 @@ def reference(name: str = "vq") -> dict:
     logits_positions (every 8th).
 
     "pixels" (builtin_reference.npz): labels (8,), tokens (8, 28, 28), test_index (8,): eight
-    test images; logits (2, 784, V): float32 logits for images 0 and 1, logits[b, i] predicting grid token i
-    (raster order) given the class and tokens before it; logits_null (2, 784, V): the same with
-    the null class (index num_classes); loglik (8,): sum of natural-log probabilities of each
-    image's tokens; classifier_features (64, 128): PyTorch features of the first 64 test images
-    (quantised) from the shipped classifier.
+    test images; logits (2, 784, V): float32 logits for images 0 and 1, logits[b, i]
+    predicting grid token i (raster order) given the class and tokens before it; logits_null
+    (2, 784, V): the same with the null class (index num_classes); loglik (8,): sum of
+    natural-log probabilities of each image's tokens; classifier_features (64, 128): PyTorch
+    features of the first 64 test images (quantised) from the shipped classifier.
     """
     fname = "fmnist_vq_reference.npz" if _check_name(name) == "vq" else "builtin_reference.npz"
     with np.load(os.path.join(DATA_DIR, fname)) as z:

@@ -33,9 +33,10 @@ def run_sweep_file(path, out=None, executor=None, workers=None, scheduler=None,
     out/records.json (when there is an out directory).
 
     [model]: ``spec = "builtin"`` (default; ``"builtin:pixels"`` for the pixel model) or a
-    checkpoint path (relative paths are relative to the TOML file), or ``checkpoint = path`` with load_llamagen options beside it, or a
-    ``random`` table of zipar.random_model arguments. [sweep]: n_samples (required),
-    batch_size, seeds, labels, executor, workers, scheduler, out (relative to the TOML file).
+    checkpoint path (relative paths are relative to the TOML file), or ``checkpoint = path``
+    with load_llamagen options beside it, or a ``random`` table of zipar.random_model
+    arguments. [sweep]: n_samples (required), batch_size, seeds, labels, executor, workers,
+    scheduler, out (relative to the TOML file).
     [grid]: lists per setting (see :func:`expand_grid`). Arguments given here override [sweep].
     """
     cfg = _read_toml(path)
