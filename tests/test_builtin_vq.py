@@ -90,7 +90,7 @@ def test_gpt_config_and_pytorch_logits(gpt, ref):
 
 def test_generate_and_decode(gpt, decoder):
     a = gpt.generate([3], seed=0, cfg_scale=2.0)
-    b = gpt.generate([3], seed=0, cfg_scale=2.0, policy=zipar.ZipAR(16))  # window = row: raster
+    b = gpt.generate([3], seed=0, cfg_scale=2.0, policy=zipar.ZipAR(16))  # window = W: raster
     np.testing.assert_array_equal(a.tokens, b.tokens)
     z = gpt.generate([3], seed=0, cfg_scale=2.0, policy=zipar.ZipAR(4), decode_images=False)
     assert z.stats["forward_passes"] == 16 + 15 * 4 and a.stats["forward_passes"] == 256
