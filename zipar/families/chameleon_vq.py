@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -90,7 +90,7 @@ def read_vqgan_yaml(path) -> Dict[str, object]:
             lines = f.read().splitlines()
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read: {e}") from None
-    out: Dict[str, object] = {}
+    out: Dict[str, Any] = {}
     pending: Optional[str] = None
     for raw in lines:
         line = raw.split("#", 1)[0].rstrip()
@@ -177,7 +177,7 @@ class ChameleonVQDecoder:
     """
 
     def __init__(self, state_dict: Dict[str, np.ndarray], *, config: Optional[dict] = None):
-        sd = state_dict
+        sd: Dict[str, Any] = state_dict
         if isinstance(sd.get("state_dict"), dict):
             sd = sd["state_dict"]
         sd = {k: v for k, v in sd.items() if isinstance(k, str) and k.startswith(_KEEP)}
@@ -237,6 +237,7 @@ class ChameleonVQDecoder:
                 raise ValueError(f"VQGAN state dict: unexpected key {k!r}")
 
         self.codebook_size, self.embed_dim, self.z_channels = int(K), int(e), int(zc)
+        assert n_res is not None  # the plan has at least one level
         self.num_res_blocks = n_res - 1  # the config's value: n_res blocks per level
         self.channels = [blocks[-1][1] for _, blocks, _ in reversed(plan)]
         self.attn_levels = sorted(lev for lev, _, a in plan if a)
@@ -270,13 +271,13 @@ class ChameleonVQDecoder:
         ci = params("decoder.conv_in")
         self._conv_in = (ci["weight"], ci["bias"])
         c0 = ex.shapes["decoder.conv_in.bias"][0]
-        self._mid = [_Resnet(params("decoder.mid.block_1"), c0, c0),
+        self._mid: List[Any] = [_Resnet(params("decoder.mid.block_1"), c0, c0),
                      _Attn(params("decoder.mid.attn_1"), c0),
                      _Resnet(params("decoder.mid.block_2"), c0, c0)]
         self._levels: List[tuple] = []
         for lev, blocks, has_attn in plan:
             pre = f"decoder.up.{lev}"
-            layers = []
+            layers: List[Any] = []
             for j, (cin, cout) in enumerate(blocks):
                 layers.append(_Resnet(params(f"{pre}.block.{j}"), cin, cout))
                 if has_attn:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -440,6 +440,7 @@ class Emu3VQDecoder:
         self.codebook = f32("quantize.embedding.weight")  # (K, e), plain rows
         self.codebook_size, self.embed_dim = int(K), int(e)
         self.num_heads = int(num_heads)
+        assert n_res is not None  # the plan has at least one level
         self.num_res_blocks = n_res - 1  # the config's value: n_res blocks per level
         self.channels = [blocks[-1][1] for _, blocks, _, _ in reversed(plan)]
         self.attn_levels = sorted(lev for lev, _, a, _ in plan if a)
@@ -458,7 +459,7 @@ class Emu3VQDecoder:
         self._levels = []
         for lev, blocks, has_attn, up in plan:
             pre = f"decoder.up_block.up.{lev}"
-            layers = []
+            layers: List[Any] = []
             for j, (cin, cout) in enumerate(blocks):
                 layers.append(_Resnet(params(f"{pre}.block.{j}"), cin, cout))
                 if has_attn:

@@ -293,19 +293,24 @@ _ALLOWED_GLOBALS = types.MappingProxyType(_ALLOWED)
 del _ALLOWED
 
 
+def _allowed_global(module, name):
+    """The allow-listed object named module.name, else CheckpointError naming it."""
+    found = _ALLOWED_GLOBALS.get((module, name))
+    if found is not None:
+        return found
+    if module == "torch" and (name.endswith("Storage") or name.startswith("float8")):
+        raise CheckpointError(f"unsupported tensor type torch.{name} in checkpoint")
+    raise CheckpointError(
+        f"checkpoint references the global {module}.{name}, which is not on the allow-list "
+        "of tensor-rebuild functions; refusing to load it (it could run arbitrary code). "
+        "Only plain state dicts of tensors are supported.")
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickles data.pkl, resolving only the globals in _ALLOWED_GLOBALS."""
 
     def find_class(self, module, name):
-        found = _ALLOWED_GLOBALS.get((module, name))
-        if found is not None:
-            return found
-        if module == "torch" and (name.endswith("Storage") or name.startswith("float8")):
-            raise CheckpointError(f"unsupported tensor type torch.{name} in checkpoint")
-        raise CheckpointError(
-            f"checkpoint references the global {module}.{name}, which is not on the allow-list "
-            "of tensor-rebuild functions; refusing to load it (it could run arbitrary code). "
-            "Only plain state dicts of tensors are supported.")
+        return _allowed_global(module, name)
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -331,15 +336,25 @@ def _scan_pickle(path: str, data: bytes) -> None:
     given: one 5-byte opcode could demand 30 GB), and opcodes that reach the copyreg extension
     registry or build arbitrary classes are refused outright."""
     limit = len(data) + 1  # a real pickle memoises at most one object per opcode
+    strings: list = []  # the last two string arguments (STACK_GLOBAL's module and name)
+    last_global = ""
     try:
         for op, arg, _pos in pickletools.genops(data):
+            if isinstance(arg, str) and op.name != "GLOBAL" and op.name != "INST":
+                strings = (strings + [arg])[-2:]
+            if op.name in ("GLOBAL", "INST") or (op.name == "STACK_GLOBAL" and len(strings) == 2):
+                module, _, name = (str(arg).partition(" ") if op.name != "STACK_GLOBAL"
+                                   else (strings[0], " ", strings[1]))
+                _allowed_global(module, name)  # refuses (naming it) what is not allow-listed
+                last_global = f"{module}.{name}"
             if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET") \
                     and not (isinstance(arg, int) and 0 <= arg < limit):
                 raise CheckpointError(f"{path}: data.pkl uses memo index {arg!r:.40}, beyond "
                                       "any object it could have stored")
             if op.name in ("EXT1", "EXT2", "EXT4", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"):
-                raise CheckpointError(f"{path}: data.pkl uses the {op.name} opcode, which a "
-                                      "state dict never needs; refusing it")
+                what = f" (after the global {last_global})" if last_global else ""
+                raise CheckpointError(f"{path}: data.pkl uses the {op.name} opcode{what}, "
+                                      "which a state dict never needs; refusing it")
     except CheckpointError:
         raise
     except Exception as e:  # genops on a malformed stream: truncated args, unknown opcodes
