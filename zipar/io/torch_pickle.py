@@ -336,15 +336,13 @@ def _scan_pickle(path: str, data: bytes) -> None:
     given: one 5-byte opcode could demand 30 GB), and opcodes that reach the copyreg extension
     registry or build arbitrary classes are refused outright."""
     limit = len(data) + 1  # a real pickle memoises at most one object per opcode
-    strings: list = []  # the last two string arguments (STACK_GLOBAL's module and name)
     last_global = ""
     try:
         for op, arg, _pos in pickletools.genops(data):
-            if isinstance(arg, str) and op.name != "GLOBAL" and op.name != "INST":
-                strings = (strings + [arg])[-2:]
-            if op.name in ("GLOBAL", "INST") or (op.name == "STACK_GLOBAL" and len(strings) == 2):
-                module, _, name = (str(arg).partition(" ") if op.name != "STACK_GLOBAL"
-                                   else (strings[0], " ", strings[1]))
+            # GLOBAL and INST name their global in the opcode ("module name"); STACK_GLOBAL's
+            # come from the stack (maybe from the memo) and are checked when unpickling
+            if op.name in ("GLOBAL", "INST"):
+                module, _, name = str(arg).partition(" ")
                 _allowed_global(module, name)  # refuses (naming it) what is not allow-listed
                 last_global = f"{module}.{name}"
             if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET") \
