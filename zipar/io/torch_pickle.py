@@ -328,8 +328,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def _scan_pickle(path: str, data: bytes) -> None:
     """Reads the opcodes of data.pkl without running any (pickletools), before unpickling:
     memo indices are bounded (the C unpickler grows its memo table to the largest index it is
-    given: one 5-byte opcode could demand 30 GB), and opcodes that reach the copyreg extension
-    registry or build arbitrary classes are refused outright."""
+    given: one 5-byte opcode could demand 30 GB). Globals, whichever opcode names them (GLOBAL,
+    STACK_GLOBAL, INST, EXT*), all go through find_class and its allow-list."""
     limit = len(data) + 1  # a real pickle memoises at most one object per opcode
     try:
         for op, arg, _pos in pickletools.genops(data):
@@ -337,9 +337,6 @@ def _scan_pickle(path: str, data: bytes) -> None:
                     and not (isinstance(arg, int) and 0 <= arg < limit):
                 raise CheckpointError(f"{path}: data.pkl uses memo index {arg!r:.40}, beyond "
                                       "any object it could have stored")
-            if op.name in ("EXT1", "EXT2", "EXT4", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"):
-                raise CheckpointError(f"{path}: data.pkl uses the {op.name} opcode, which a "
-                                      "state dict never needs; refusing it")
     except CheckpointError:
         raise
     except Exception as e:  # genops on a malformed stream: truncated args, unknown opcodes
