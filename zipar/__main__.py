@@ -288,8 +288,7 @@ def main(argv=None):
     g.add_argument("--checkpoint", help="LlamaGen .pt/.npz/.safetensors (default: built-in)")
     g.add_argument("--vq", help="VQ-16 decoder checkpoint, for pixels")
     g.add_argument("--builtin", default="vq", choices=["vq", "pixels"],
-                   help="built-in model without --checkpoint: vq (16x16 VQ tokens) or pixels "
-                        "(28x28 grey-level tokens)")
+                   help="built-in model: vq (16x16 VQ tokens), pixels (28x28 grey)")
     g.add_argument("--grid", type=int, default=None,
                    help="grid side (default: stored, file name tag, or 16)")
     g.add_argument("--n-head", type=int, default=None, help="heads, for non-LlamaGen sizes")
