@@ -293,19 +293,24 @@ _ALLOWED_GLOBALS = types.MappingProxyType(_ALLOWED)
 del _ALLOWED
 
 
+def _allowed_global(module, name):
+    """The allow-listed object named module.name, else CheckpointError naming it."""
+    found = _ALLOWED_GLOBALS.get((module, name))
+    if found is not None:
+        return found
+    if module == "torch" and (name.endswith("Storage") or name.startswith("float8")):
+        raise CheckpointError(f"unsupported tensor type torch.{name} in checkpoint")
+    raise CheckpointError(
+        f"checkpoint references the global {module}.{name}, which is not on the allow-list "
+        "of tensor-rebuild functions; refusing to load it (it could run arbitrary code). "
+        "Only plain state dicts of tensors are supported.")
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickles data.pkl, resolving only the globals in _ALLOWED_GLOBALS."""
 
     def find_class(self, module, name):
-        found = _ALLOWED_GLOBALS.get((module, name))
-        if found is not None:
-            return found
-        if module == "torch" and (name.endswith("Storage") or name.startswith("float8")):
-            raise CheckpointError(f"unsupported tensor type torch.{name} in checkpoint")
-        raise CheckpointError(
-            f"checkpoint references the global {module}.{name}, which is not on the allow-list "
-            "of tensor-rebuild functions; refusing to load it (it could run arbitrary code). "
-            "Only plain state dicts of tensors are supported.")
+        return _allowed_global(module, name)
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -328,15 +333,26 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def _scan_pickle(path: str, data: bytes) -> None:
     """Reads the opcodes of data.pkl without running any (pickletools), before unpickling:
     memo indices are bounded (the C unpickler grows its memo table to the largest index it is
-    given: one 5-byte opcode could demand 30 GB). Globals, whichever opcode names them (GLOBAL,
-    STACK_GLOBAL, INST, EXT*), all go through find_class and its allow-list."""
+    given: one 5-byte opcode could demand 30 GB), and opcodes that reach the copyreg extension
+    registry or build arbitrary classes are refused outright."""
     limit = len(data) + 1  # a real pickle memoises at most one object per opcode
+    last_global = ""
     try:
         for op, arg, _pos in pickletools.genops(data):
+            # GLOBAL and INST name their global in the opcode ("module name"); STACK_GLOBAL's
+            # come from the stack (maybe from the memo) and are checked when unpickling
+            if op.name in ("GLOBAL", "INST"):
+                module, _, name = str(arg).partition(" ")
+                _allowed_global(module, name)  # refuses (naming it) what is not allow-listed
+                last_global = f"{module}.{name}"
             if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET") \
                     and not (isinstance(arg, int) and 0 <= arg < limit):
                 raise CheckpointError(f"{path}: data.pkl uses memo index {arg!r:.40}, beyond "
                                       "any object it could have stored")
+            if op.name in ("EXT1", "EXT2", "EXT4", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"):
+                what = f" (after the global {last_global})" if last_global else ""
+                raise CheckpointError(f"{path}: data.pkl uses the {op.name} opcode{what}, "
+                                      "which a state dict never needs; refusing it")
     except CheckpointError:
         raise
     except Exception as e:  # genops on a malformed stream: truncated args, unknown opcodes
@@ -493,9 +509,10 @@ class _TorchArchive:
                                   "end of the file; the archive is truncated")
         return start
 
-    def materialize(self, refs: Dict[str, _TensorRef], *, keep_bfloat16: bool = False
-                    ) -> Dict[str, np.ndarray]:
-        """Read the storages behind ``refs`` (each once, one at a time) and build the arrays."""
+    def materialize(self, refs: Dict[str, _TensorRef], *, keep_bfloat16: bool = False,
+                    convert=None) -> Dict[str, np.ndarray]:
+        """Read the storages behind ``refs`` (each once, one at a time) and build the arrays;
+        ``convert(name, array)`` replaces each array before the next storage is read."""
         by_storage: Dict[str, list] = {}
         for name, ref in refs.items():
             by_storage.setdefault(ref.storage.key, []).append(name)
@@ -504,6 +521,9 @@ class _TorchArchive:
             raw = self.read_storage(refs[names[0]].storage)
             for name in names:
                 out[name] = self._build(raw, refs[name], keep_bfloat16)
+            if convert is not None:
+                for name in names:
+                    out[name] = convert(name, out[name])
             del raw  # the storage lives on only through views into it
         return {name: out[name] for name in refs}
 
@@ -571,7 +591,8 @@ def _substitute(obj, arrays: dict, depth: int = 0):
 
 
 def read_torch_checkpoint(path, *, unwrap: bool = True, keep_bfloat16: bool = False,
-                          mmap: bool = False, select: Optional[Callable[[str], bool]] = None):
+                          mmap: bool = False, select: Optional[Callable[[str], bool]] = None,
+                          convert: Optional[Callable[[str, np.ndarray], np.ndarray]] = None):
     """Read a ``torch.save`` zip archive (torch >= 1.6) without PyTorch.
 
     Returns ``{name: np.ndarray}``: the state dict found by :func:`unwrap_state_dict` (top level
@@ -583,6 +604,8 @@ def read_torch_checkpoint(path, *, unwrap: bool = True, keep_bfloat16: bool = Fa
     ``keep_bfloat16``: return bfloat16 tensors as uint16 bit patterns instead of float32.
     ``mmap``: map uncompressed storage records straight from the file (read-only arrays, no
     copy, no CRC check) instead of reading them into memory.
+    ``convert(name, array)`` (with ``unwrap``): replaces each tensor as soon as its storage is
+    read, before the next storage is (e.g. float32 -> bfloat16 one tensor at a time).
 
     Each storage record is read once; tensors sharing it are views into it (strided, i.e.
     non-contiguous tensors are copied), so peak memory stays near one copy of the weights.
@@ -597,7 +620,7 @@ def read_torch_checkpoint(path, *, unwrap: bool = True, keep_bfloat16: bool = Fa
             refs = unwrap_state_dict(tree, path=path)
             if select is not None:
                 refs = {k: v for k, v in refs.items() if select(k)}
-            return archive.materialize(refs, keep_bfloat16=keep_bfloat16)
+            return archive.materialize(refs, keep_bfloat16=keep_bfloat16, convert=convert)
         found: list = []
         _collect_refs(tree, found)
         unique = {id(r): r for r in found}
