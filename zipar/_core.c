@@ -71,7 +71,7 @@ static void Model_dealloc(ModelObject *self) {
  * tok_embeddings, norm, output, then per layer attention_norm, wqkv, wo, ffn_norm, w1, w3, w2. */
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
     (void)kw;
-    zp_config c;
+    zp_config c = {0};
     PyObject *arrays;
     if (!PyArg_ParseTuple(args, "(iiiiiiiiiiiiff)O", &c.dim, &c.n_layer, &c.n_head, &c.n_kv_head,
                           &c.head_dim, &c.hidden, &c.vocab, &c.cls_token_num, &c.grid_h,
