@@ -110,7 +110,7 @@ def run_chunk(cell, first, last, args):
     model = zipar.load_default()
     full = _full_settings(cell, args)
     labels = np.arange(first, last) % model.config.num_classes
-    tokens, passes, queries, totals, seconds = zsweep._generate_cell(
+    tokens, passes, queries, totals, seconds = zsweep.generate_cell(
         model, full, labels, args.batch, first=first)
     log_prob = model.log_prob(labels, tokens)
     path = _chunk_path(cell, first, args)
@@ -164,7 +164,7 @@ def _pool(workers):
     import multiprocessing as mp
 
     return cf.ProcessPoolExecutor(max(1, workers), mp_context=mp.get_context("spawn"),
-                                  initializer=zsweep._process_worker_init,
+                                  initializer=zsweep.process_worker_init,
                                   initargs=(1, os.getpid()))
 
 
@@ -236,7 +236,7 @@ def _time_one(cell, args):
     model = zipar.load_default()
     full = _full_settings(cell, args)
     labels = np.arange(args.batch) % model.config.num_classes
-    tokens, _, _, _, seconds = zsweep._generate_cell(model, full, labels, args.batch)
+    tokens, _, _, _, seconds = zsweep.generate_cell(model, full, labels, args.batch)
     return seconds / args.batch, tokens
 
 
@@ -412,7 +412,8 @@ def plot(records):
         rs = sorted(rs, key=lambda r: r["forward_passes"])
         x = [r["forward_passes"] for r in rs]
         y = [r["fid_proxy"] for r in rs]
-        err = [[r["fid_proxy"] - r["fid_low"] for r in rs], [r["fid_high"] - r["fid_proxy"] for r in rs]]
+        err = [[r["fid_proxy"] - r["fid_low"] for r in rs],
+               [r["fid_high"] - r["fid_proxy"] for r in rs]]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=key)
     ax.set_xscale("log")
     ax.set_xlabel("forward passes per image (log)")

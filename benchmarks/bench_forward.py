@@ -54,10 +54,9 @@ def main():
     args = ap.parse_args()
     reps = 7 if args.quick else 25
     model = gpt_b()
-    c = model.config
     weight_bytes = 4 * (sum(a.size for k, a in model.weights.items()
                             if k.startswith("layers.")) + model.weights["output.weight"].size)
-    bw = zipar._core.read_bandwidth(512 << 20, 5) * 1e9
+    bw = zipar.runtime.read_bandwidth(512 << 20, 5)
     zipar.show_config()
     print(f"GPT-B shape: {model.n_params / 1e6:.1f}M params; weights read per pass "
           f"{weight_bytes / 1e6:.0f} MB; read bandwidth {bw / 1e9:.1f} GB/s "
@@ -71,7 +70,8 @@ def main():
         gbs = weight_bytes / t
         rows.append(dict(m=m, rows=2 * m, pass_ms=t * 1e3, weight_gbps=gbs / 1e9,
                          bandwidth_fraction=gbs / bw, ratio_to_m1=t / base))
-        print(f"{m:>3} {2 * m:>5} {t * 1e3:>9.2f} {gbs / 1e9:>7.1f} {gbs / bw:>7.1%} {t / base:>10.2f}")
+        print(f"{m:>3} {2 * m:>5} {t * 1e3:>9.2f} {gbs / 1e9:>7.1f} {gbs / bw:>7.1%} "
+              f"{t / base:>10.2f}")
     gen = []
     for pol in (zipar.Raster(), ZipAR(4)):
         n_img = 1

@@ -75,7 +75,8 @@ def main():
             results.append(rec)
             name = json.dumps(pol.to_dict())[:44]
             print(f"{name:<44} {passes:>6} {rec['seconds_per_image']:>7.2f} "
-                  f"{rec['step_gain']:>7.2f} {rec['wall_gain']:>7.2f} {rec['wall_over_step']:>6.2f} "
+                  f"{rec['step_gain']:>7.2f} {rec['wall_gain']:>7.2f} "
+                  f"{rec['wall_over_step']:>6.2f} "
                   f"{100 * sched:>7.2f}% {100 * sampling:>8.2f}%")
     fixed4 = [r for r in results if r["policy"]["policy"] == "ZipAR" and r["policy"]["window"] >= 4]
     summary = dict(

@@ -87,7 +87,7 @@ static zp_status check_config(const zp_config *c) {
     return ZP_OK;
 }
 
-/* Rotary tables per llamagen.md: pairs (2i, 2i+1); pair i < hd/4 turns by row * f_i, pair
+/* Rotary tables per docs/llamagen.md: pairs (2i, 2i+1); pair i < hd/4 turns by row * f_i, pair
  * i >= hd/4 by col * f_(i - hd/4), f_j = base^(-2j / (hd/2)). End-of-row slots use col = W.
  * Conditioning positions get cos = sin = 0 (their q and k are exactly zero). */
 static void build_rope(zp_model *m) {

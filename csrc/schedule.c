@@ -47,6 +47,8 @@ struct zp_session {
     zp_stats st;
     int32_t *pass_queries;
     size_t cap_pq;
+    int64_t *image_passes;  /* (B,) 1 + last pass with a query of the image */
+    int64_t *image_queries; /* (B,) queries of the image, all passes */
     int trace_on;
     int32_t *trace;
     size_t n_trace, cap_trace;
@@ -215,8 +217,10 @@ static zp_status session_new(const zp_model *m, int n_images, const prefix_args 
     s->draft_tok = calloc(n_images, sizeof(int32_t));
     s->n_verify = calloc(n_images, sizeof(int32_t));
     s->draft_q = pol->kind == ZP_POLICY_ADAPTIVE ? malloc(sizeof(double) * n_images * s->V) : NULL;
+    s->image_passes = calloc(n_images, sizeof(int64_t));
+    s->image_queries = calloc(n_images, sizeof(int64_t));
     if (!s->tokens || !s->fed || !s->progress || !s->row_start || !s->sample_ids ||
-        !s->draft_row || !s->draft_tok || !s->n_verify ||
+        !s->draft_row || !s->draft_tok || !s->n_verify || !s->image_passes || !s->image_queries ||
         (pol->kind == ZP_POLICY_ADAPTIVE && !s->draft_q)) {
         zp_session_free(s);
         return zp_fail(ZP_ERR_NOMEM, "cannot allocate session state");
@@ -238,6 +242,7 @@ void zp_session_free(zp_session *s) {
     free(s->draft_row); free(s->draft_tok); free(s->n_verify); free(s->draft_q);
     free(s->pass_queries); free(s->trace); free(s->q); free(s->q_role); free(s->it);
     free(s->logits); free(s->probs); free(s->work);
+    free(s->image_passes); free(s->image_queries);
     free(s);
 }
 
@@ -252,6 +257,8 @@ const int32_t *zp_session_progress(const zp_session *s) { return s->progress; }
 const int32_t *zp_session_row_start(const zp_session *s) { return s->row_start; }
 const zp_stats *zp_session_stats(const zp_session *s) { return &s->st; }
 const int32_t *zp_session_pass_queries(const zp_session *s) { return s->pass_queries; }
+const int64_t *zp_session_image_passes(const zp_session *s) { return s->image_passes; }
+const int64_t *zp_session_image_queries(const zp_session *s) { return s->image_queries; }
 const int32_t *zp_session_trace(const zp_session *s, int64_t *n) {
     *n = (int64_t)s->n_trace;
     return s->trace;
@@ -539,6 +546,10 @@ static zp_status execute(zp_session *s) {
                          sizeof(int32_t))))
         return st;
     s->pass_queries[s->st.passes] = (int32_t)s->nq;
+    for (size_t i = 0; i < s->nq; i++) {
+        s->image_queries[s->q[i].image]++;
+        s->image_passes[s->q[i].image] = s->st.passes + 1;
+    }
     s->st.queries += (int64_t)s->nq;
     s->st.passes++;
     return ZP_OK;

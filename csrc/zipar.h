@@ -5,20 +5,22 @@
  * zp_status; nothing exits, aborts or prints. Pointers in signatures are BORROWED unless the
  * comment says OWNED. Weights are borrowed: the caller keeps them alive for the model's life.
  *
- * Worked example (class-conditional, raster, greedy; error checks omitted):
+ * Worked example (class-conditional, ZipAR with window 2, greedy, no guidance; error checks
+ * omitted). csrc/tests/test_example.c compiles and runs exactly these lines:
  *
  *     zp_config cfg = {.dim = 64, .n_layer = 2, .n_head = 4, .n_kv_head = 4, .head_dim = 16,
  *                      .hidden = 256, .vocab = 100, .cls_token_num = 1, .grid_h = 4,
  *                      .grid_w = 4, .eor = 0, .norm_eps = 1e-5f, .rope_base = 10000.f};
  *     zp_model *m;  zp_model_new(&cfg, &weights, &m);        // weights: borrowed float32 arrays
- *     zp_sampling sp = zp_sampling_default();  sp.temperature = 0.f;
- *     zp_policy pol = {.kind = ZP_POLICY_RASTER};
- *     zp_session *s;  zp_session_new(m, n_images, prefix_emb, prefix_mask, &sp, &pol, &s);
+ *     zp_sampling sp = zp_sampling_default();  sp.temperature = 0.f;  sp.cfg_scale = 1.f;
+ *     zp_policy pol = {.kind = ZP_POLICY_ZIPAR, .window = 2};  // fields a kind ignores stay 0
+ *     zp_session *s;                                         // prefix_cond: (n_images, P, dim)
+ *     zp_session_new(m, n_images, prefix_cond, NULL, NULL, NULL, &sp, &pol, 0, &s);
  *     while (!zp_session_done(s)) zp_session_run_pass(s);    // or zp_session_run(s, abort_cb, ud)
- *     memcpy(out, zp_session_tokens(s), ...);                // (n_images, H, W) int32
+ *     memcpy(out, zp_session_tokens(s), sizeof(int32_t) * n_images * 4 * 4);  // (n_images, H, W)
  *     zp_session_free(s);  zp_model_free(m);
  *
- * Sequence layout (zipar.md): P conditioning positions, then the grid row by row, each row
+ * Sequence layout (docs/semantics.md): P conditioning positions, then the grid row by row, each row
  * followed by E in {0,1} end-of-row positions. Grid cell (r, c) sits at P + r*(W+E) + c.
  */
 #ifndef ZIPAR_H
@@ -140,6 +142,8 @@ int zp_cache_n_images(const zp_cache *c);
 int zp_cache_guided(const zp_cache *c);
 
 /* ---------------------------------------------------------------- the forward primitive */
+/* Passed across the Python binding as an (n, ZP_QUERY_FIELDS) int32 array: the layout is pinned
+ * by the static assertions below (and in zipar/_core.c). */
 typedef struct {
     int32_t image;       /* image index in the cache */
     int32_t pos;         /* sequence position; < P feeds the conditioning embedding */
@@ -149,6 +153,11 @@ typedef struct {
     int32_t guided;      /* 1: combine cond and uncond logits (needs a guided cache). A guided
                             cache runs both streams for every query either way. */
 } zp_query;
+#define ZP_QUERY_FIELDS 6 /* int32 words of a zp_query, in the order above */
+#ifndef __cplusplus
+_Static_assert(sizeof(zp_query) == ZP_QUERY_FIELDS * sizeof(int32_t),
+               "zp_query must be ZP_QUERY_FIELDS packed int32 words");
+#endif
 
 /* Evaluates one pass: writes every query's key/value into its slot (setting the slot state to
  * the query's chain), then returns for the queries with want_logits, in order, one row of
@@ -210,6 +219,9 @@ typedef enum {
 enum { ZP_SCHEDULE_EAGER = 0, ZP_SCHEDULE_PAPER = 1 };
 enum { ZP_PROXY_ABOVE = 0, ZP_PROXY_LEFT = 1 };
 
+/* Each kind reads only its own fields; the others are ignored (leave them 0):
+ *   RASTER: none; ZIPAR: window, schedule, proxy; ADAPTIVE: min_window, max_window, threshold,
+ *   schedule, proxy; EXTERNAL: proxy. */
 typedef struct {
     int kind;         /* zp_policy_kind */
     int window;       /* ZIPAR: 1..W */
@@ -274,9 +286,16 @@ const int32_t *zp_session_row_start(const zp_session *s); /* (n_images, H) pass 
 const zp_stats *zp_session_stats(const zp_session *s);
 /* Queries per pass, (passes,) */
 const int32_t *zp_session_pass_queries(const zp_session *s);
-/* Trace records (n, 6): pass, image, row, col, role, input token; row/col of the slot the query
+/* Per image, (n_images,): passes until the image's last query (1 + the last pass that had one)
+ * and its queries over all passes. */
+const int64_t *zp_session_image_passes(const zp_session *s);
+const int64_t *zp_session_image_queries(const zp_session *s);
+/* Trace records (n, ZP_TRACE_FIELDS): pass, image, row, col, role, input token; row/col of the slot the query
  * writes (the conditioning slot p gives row -1, col p and token -1; an end-of-row slot col W). */
 const int32_t *zp_session_trace(const zp_session *s, int64_t *n);
+#define ZP_TRACE_FIELDS 6
+/* zp_session_step's cells: (n, ZP_CELL_FIELDS) int32 rows (image, row, col). */
+#define ZP_CELL_FIELDS 3
 
 /* ---------------------------------------------------------------- probes */
 /* Best-of-reps read bandwidth (GB/s) of all OpenMP threads over a buffer of `bytes` (allocated

@@ -44,8 +44,8 @@ SETUP = _src('''
 
     from IPython.display import Image, display
 
-    from zipar.builtin import default_tokenizer
-    from zipar.png import encode_png, image_grid
+    from zipar.fmnist.builtin import default_tokenizer
+    from zipar.io.png import encode_png, image_grid
 
     print("zipar", zipar.__version__, "from", os.path.dirname(zipar.__file__), "| SMALL =", SMALL)
 ''')
@@ -203,7 +203,7 @@ QUICKSTART = [
                   f"(per image: {np.round(bits_per_token(lp), 3).tolist()})")
 
         try:
-            from zipar.eval import test_set
+            from zipar.fmnist.eval import test_set
 
             images, labels = test_set()
             per_class = 1 if SMALL else 10
@@ -236,7 +236,7 @@ SWEEP = [
     ("code", SETUP),
     ("code", '''
         from zipar import sweep as zsweep
-        from zipar.builtin import DATA_DIR
+        from zipar.fmnist.builtin import DATA_DIR
 
         if SMALL:
             WINDOWS, MIN_WINDOWS, THRESHOLDS, N_SAMPLES = [2, 4, 28], [4], [0.0, 0.5], 3
@@ -255,7 +255,7 @@ SWEEP = [
             metrics["class_accuracy"] = zsweep.eval_class_accuracy
         if not SMALL:
             try:
-                from zipar.eval import test_set
+                from zipar.fmnist.eval import test_set
 
                 test_set()
                 metrics["fid_proxy"] = zsweep.eval_fid_proxy
@@ -502,7 +502,7 @@ CUSTOM = [
         2. writes an *accelerating-window* policy: a wide window for the first rows (where the
            global shape is decided), then narrower and narrower;
         3. compares passes and sample NLL with the built-in policies;
-        4. runs the SJD-style speculative Jacobi decoder of `zipar.sjd`, written on the low-level
+        4. runs the SJD-style speculative Jacobi decoder of `zipar.reference.sjd`, written on the low-level
            session API.
     '''),
     ("code", SETUP),
@@ -518,37 +518,17 @@ CUSTOM = [
         ## ZipAR in Python
 
         Row r may decode its next column c once row r-1 holds columns up to min(c + s, W) - 1,
-        i.e. `progress[r-1] >= min(progress[r] + s, W)`. `window_for_row` lets subclasses vary the
-        window per row. The policy also records the pass at which it decoded each cell.
+        i.e. `progress[r-1] >= min(progress[r] + s, W)`. `zipar.reference.ReferenceZipAR` is that
+        rule written as a `zipar.Policy` in a few lines of NumPy (its `select` is printed below);
+        `window_for_row` lets subclasses vary the window per row, and `decoded_at` records the
+        pass at which each cell was decoded.
     '''),
     ("code", '''
-        class PyZipAR(zipar.Policy):
-            """Fixed-window ZipAR (eager schedule), in Python."""
+        import inspect
 
-            def __init__(self, window):
-                self.window = window
+        from zipar.reference import ReferenceZipAR as PyZipAR
 
-            def window_for_row(self, row):
-                return self.window
-
-            def reset(self, n_images, grid):
-                self.H, self.W = grid
-                self.windows = np.array([min(self.window_for_row(r), self.W) for r in range(self.H)])
-                self.decoded_at = np.full((n_images,) + tuple(grid), -1)
-
-            def select(self, state):
-                progress = state.progress                        # (images, H) decoded per row
-                ready = progress < self.W
-                need = np.minimum(progress[:, 1:] + self.windows[None, 1:], self.W)
-                ready[:, 1:] &= progress[:, :-1] >= need
-                image, row = np.nonzero(ready)
-                col = progress[image, row]
-                self.decoded_at[image, row, col] = state.pass_index
-                return np.stack([image, row, col], axis=1)
-
-            def to_dict(self):
-                return {"policy": type(self).__name__, "window": self.window}
-
+        print(inspect.getsource(PyZipAR.select))
 
         py_policies = {}
         for s in ((4,) if SMALL else (1, 2, 4, 7, 14, 28)):
@@ -613,7 +593,7 @@ CUSTOM = [
     ("md", '''
         ## SJD-style decoding on the session API
 
-        `zipar.sjd.sjd_generate` is speculative Jacobi decoding written in Python on
+        `zipar.reference.sjd_generate` is speculative Jacobi decoding written in Python on
         `model.session(...)`: each pass feeds the last committed token plus `window - 1` drafts in
         one chain (visible only inside it), accepts drafts left to right with the speculative
         sampling test and resamples the first rejected one. With `window=1` there are no drafts and
@@ -621,7 +601,7 @@ CUSTOM = [
         with `cfg_scale=1`).
     '''),
     ("code", '''
-        from zipar.sjd import sjd_generate
+        from zipar.reference import sjd_generate
 
         n = 1 if SMALL else len(LABELS)
         toks1, passes1, _ = sjd_generate(model, LABELS[:n], 1, seed=SEED)

@@ -88,7 +88,8 @@ def test_scattered_batched_queries_match_reference():
         for b in range(2):
             pos = rng.choice(np.arange(P, c.seq_len), size=5, replace=False)
             for p in pos:
-                qs.append((b, int(p), int(rng.integers(c.vocab_size)), int(rng.choice([0, 0, 3, 4])),
+                qs.append((b, int(p), int(rng.integers(c.vocab_size)),
+                           int(rng.choice([0, 0, 3, 4])),
                            int(rng.integers(2)), int(rng.integers(2))))
         got, want = both(qs)
         assert got.shape == want.shape
@@ -117,7 +118,8 @@ def test_zipar_passes_match_reference_visibility(policy, cfgi):
             name = zipar.ROLES[role]
             pos = col if r < 0 else c.cell_pos(r, col)
             chain = 1 + 1000 * p + k if name == "proxy" else 0
-            want = name in ("sample", "proxy", "eor") or (name == "prefix" and col == c.cls_token_num - 1)
+            want = name in ("sample", "proxy", "eor") or (name == "prefix" and
+                                                          col == c.cls_token_num - 1)
             qs.append((int(img), int(pos), max(int(tok), 0), chain, int(want), 1))
             if want:
                 if name == "prefix":
@@ -293,6 +295,7 @@ def test_log_prob_matches_logits():
     toks = np.random.default_rng(0).integers(0, 20, (3, 3, 4))
     lp = m.log_prob([0, 1, 2], toks)
     lg = m.logits([0, 1, 2], toks).astype(np.float64)
-    ls = lg - np.log(np.exp(lg - lg.max(-1, keepdims=True)).sum(-1, keepdims=True)) - lg.max(-1, keepdims=True)
+    top = lg.max(-1, keepdims=True)
+    ls = lg - np.log(np.exp(lg - top).sum(-1, keepdims=True)) - top
     want = np.take_along_axis(ls, toks.reshape(3, -1)[..., None], 2)[..., 0].sum(1)
     np.testing.assert_allclose(lp, want, rtol=1e-6)

@@ -1,15 +1,11 @@
 """PNG writer/reader and image grid."""
 
 import json
-import os
 import struct
 import zlib
 
 import numpy as np
 import pytest
-
-
-
 
 from zipar import png  # noqa: E402
 

@@ -5,6 +5,7 @@ import pytest
 
 import zipar
 from zipar import AdaptiveZipAR, Policy, Raster, ZipAR
+from zipar.reference import ReferenceZipAR
 from zipar.sjd import sjd_generate
 
 ROLE = {name: i for i, name in enumerate(zipar.ROLES)}
@@ -113,26 +114,8 @@ def test_trace_obeys_window_rule(eor):
         assert {r["role"] for r in recs} <= set(zipar.ROLES)
 
 
-class PyZipAR(Policy):
-    """Fixed-window ZipAR written in Python (eager schedule)."""
-
-    def __init__(self, window):
-        self.window = window
-
-    def select(self, state):
-        cells = []
-        n, H = state.progress.shape
-        W = state.grid[1]
-        for b in range(n):
-            for r in range(H):
-                c = state.progress[b, r]
-                if c >= W:
-                    continue
-                if r == 0 or state.progress[b, r - 1] >= min(c + self.window, W):
-                    cells.append((b, r, c))
-                if c == 0:
-                    break
-        return cells
+# The Python statement of the ZipAR rule (zipar.reference.ReferenceZipAR) against the C policy.
+PyZipAR = ReferenceZipAR
 
 
 @pytest.mark.parametrize("eor", [0, 1])

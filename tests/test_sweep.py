@@ -263,13 +263,15 @@ def test_interrupted_sweep_resumes_without_recomputing(tmp_path):
     def no_generation(*a, **kw):
         raise AssertionError("a finished cell was generated again")
 
-    orig = sw._generate_cell
-    sw._generate_cell = no_generation
+    from zipar.sweep import cell as sw_cell  # where sweeps look generate_cell up
+
+    orig = sw_cell.generate_cell
+    sw_cell.generate_cell = no_generation
     try:
         more = sweep(SPEC, GRID, n_samples=4, out=out, progress=False,
                      metrics={"t": counting, "nll_bits": sw.nll_bits})
     finally:
-        sw._generate_cell = orig
+        sw_cell.generate_cell = orig
     assert counted == [] and all(r["nll_bits"] > 0 for r in more.records)
     assert strip([{k: v for k, v in r.items() if k != "nll_bits"} for r in more.records]) == \
         strip(resumed.records)
@@ -324,7 +326,8 @@ def test_dask_missing_gives_clear_error(monkeypatch):
 def write_toml(path, out=None):
     path.write_text(textwrap.dedent(f"""
         [model]
-        random = {{ dim = 32, n_layer = 1, n_head = 2, vocab_size = 16, grid = [3, 4], num_classes = 3, seed = 1 }}
+        random = {{ dim = 32, n_layer = 1, n_head = 2, vocab_size = 16, grid = [3, 4], \
+num_classes = 3, seed = 1 }}
 
         [sweep]
         n_samples = 4
@@ -408,7 +411,9 @@ def test_eval_metric_wrappers(monkeypatch):
     clf = zeval.Classifier(w, {"input_mean": 0.3, "input_std": 0.35, "levels": 16})
     monkeypatch.setattr(zeval.Classifier, "load_default", classmethod(lambda cls, **kw: clf))
     monkeypatch.setattr(zeval, "_default_classifier", clf)
-    monkeypatch.setattr(sw, "_REFERENCE_FEATURES", {})
+    import zipar.fmnist.metrics
+
+    monkeypatch.setattr(zipar.fmnist.metrics, "_REFERENCE_FEATURES", {})
     model = zipar.random_model(dim=32, n_layer=1, n_head=2, vocab_size=16, grid=28,
                                num_classes=10, seed=3)
     model.tokenizer = GreyTokenizer(16)

@@ -1,4 +1,5 @@
-"""GreyTokenizer: palette, exact round trip of palette images, nearest-level encoding; idx reader."""
+"""GreyTokenizer: palette, exact round trip of palette images, nearest-level encoding; idx
+reader."""
 
 import gzip
 

@@ -75,7 +75,8 @@ class TorchGPT:
     def caption_prefix(self, captions):
         def cap_proj(c):
             h = F.linear(c, self.w["cls_embedding.cap_proj.fc1.weight"])
-            return F.linear(F.gelu(h, approximate="tanh"), self.w["cls_embedding.cap_proj.fc2.weight"])
+            return F.linear(F.gelu(h, approximate="tanh"),
+                            self.w["cls_embedding.cap_proj.fc2.weight"])
 
         caps = torch.tensor(np.asarray(captions, dtype=np.float64))
         unc = self.w["cls_embedding.uncond_embedding"].expand(caps.shape[0], -1, -1)

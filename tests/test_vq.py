@@ -1,14 +1,11 @@
 """VQ-16 decoder: fast NumPy path vs a slow float64 reference vs torch.nn.functional."""
 
-import os
 
 import numpy as np
 import pytest
 
-
-
-
 from zipar import vq  # noqa: E402
+
 VQDecoder = vq.VQDecoder
 
 
@@ -90,7 +87,6 @@ def _ref_conv(x, sd, name):
 
 
 def _ref_norm(x, sd, name):
-    C = x.shape[0]
     g = x.reshape(32, -1)
     g = (g - g.mean(axis=1, keepdims=True)) / np.sqrt(g.var(axis=1, keepdims=True) + 1e-6)
     return (g.reshape(x.shape) * sd[f"{name}.weight"].astype(np.float64)[:, None, None]

@@ -2,7 +2,7 @@
 small CNN classifier behind the package's FID-proxy.
 
 PyTorch is needed here only; the package itself runs on NumPy and its C core. The GPT follows
-/work/shared/spec/llamagen.md exactly (state-dict names, 2-D RoPE pair layout, zeroed
+docs/llamagen.md exactly (state-dict names, 2-D RoPE pair layout, zeroed
 conditioning q/k, RMSNorm in float32, SwiGLU hidden = find_multiple(int(8*dim/3), 256)).
 
 Modes
@@ -21,7 +21,6 @@ Usage (from the repository root; the idx.gz files under --data):
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -36,17 +35,10 @@ import torch.nn.functional as F
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_module(name, relpath):
-    """Import one zipar module from its file: zipar/__init__.py may need the C extension, which
-    is not built on the training machine."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, relpath))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-tokenizer_mod = _load_module("zipar_tokenizer", "zipar/tokenizer.py")
-GreyTokenizer, load_idx = tokenizer_mod.GreyTokenizer, tokenizer_mod.load_idx
+# The tokenizer is NumPy only and importing zipar loads no C code, so the training machine needs
+# no build: the checkout itself is put on the path.
+sys.path.insert(0, REPO)
+from zipar.fmnist.tokenizer import GreyTokenizer, load_idx  # noqa: E402
 
 LOG_PATH = None  # set by main(): every line also goes to --out, flushed at once, so a run
                 # killed at its time limit still leaves its log behind
@@ -150,7 +142,8 @@ class Block(nn.Module):
 
 
 def rope_table(cfg):
-    """cos, sin of shape (cls_token_num + H*W, head_dim/2): the 2-D rotary layout of llamagen.md.
+    """cos, sin of shape (cls_token_num + H*W, head_dim/2): the 2-D rotary layout of
+    docs/llamagen.md.
 
     Pair i < hd/4 rotates by row * f_i, pair i >= hd/4 by col * f_(i - hd/4), with
     f_j = 1 / base^(2j / (hd/2)). Conditioning positions get cos = sin = 0 (their q, k vanish).
@@ -312,7 +305,8 @@ def nll_bits(model, seqs, labels, batch=500, exact=False):
     for i in range(0, len(seqs), batch):
         s = seqs[i:i + batch].to(dev)
         lab = labels[i:i + batch].to(dev)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=(not exact and dev.type == "cuda")):
+        autocast = not exact and dev.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             logits = model(s[:, :-1], lab)
         lp = torch.log_softmax(logits.float(), dim=-1)
         tok_lp = lp.gather(-1, s.unsqueeze(-1)).squeeze(-1)  # (B, 784)
@@ -383,7 +377,8 @@ def train_gpt(cfg, train_seqs, train_labels, test_seqs, test_labels, dev, budget
             if progress >= 1.0 or (args.max_steps and step >= args.max_steps):
                 done = True
                 break
-            lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * progress))
+            lr = (args.lr * min(1.0, (step + 1) / args.warmup)
+                  * 0.5 * (1 + math.cos(math.pi * progress)))
             for g in opt.param_groups:
                 g["lr"] = lr
             idx = perm[b * bs:(b + 1) * bs]
@@ -613,10 +608,12 @@ def plot_curve(history, final_test, path):
         return
     ep = [h["epoch"] - 1 + h["fraction"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot(ep, [h["train_bpp_running"] for h in history], "o-", label="train (running, dropout on)")
+    ax.plot(ep, [h["train_bpp_running"] for h in history], "o-",
+            label="train (running, dropout on)")
     ax.plot([e for e, h in zip(ep, history) if "test_bpp" in h],
             [h["test_bpp"] for h in history if "test_bpp" in h], "s-", label="test (bf16)")
-    ax.axhline(final_test, color="grey", ls=":", label=f"test, exported fp16 weights: {final_test:.4f}")
+    ax.axhline(final_test, color="grey", ls=":",
+               label=f"test, exported fp16 weights: {final_test:.4f}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("NLL (bits per pixel token)")
     ax.set_title("LlamaGen c2i GPT on Fashion-MNIST")
@@ -627,7 +624,8 @@ def plot_curve(history, final_test, path):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=["main", "sweep"])
     ap.add_argument("--data", default=os.path.join(REPO, ".data"))
     ap.add_argument("--out", required=True)

@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+from .sampling import Sampling
+
 
 def _policy_args(p):
     p.add_argument("--policy", default=None, choices=["raster", "zipar", "adaptive"],
@@ -26,33 +28,33 @@ def _policy_args(p):
 
 def _sampling_args(p, cfg_default):
     p.add_argument("--cfg-scale", type=float, default=cfg_default)
-    p.add_argument("--cfg-interval", type=int, default=-1)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--cfg-interval", type=int, default=Sampling.cfg_interval)
+    p.add_argument("--temperature", type=float, default=Sampling.temperature)
     p.add_argument("--top-k", type=int, default=None,
                    help="0 = off (default: 2000 for LlamaGen checkpoints, off for the built-in)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=Sampling.top_p)
+    p.add_argument("--seed", type=int, default=Sampling.seed)
 
 
 def cmd_generate(a):
-    from . import png
+    from .io import png
     from .policies import Raster, ZipAR, policy_from_name
 
     if a.checkpoint:
-        from .checkpoint import load_llamagen
+        from .families.llamagen import load_llamagen
 
         model = load_llamagen(a.checkpoint, grid=a.grid, n_head=a.n_head,
                               num_classes=a.num_classes)
         if a.vq:
-            from .checkpoint import read_vq_state_dict
-            from .vq import VQDecoder
+            from .families.llamagen import read_vq_state_dict
+            from .families.vq16 import VQDecoder
 
             model.decoder = VQDecoder(read_vq_state_dict(a.vq))
         default_labels = [207, 360, 387, 974, 88, 979, 417, 279]
-        cfg = a.cfg_scale if a.cfg_scale is not None else 4.0
+        cfg = a.cfg_scale if a.cfg_scale is not None else Sampling.cfg_scale
         top_k = a.top_k if a.top_k is not None else 2000
     else:
-        from .builtin import load_default
+        from .fmnist.builtin import load_default
 
         model = load_default()
         default_labels = list(range(model.config.num_classes))
@@ -123,7 +125,7 @@ def cmd_generate(a):
 
 
 def cmd_convert(a):
-    from .checkpoint import load_llamagen, save_npz, save_safetensors
+    from .families.llamagen import load_llamagen, save_npz, save_safetensors
 
     model = load_llamagen(a.checkpoint, grid=a.grid, n_head=a.n_head, num_classes=a.num_classes)
     if a.out.endswith(".safetensors"):
@@ -135,14 +137,14 @@ def cmd_convert(a):
 
 
 def cmd_info(a):
-    from . import show_config
+    from .runtime import show_config
 
     show_config()
     return 0
 
 
 def cmd_sweep(a):
-    from .sweep import run_sweep_file
+    from .sweep.files import run_sweep_file
 
     run_sweep_file(a.config, out=a.out, executor=a.executor, workers=a.workers,
                    scheduler=a.scheduler, progress=not a.quiet)

@@ -11,9 +11,28 @@
 #include "matmul.h"
 #include "zipar.h"
 
+#include <stddef.h>
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+/* ================================================================ the boundary's layouts
+ *
+ * Cache.forward reads an (n, ZP_QUERY_FIELDS) int32 array in place as zp_query records, and
+ * Session.step an (n, ZP_CELL_FIELDS) int32 array as cells: pin both layouts here. Every other
+ * struct (zp_config, zp_sampling, zp_policy, zp_capture, zp_stats) is filled or read field by
+ * field from keyword arguments and dicts, never cast. */
+_Static_assert(sizeof(int32_t) == 4, "int32 words");
+_Static_assert(sizeof(zp_query) == ZP_QUERY_FIELDS * sizeof(int32_t), "zp_query: packed int32s");
+_Static_assert(offsetof(zp_query, image) == 0 * sizeof(int32_t), "zp_query.image is column 0");
+_Static_assert(offsetof(zp_query, pos) == 1 * sizeof(int32_t), "zp_query.pos is column 1");
+_Static_assert(offsetof(zp_query, token) == 2 * sizeof(int32_t), "zp_query.token is column 2");
+_Static_assert(offsetof(zp_query, chain) == 3 * sizeof(int32_t), "zp_query.chain is column 3");
+_Static_assert(offsetof(zp_query, want_logits) == 4 * sizeof(int32_t),
+               "zp_query.want_logits is column 4");
+_Static_assert(offsetof(zp_query, guided) == 5 * sizeof(int32_t), "zp_query.guided is column 5");
+_Static_assert(ZP_CELL_FIELDS == 3 && ZP_TRACE_FIELDS == 6, "cells and trace records");
 
 /* ================================================================ errors and arrays */
 
@@ -67,23 +86,63 @@ static void Model_dealloc(ModelObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Model(cfg: tuple of 13 numbers, arrays: sequence) with arrays ordered as
- * tok_embeddings, norm, output, then per layer attention_norm, wqkv, wo, ffn_norm, w1, w3, w2. */
+/* Pops an optional int or float keyword from a dict (a copy of the caller's kwargs). */
+static int pop_number(PyObject *kw, const char *key, int is_float, void *out) {
+    PyObject *v = kw ? PyDict_GetItemString(kw, key) : NULL;
+    if (!v) return 1;
+    if (is_float) {
+        double d = PyFloat_AsDouble(v);
+        if (d == -1.0 && PyErr_Occurred()) return 0;
+        *(float *)out = (float)d;
+    } else {
+        long l = PyLong_AsLong(v);
+        if (l == -1 && PyErr_Occurred()) return 0;
+        if (l < INT32_MIN || l > INT32_MAX) {
+            PyErr_Format(PyExc_OverflowError, "%s out of range", key);
+            return 0;
+        }
+        *(int *)out = (int)l;
+    }
+    return PyDict_DelItemString(kw, key) == 0;
+}
+
+/* Model(weights, *, dim, n_layer, n_head, n_kv_head, head_dim, hidden, vocab, cls_token_num,
+ *       grid_h, grid_w, eor, eor_token, norm_eps, rope_base,
+ *       rope_1d=0, qk_norm=0, qk_norm_eps=0, swin_norm=0, vis_lo=0, vis_hi=0): the zp_config
+ * fields by name (the last six are the model-family fields, optional: 0 keeps LlamaGen's
+ * behaviour); weights: a sequence of float32 arrays ordered as tok_embeddings, norm, output,
+ * then per layer the zp_layer_weights fields in their declaration order
+ * (zipar.model.LAYER_KEYS, then with qk_norm the q/k-norm weight and bias rows). */
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
-    (void)kw;
+    static char *kwlist[] = {"weights", "dim", "n_layer", "n_head", "n_kv_head", "head_dim",
+                             "hidden", "vocab", "cls_token_num", "grid_h", "grid_w", "eor",
+                             "eor_token", "norm_eps", "rope_base", NULL};
     zp_config c = {0};
     PyObject *arrays;
-    if (!PyArg_ParseTuple(args, "(iiiiiiiiiiiiff)O", &c.dim, &c.n_layer, &c.n_head, &c.n_kv_head,
-                          &c.head_dim, &c.hidden, &c.vocab, &c.cls_token_num, &c.grid_h,
-                          &c.grid_w, &c.eor, &c.eor_token, &c.norm_eps, &c.rope_base, &arrays))
+    PyObject *kw2 = kw ? PyDict_Copy(kw) : NULL;
+    if (kw && !kw2) return -1;
+    if (!pop_number(kw2, "rope_1d", 0, &c.rope_1d) || !pop_number(kw2, "qk_norm", 0, &c.qk_norm) ||
+        !pop_number(kw2, "qk_norm_eps", 1, &c.qk_norm_eps) ||
+        !pop_number(kw2, "swin_norm", 0, &c.swin_norm) || !pop_number(kw2, "vis_lo", 0, &c.vis_lo) ||
+        !pop_number(kw2, "vis_hi", 0, &c.vis_hi)) {
+        Py_XDECREF(kw2);
         return -1;
+    }
+    int ok = PyArg_ParseTupleAndKeywords(args, kw2, "O$iiiiiiiiiiiiff", kwlist, &arrays, &c.dim,
+                                         &c.n_layer, &c.n_head, &c.n_kv_head, &c.head_dim,
+                                         &c.hidden, &c.vocab, &c.cls_token_num, &c.grid_h,
+                                         &c.grid_w, &c.eor, &c.eor_token, &c.norm_eps,
+                                         &c.rope_base);
+    Py_XDECREF(kw2);
+    if (!ok) return -1;
     if (self->m) {
         PyErr_SetString(PyExc_RuntimeError, "Model already initialised");
         return -1;
     }
     PyObject *t = PySequence_Tuple(arrays);
     if (!t) return -1;
-    if (c.n_layer < 1 || PyTuple_GET_SIZE(t) != 3 + 7 * (Py_ssize_t)c.n_layer) {
+    const int per = c.qk_norm ? 11 : 7; /* zp_layer_weights fields this config reads */
+    if (c.n_layer < 1 || PyTuple_GET_SIZE(t) != 3 + per * (Py_ssize_t)c.n_layer) {
         Py_DECREF(t);
         PyErr_SetString(PyExc_ValueError, "wrong number of weight arrays");
         return -1;
@@ -102,12 +161,14 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
         PyErr_NoMemory();
         return -1;
     }
-    npy_intp sizes[7] = {D, QKV * D, D * c.n_head * HD, D, F * D, F * D, D * F};
-    const char *names[7] = {"attention_norm", "wqkv", "wo", "ffn_norm", "w1", "w3", "w2"};
+    npy_intp NQ = (npy_intp)c.n_head * HD, NK = (npy_intp)c.n_kv_head * HD;
+    npy_intp sizes[11] = {D, QKV * D, D * c.n_head * HD, D, F * D, F * D, D * F, NQ, NQ, NK, NK};
+    const char *names[11] = {"attention_norm", "wqkv", "wo", "ffn_norm", "w1", "w3", "w2",
+                             "q_norm_w", "q_norm_b", "k_norm_w", "k_norm_b"};
     for (int l = 0; l < c.n_layer; l++) {
-        const float *ptrs[7];
-        for (int j = 0; j < 7; j++) {
-            PyObject *a = PyTuple_GET_ITEM(t, 3 + 7 * l + j);
+        const float *ptrs[11] = {0};
+        for (int j = 0; j < per; j++) {
+            PyObject *a = PyTuple_GET_ITEM(t, 3 + per * l + j);
             if (!check_array(a, NPY_FLOAT32, sizes[j], names[j])) {
                 PyMem_Free(L);
                 Py_DECREF(t);
@@ -115,7 +176,8 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
             }
             ptrs[j] = DATA(a);
         }
-        L[l] = (zp_layer_weights){ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], ptrs[6]};
+        L[l] = (zp_layer_weights){ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], ptrs[6],
+                                  ptrs[7], ptrs[8], ptrs[9], ptrs[10]};
     }
     zp_weights w = {.tok_embeddings = DATA(PyTuple_GET_ITEM(t, 0)), .layers = L,
                     .norm = DATA(PyTuple_GET_ITEM(t, 1)), .output = DATA(PyTuple_GET_ITEM(t, 2))};
@@ -166,12 +228,41 @@ static int prefix_args(const zp_config *cfg, int n, int guided, PyObject *cond, 
     return 1;
 }
 
+/* Token-id prefixes (zp_cache_new_ids): ids (n, P) int32, right-aligned, and lengths (n,) int32
+ * per stream; the unconditional pair only when guided. Fills the pointers. */
+static int ids_args(const zp_config *cfg, int n, int guided, PyObject *ids, PyObject *len,
+                    PyObject *uids, PyObject *ulen, const int32_t **pi, const int32_t **pl,
+                    const int32_t **pui, const int32_t **pul) {
+    npy_intp need = (npy_intp)n * cfg->cls_token_num;
+    if (!check_array(ids, NPY_INT32, need, "prefix_ids") ||
+        !check_array(len, NPY_INT32, n, "prefix_len"))
+        return 0;
+    *pi = DATA(ids);
+    *pl = DATA(len);
+    *pui = *pul = NULL;
+    if (guided) {
+        if (!check_array(uids, NPY_INT32, need, "uncond_ids") ||
+            !check_array(ulen, NPY_INT32, n, "uncond_len"))
+            return 0;
+        *pui = DATA(uids);
+        *pul = DATA(ulen);
+    }
+    return 1;
+}
+
+/* Cache(model, n_images, guided, prefix_cond, prefix_uncond=None, prefix_mask=None, *,
+ *       prefix_ids=None, prefix_len=None, uncond_ids=None, uncond_len=None): conditioning as
+ * embeddings, or (prefix_cond None) as token ids of each stream's own length. */
 static int Cache_init(CacheObject *self, PyObject *args, PyObject *kw) {
-    (void)kw;
+    static char *kwlist[] = {"model", "n_images", "guided", "prefix_cond", "prefix_uncond",
+                             "prefix_mask", "prefix_ids", "prefix_len", "uncond_ids",
+                             "uncond_len", NULL};
     ModelObject *model;
     int n, guided;
-    PyObject *cond, *unc, *mask;
-    if (!PyArg_ParseTuple(args, "O!iiOOO", &ModelType, &model, &n, &guided, &cond, &unc, &mask))
+    PyObject *cond, *unc = Py_None, *mask = Py_None;
+    PyObject *ids = Py_None, *len = Py_None, *uids = Py_None, *ulen = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!ipO|OO$OOOO", kwlist, &ModelType, &model, &n,
+                                     &guided, &cond, &unc, &mask, &ids, &len, &uids, &ulen))
         return -1;
     if (self->c) {
         PyErr_SetString(PyExc_RuntimeError, "Cache already initialised");
@@ -183,11 +274,26 @@ static int Cache_init(CacheObject *self, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_ValueError, "n_images must be >= 1");
         return -1;
     }
-    if (!prefix_args(zp_model_config(model->m), n, guided, cond, unc, mask, &pc, &pu, &pm)) return -1;
     zp_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = zp_cache_new(model->m, n, guided, pc, pu, pm, &self->c);
-    Py_END_ALLOW_THREADS
+    if (ids != Py_None) {
+        const int32_t *pi, *pl, *pui, *pul;
+        if (cond != Py_None || unc != Py_None || mask != Py_None) {
+            PyErr_SetString(PyExc_ValueError, "give prefix embeddings or prefix_ids, not both");
+            return -1;
+        }
+        if (!ids_args(zp_model_config(model->m), n, guided, ids, len, uids, ulen, &pi, &pl, &pui,
+                      &pul))
+            return -1;
+        Py_BEGIN_ALLOW_THREADS
+        st = zp_cache_new_ids(model->m, n, guided, pi, pl, pui, pul, &self->c);
+        Py_END_ALLOW_THREADS
+    } else {
+        if (!prefix_args(zp_model_config(model->m), n, guided, cond, unc, mask, &pc, &pu, &pm))
+            return -1;
+        Py_BEGIN_ALLOW_THREADS
+        st = zp_cache_new(model->m, n, guided, pc, pu, pm, &self->c);
+        Py_END_ALLOW_THREADS
+    }
     if (st) {
         raise_status(st);
         return -1;
@@ -212,12 +318,15 @@ static PyObject *Cache_slots(CacheObject *self, void *closure) {
 
 /* forward(queries int32 (n, 6), cfg_scale, capture=None) -> logits float32 (n_logits, vocab).
  * capture: (query int32 (k,), layer int32 (k,), head int32 (k,), out float32 (k, seq_len)). */
-static PyObject *Cache_forward(CacheObject *self, PyObject *args) {
+static PyObject *Cache_forward(CacheObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"queries", "cfg_scale", "capture", NULL};
     PyObject *qa, *capture = Py_None;
     float cfg_scale;
-    if (!PyArg_ParseTuple(args, "Of|O", &qa, &cfg_scale, &capture)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Of|O", kwlist, &qa, &cfg_scale, &capture))
+        return NULL;
     if (!check_array(qa, NPY_INT32, -1, "queries")) return NULL;
-    if (PyArray_NDIM((PyArrayObject *)qa) != 2 || PyArray_DIM((PyArrayObject *)qa, 1) != 6) {
+    if (PyArray_NDIM((PyArrayObject *)qa) != 2 ||
+        PyArray_DIM((PyArrayObject *)qa, 1) != ZP_QUERY_FIELDS) {
         PyErr_SetString(PyExc_ValueError, "queries must have shape (n, 6)");
         return NULL;
     }
@@ -263,7 +372,7 @@ static PyObject *Cache_forward(CacheObject *self, PyObject *args) {
 }
 
 static PyMethodDef Cache_methods[] = {
-    {"forward", (PyCFunction)Cache_forward, METH_VARARGS, "One pass over a batch of queries."},
+    {"forward", (PyCFunction)(void (*)(void))Cache_forward, METH_VARARGS | METH_KEYWORDS, "One pass over a batch of queries."},
     {NULL, NULL, 0, NULL}};
 static PyGetSetDef Cache_getset[] = {
     {"slots", (getter)Cache_slots, NULL, "(n_images, seq_len) int32 slot states (writable view)",
@@ -286,21 +395,32 @@ static void Session_dealloc(SessionObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Session(model, n, prefix_cond, prefix_uncond, prefix_mask, sample_ids,
- *         (cfg_scale, cfg_interval, temperature, top_k, top_p, seed),
- *         (kind, window, schedule, proxy, min_window, max_window, threshold), trace) */
+/* Session(model, n_images, prefix_cond, prefix_uncond, prefix_mask, sample_ids, *,
+ *         prefix_ids, prefix_len, uncond_ids, uncond_len,   (token-id prefixes, see Cache)
+ *         cfg_scale, cfg_interval, temperature, top_k, top_p, seed,   (zp_sampling, by name)
+ *         kind, window, schedule, proxy, min_window, max_window, threshold,   (zp_policy)
+ *         trace=False)
+ * Sampling fields left out take zp_sampling_default()'s values; policy fields left out are 0
+ * (a kind ignores the fields it does not read, see zipar.h). */
 static int Session_init(SessionObject *self, PyObject *args, PyObject *kw) {
-    (void)kw;
+    static char *kwlist[] = {"model", "n_images", "prefix_cond", "prefix_uncond", "prefix_mask",
+                             "sample_ids", "prefix_ids", "prefix_len", "uncond_ids",
+                             "uncond_len", "cfg_scale", "cfg_interval", "temperature", "top_k",
+                             "top_p", "seed", "kind", "window", "schedule", "proxy",
+                             "min_window", "max_window", "threshold", "trace", NULL};
     ModelObject *model;
-    int n, trace;
-    PyObject *cond, *unc, *mask, *sids;
-    zp_sampling sp;
-    zp_policy pol;
-    unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "O!iOOOO(fififK)(iiiiiid)p", &ModelType, &model, &n, &cond, &unc,
-                          &mask, &sids, &sp.cfg_scale, &sp.cfg_interval, &sp.temperature,
-                          &sp.top_k, &sp.top_p, &seed, &pol.kind, &pol.window, &pol.schedule,
-                          &pol.proxy, &pol.min_window, &pol.max_window, &pol.threshold, &trace))
+    int n, trace = 0;
+    PyObject *cond, *unc = Py_None, *mask = Py_None, *sids = Py_None;
+    PyObject *pids = Py_None, *plen = Py_None, *uids = Py_None, *ulen = Py_None;
+    zp_sampling sp = zp_sampling_default();
+    zp_policy pol = {0};
+    unsigned long long seed = sp.seed;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!iO|OOO$OOOOfififKiiiiiidp", kwlist, &ModelType,
+                                     &model, &n, &cond, &unc, &mask, &sids, &pids, &plen, &uids,
+                                     &ulen, &sp.cfg_scale,
+                                     &sp.cfg_interval, &sp.temperature, &sp.top_k, &sp.top_p,
+                                     &seed, &pol.kind, &pol.window, &pol.schedule, &pol.proxy,
+                                     &pol.min_window, &pol.max_window, &pol.threshold, &trace))
         return -1;
     if (self->s) {
         PyErr_SetString(PyExc_RuntimeError, "Session already initialised");
@@ -312,9 +432,18 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw) {
         return -1;
     }
     const zp_config *cfg = zp_model_config(model->m);
-    const float *pc, *pu;
-    const uint8_t *pm;
-    if (!prefix_args(cfg, n, sp.cfg_scale != 1.0f, cond, unc, mask, &pc, &pu, &pm)) return -1;
+    const float *pc = NULL, *pu = NULL;
+    const uint8_t *pm = NULL;
+    const int32_t *pi = NULL, *pl = NULL, *pui = NULL, *pul = NULL;
+    if (pids != Py_None) {
+        if (cond != Py_None || unc != Py_None || mask != Py_None) {
+            PyErr_SetString(PyExc_ValueError, "give prefix embeddings or prefix_ids, not both");
+            return -1;
+        }
+        if (!ids_args(cfg, n, sp.cfg_scale != 1.0f, pids, plen, uids, ulen, &pi, &pl, &pui, &pul))
+            return -1;
+    } else if (!prefix_args(cfg, n, sp.cfg_scale != 1.0f, cond, unc, mask, &pc, &pu, &pm))
+        return -1;
     const uint32_t *ids = NULL;
     if (sids != Py_None) {
         if (!check_array(sids, NPY_UINT32, n, "sample_ids")) return -1;
@@ -322,7 +451,10 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw) {
     }
     zp_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = zp_session_new(model->m, n, pc, pu, pm, ids, &sp, &pol, trace, &self->s);
+    if (pi)
+        st = zp_session_new_ids(model->m, n, pi, pl, pui, pul, ids, &sp, &pol, trace, &self->s);
+    else
+        st = zp_session_new(model->m, n, pc, pu, pm, ids, &sp, &pol, trace, &self->s);
     Py_END_ALLOW_THREADS
     if (st) {
         raise_status(st);
@@ -352,10 +484,11 @@ static int enter(SessionObject *self) {
 /* run(max_passes=-1, callback=None): passes until done or max_passes; the GIL is released during
  * each pass and taken between passes to check for Ctrl-C and call callback(passes_done). On an
  * interrupt the session keeps everything decoded so far and KeyboardInterrupt propagates. */
-static PyObject *Session_run(SessionObject *self, PyObject *args) {
+static PyObject *Session_run(SessionObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"max_passes", "callback", NULL};
     long long max_passes = -1;
     PyObject *cb = Py_None;
-    if (!PyArg_ParseTuple(args, "|LO", &max_passes, &cb)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|LO", kwlist, &max_passes, &cb)) return NULL;
     if (!enter(self)) return NULL;
     long long done = 0;
     zp_status st = ZP_OK;
@@ -389,7 +522,7 @@ static PyObject *Session_step(SessionObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O", &cells)) return NULL;
     if (!check_array(cells, NPY_INT32, -1, "cells")) return NULL;
     PyArrayObject *ca = (PyArrayObject *)cells;
-    if (PyArray_NDIM(ca) != 2 || PyArray_DIM(ca, 1) != 3) {
+    if (PyArray_NDIM(ca) != 2 || PyArray_DIM(ca, 1) != ZP_CELL_FIELDS) {
         PyErr_SetString(PyExc_ValueError, "cells must have shape (n, 3): image, row, col");
         return NULL;
     }
@@ -437,11 +570,25 @@ static PyObject *Session_pass_queries(SessionObject *self, void *c) {
     npy_intp d[1] = {(npy_intp)zp_session_stats(self->s)->passes};
     return copy_int32(zp_session_pass_queries(self->s), 1, d);
 }
+static PyObject *copy_int64(const int64_t *src, npy_intp n) {
+    PyObject *a = PyArray_SimpleNew(1, &n, NPY_INT64);
+    if (!a) return NULL;
+    if (n) memcpy(DATA(a), src, sizeof(int64_t) * n);
+    return a;
+}
+static PyObject *Session_image_passes(SessionObject *self, void *c) {
+    (void)c;
+    return copy_int64(zp_session_image_passes(self->s), self->n_images);
+}
+static PyObject *Session_image_queries(SessionObject *self, void *c) {
+    (void)c;
+    return copy_int64(zp_session_image_queries(self->s), self->n_images);
+}
 static PyObject *Session_trace(SessionObject *self, void *c) {
     (void)c;
     int64_t n;
     const int32_t *t = zp_session_trace(self->s, &n);
-    npy_intp d[2] = {(npy_intp)n, 6};
+    npy_intp d[2] = {(npy_intp)n, ZP_TRACE_FIELDS};
     return copy_int32(t, 2, d);
 }
 static PyObject *Session_stats(SessionObject *self, void *c) {
@@ -459,7 +606,7 @@ static PyObject *Session_stats(SessionObject *self, void *c) {
 }
 
 static PyMethodDef Session_methods[] = {
-    {"run", (PyCFunction)Session_run, METH_VARARGS, "Run passes of the built-in policy."},
+    {"run", (PyCFunction)(void (*)(void))Session_run, METH_VARARGS | METH_KEYWORDS, "Run passes of the built-in policy."},
     {"step", (PyCFunction)Session_step, METH_VARARGS, "One pass decoding the given cells."},
     {NULL, NULL, 0, NULL}};
 static PyGetSetDef Session_getset[] = {
@@ -468,6 +615,9 @@ static PyGetSetDef Session_getset[] = {
     {"row_start", (getter)Session_row_start, NULL, "(n, H) pass of each row start", NULL},
     {"done", (getter)Session_done, NULL, "all cells decoded", NULL},
     {"pass_queries", (getter)Session_pass_queries, NULL, "queries per pass", NULL},
+    {"image_passes", (getter)Session_image_passes, NULL, "(n,) passes until each image's last "
+     "query", NULL},
+    {"image_queries", (getter)Session_image_queries, NULL, "(n,) queries of each image", NULL},
     {"trace", (getter)Session_trace, NULL, "(n, 6) pass, image, row, col, role, token", NULL},
     {"stats", (getter)Session_stats, NULL, "counters", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
@@ -493,11 +643,14 @@ static PyObject *py_uniform(PyObject *mod, PyObject *args) {
 }
 
 /* sampling_probs(logits float32 (n, V), temperature, top_k, top_p) -> float64 (n, V) */
-static PyObject *py_sampling_probs(PyObject *mod, PyObject *args) {
+static PyObject *py_sampling_probs(PyObject *mod, PyObject *args, PyObject *kw) {
     (void)mod;
+    static char *kwlist[] = {"logits", "temperature", "top_k", "top_p", NULL};
     PyObject *lg;
     zp_sampling sp = zp_sampling_default();
-    if (!PyArg_ParseTuple(args, "Ofif", &lg, &sp.temperature, &sp.top_k, &sp.top_p)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|fif", kwlist, &lg, &sp.temperature, &sp.top_k,
+                                     &sp.top_p))
+        return NULL;
     zp_status st = zp_sampling_check(&sp);
     if (st) return raise_status(st);
     if (!check_array(lg, NPY_FLOAT32, -1, "logits")) return NULL;
@@ -519,6 +672,17 @@ static PyObject *py_sampling_probs(PyObject *mod, PyObject *args) {
                           work);
     PyMem_Free(work);
     return out;
+}
+
+/* sampling_default() -> dict of zp_sampling_default()'s fields (the one source of the defaults) */
+static PyObject *py_sampling_default(PyObject *mod, PyObject *noargs) {
+    (void)mod;
+    (void)noargs;
+    zp_sampling sp = zp_sampling_default();
+    return Py_BuildValue("{sdsisdsisdsK}", "cfg_scale", (double)sp.cfg_scale, "cfg_interval",
+                         sp.cfg_interval, "temperature", (double)sp.temperature, "top_k",
+                         sp.top_k, "top_p", (double)sp.top_p, "seed",
+                         (unsigned long long)sp.seed);
 }
 
 static PyObject *py_draw(PyObject *mod, PyObject *args) {
@@ -590,7 +754,9 @@ static PyMethodDef module_methods[] = {
     {"read_bandwidth", py_read_bandwidth, METH_VARARGS, "read_bandwidth(bytes, reps) -> GB/s"},
     {"philox4x32_10", py_philox, METH_VARARGS, "Philox4x32-10(counter4, key2) -> 4 words."},
     {"uniform", py_uniform, METH_VARARGS, "uniform(seed, sample_id, pos, draw) in [0, 1)."},
-    {"sampling_probs", py_sampling_probs, METH_VARARGS, "Sampling distribution of logits rows."},
+    {"sampling_probs", (PyCFunction)(void (*)(void))py_sampling_probs,
+     METH_VARARGS | METH_KEYWORDS, "Sampling distribution of logits rows."},
+    {"sampling_default", py_sampling_default, METH_NOARGS, "zp_sampling_default() as a dict."},
     {"draw", py_draw, METH_VARARGS, "Inverse-CDF draw."},
     {"set_num_threads", py_set_num_threads, METH_VARARGS, "Threads for OpenMP and OpenBLAS."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Current thread count."},
@@ -641,6 +807,20 @@ PyMODINIT_FUNC PyInit__core(void) {
     Py_INCREF(&ModelType);
     Py_INCREF(&CacheType);
     Py_INCREF(&SessionType);
+    /* the C constants Python uses (zipar.h): one source of truth for both sides */
+#define ADD_CONST(name) PyModule_AddIntConstant(m, #name, name) < 0
+    if (ADD_CONST(ZP_ROLE_PREFIX) || ADD_CONST(ZP_ROLE_SAMPLE) || ADD_CONST(ZP_ROLE_PROXY) ||
+        ADD_CONST(ZP_ROLE_REFEED) || ADD_CONST(ZP_ROLE_VERIFY) || ADD_CONST(ZP_ROLE_DRAFT) ||
+        ADD_CONST(ZP_ROLE_EOR) || ADD_CONST(ZP_POLICY_RASTER) || ADD_CONST(ZP_POLICY_ZIPAR) ||
+        ADD_CONST(ZP_POLICY_ADAPTIVE) || ADD_CONST(ZP_POLICY_EXTERNAL) ||
+        ADD_CONST(ZP_SCHEDULE_EAGER) || ADD_CONST(ZP_SCHEDULE_PAPER) ||
+        ADD_CONST(ZP_PROXY_ABOVE) || ADD_CONST(ZP_PROXY_LEFT) || ADD_CONST(ZP_SLOT_UNWRITTEN) ||
+        ADD_CONST(ZP_SLOT_MASKED) || ADD_CONST(ZP_SLOT_COMMITTED) ||
+        ADD_CONST(ZP_QUERY_FIELDS) || ADD_CONST(ZP_CELL_FIELDS) || ADD_CONST(ZP_TRACE_FIELDS)) {
+        Py_DECREF(m);
+        return NULL;
+    }
+#undef ADD_CONST
     if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0 ||
         PyModule_AddObject(m, "Cache", (PyObject *)&CacheType) < 0 ||
         PyModule_AddObject(m, "Session", (PyObject *)&SessionType) < 0) {

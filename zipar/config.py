@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Optional, Tuple, Union
+
+import numpy as np
 
 __all__ = ["ModelConfig", "find_multiple", "llamagen_hidden", "LLAMAGEN_SIZES"]
 
@@ -122,14 +125,37 @@ class ModelConfig:
         """Conditioning positions plus the grid (with end-of-row positions when eor=1)."""
         return self.cls_token_num + self.H * (self.W + self.eor)
 
-    def cell_pos(self, r: int, c: int) -> int:
-        """Sequence position of grid cell (r, c)."""
+    def cell_pos(self, r, c):
+        """Sequence position of grid cell (r, c): the one place of the layout in Python.
+
+        P conditioning positions come first, then the grid row by row, each row followed by E
+        end-of-row slots: cell (r, c) sits at ``P + r*(W+E) + c`` (c == W is row r's end-of-row
+        slot). Works element-wise on arrays. (C: zp_cell_pos.)
+        """
         return self.cls_token_num + r * (self.W + self.eor) + c
+
+    def position(self, row, col):
+        """Sequence positions of (row, col) addresses, element-wise; row -1 with col p addresses
+        conditioning position p, other rows are grid cells (:meth:`cell_pos`)."""
+        row, col = np.asarray(row), np.asarray(col)
+        return np.where(row < 0, col, self.cell_pos(row, col))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["grid"] = list(self.grid)
         return d
+
+    def to_json(self) -> str:
+        """The config as canonical JSON (what checkpoints store)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def c_kwargs(self) -> dict:
+        """The zp_config fields by name: keyword arguments of the binding's Model."""
+        return dict(dim=self.dim, n_layer=self.n_layer, n_head=self.n_head,
+                    n_kv_head=self.n_kv_head, head_dim=self.head_dim, hidden=self.hidden,
+                    vocab=self.vocab_size, cls_token_num=self.cls_token_num, grid_h=self.H,
+                    grid_w=self.W, eor=self.eor, eor_token=self.eor_token,
+                    norm_eps=self.norm_eps, rope_base=self.rope_base)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

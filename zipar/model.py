@@ -1,31 +1,58 @@
-"""The Python face of the engine: :class:`Model`, generation, scoring and the low-level session."""
+"""The Python face of the engine: :class:`Model` (weights, conditioning, generation, scoring).
+
+The session objects (:class:`~zipar.session.GenerationResult`, :class:`~zipar.session.RawSession`)
+live in zipar.session, the sampling settings in zipar.sampling.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping
 
 import numpy as np
 
-from . import _core
+from ._ext import core
 from .config import ModelConfig
-from .policies import AdaptiveZipAR, Policy, PolicyState, Raster, ZipAR, _Builtin
+from .io.dtypes import as_float
+from .policies import Policy, Raster, _Builtin
+from .sampling import Sampling, check_sample_ids, is_guided
+from .session import (GenerationResult, RawSession, expected_passes, histogram, progress_bar,
+                      run_python_policy)
 
-__all__ = ["Model", "GenerationResult", "RawSession", "expected_weight_shapes", "ROLES"]
+__all__ = ["Model", "GenerationResult", "RawSession", "expected_weight_shapes", "ROLES",  # noqa: F822
+           "LAYER_KEYS", "random_model"]
 
-#: Query roles recorded in traces (csrc/zipar.h ZP_ROLE_*).
-ROLES = ("prefix", "sample", "proxy", "refeed", "verify", "draft", "eor")
-
-_LAYER_KEYS = ("attention_norm.weight", "attention.wqkv.weight", "attention.wo.weight",
+#: The per-layer weights, in the order of csrc/zipar.h's zp_layer_weights fields: the one list
+#: the binding's weight sequence, the shape table and the checkpoint readers follow.
+LAYER_KEYS = ("attention_norm.weight", "attention.wqkv.weight", "attention.wo.weight",
                "ffn_norm.weight", "feed_forward.w1.weight", "feed_forward.w3.weight",
                "feed_forward.w2.weight")
 
 
-def expected_weight_shapes(cfg: ModelConfig) -> Dict[str, tuple]:
-    """State-dict names and shapes a Model of this config needs (llamagen.md)."""
+_LAYER_KEYS = LAYER_KEYS  # the old private name
+
+
+def __getattr__(name):
+    if name == "ROLES":  # read from the extension on first use (zipar.session)
+        from . import session
+
+        return session.ROLES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def layer_shapes(cfg: ModelConfig) -> Dict[str, tuple]:
+    """Shapes of one layer's weights, keyed by :data:`LAYER_KEYS`."""
     D, hd = cfg.dim, cfg.head_dim
+    qkv = (cfg.n_head + 2 * cfg.n_kv_head) * hd
+    shapes = ((D,), (qkv, D), (D, cfg.n_head * hd), (D,), (cfg.hidden, D), (cfg.hidden, D),
+              (D, cfg.hidden))
+    return dict(zip(LAYER_KEYS, shapes))
+
+
+def expected_weight_shapes(cfg: ModelConfig) -> Dict[str, tuple]:
+    """State-dict names and shapes a Model of this config needs (docs/llamagen.md)."""
+    D = cfg.dim
     shapes = {
         "tok_embeddings.weight": (cfg.vocab_size, D),
         "norm.weight": (D,),
@@ -37,30 +64,18 @@ def expected_weight_shapes(cfg: ModelConfig) -> Dict[str, tuple]:
         shapes["cls_embedding.uncond_embedding"] = (cfg.cls_token_num, cfg.caption_dim)
     else:
         shapes["cls_embedding.embedding_table.weight"] = (cfg.num_classes + 1, D)
-    qkv = (cfg.n_head + 2 * cfg.n_kv_head) * hd
-    per_layer = ((D,), (qkv, D), (D, cfg.n_head * hd), (D,), (cfg.hidden, D), (cfg.hidden, D),
-                 (D, cfg.hidden))
+    per_layer = layer_shapes(cfg)
     for i in range(cfg.n_layer):
-        for key, shape in zip(_LAYER_KEYS, per_layer):
+        for key, shape in per_layer.items():
             shapes[f"layers.{i}.{key}"] = shape
     return shapes
 
 
 # Optional keys that are accepted and ignored (LlamaGen buffers recomputed here).
 _IGNORED_KEYS = {"freqs_cis"}
-_FLOAT_KINDS = (np.float32, np.float16, np.float64)
-
-
 def _to_float32(name: str, a) -> np.ndarray:
     """float32 view (no copy when already C-contiguous float32) of a weight; uint16 = bfloat16."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"weight {name!r} must be a numpy array, got {type(a).__name__}")
-    if a.dtype == np.uint16:  # bfloat16 bit patterns: the high half of a float32
-        a = (a.astype(np.uint32) << 16).view(np.float32)
-    elif a.dtype.type not in _FLOAT_KINDS:
-        raise TypeError(f"weight {name!r} has dtype {a.dtype}; expected float32, float16, "
-                        "float64 or bfloat16 given as uint16")
-    out = np.ascontiguousarray(a, dtype=np.float32)
+    out = as_float(name, a, np.float32)
     if not np.isfinite(out).all():
         raise ValueError(f"weight {name!r} contains NaN or inf")
     return out
@@ -72,40 +87,14 @@ def _softmax_logprob(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-@dataclasses.dataclass
-class GenerationResult:
-    """Output of :meth:`Model.generate`.
-
-    tokens: (B, H, W) int32. stats: forward passes, queries per pass (histogram), proxies,
-    refeeds, adaptive draft counters, per-row start passes, seconds. config: everything needed to
-    reproduce the call. trace: when requested, (n, 6) int32 rows (pass, image, row, col, role,
-    input token) of every query, row/col of the slot it writes (row -1: conditioning position
-    col; col W: end-of-row slot), role names in ``zipar.ROLES``. images: uint8 pixels when a decoder or tokenizer is
-    attached.
-    """
-
-    tokens: np.ndarray
-    stats: Dict[str, Any]
-    config: Dict[str, Any]
-    trace: Optional[np.ndarray] = None
-    images: Optional[np.ndarray] = None
-
-    def trace_records(self):
-        """The trace as a list of dicts (pass, image, row, col, role name)."""
-        if self.trace is None:
-            raise ValueError("generate(..., trace=True) records a trace")
-        return [dict(pass_index=int(p), image=int(i), row=int(r), col=int(c), role=ROLES[k],
-                     token=int(t)) for p, i, r, c, k, t in self.trace]
-
-
 class Model:
     """A LlamaGen-architecture GPT on the zipar C core.
 
-    ``weights`` maps LlamaGen state-dict names to NumPy arrays (llamagen.md). Every key, shape and
-    dtype is checked; missing or unexpected keys raise ``ValueError`` naming them (``freqs_cis``
-    is ignored). float16, float64 and bfloat16 (as uint16 bit patterns) are converted to float32
-    copies; C-contiguous float32 arrays are used in place: they are borrowed, the Model keeps them
-    alive, and they must not be modified while it exists.
+    ``weights`` maps LlamaGen state-dict names to NumPy arrays (docs/llamagen.md). Every key,
+    shape and dtype is checked; missing or unexpected keys raise ``ValueError`` naming them
+    (``freqs_cis`` is ignored). float16, float64 and bfloat16 (as uint16 bit patterns) are
+    converted to float32 copies; C-contiguous float32 arrays are used in place: they are
+    borrowed, the Model keeps them alive, and they must not be modified while it exists.
     """
 
     def __init__(self, config: ModelConfig, weights: Mapping[str, np.ndarray], *, tokenizer=None,
@@ -137,11 +126,8 @@ class Model:
         self.decoder = decoder
         arrays = [w["tok_embeddings.weight"], w["norm.weight"], w["output.weight"]]
         for i in range(config.n_layer):
-            arrays += [w[f"layers.{i}.{k}"] for k in _LAYER_KEYS]
-        c = config
-        self._core = _core.Model(
-            (c.dim, c.n_layer, c.n_head, c.n_kv_head, c.head_dim, c.hidden, c.vocab_size,
-             c.cls_token_num, c.H, c.W, c.eor, c.eor_token, c.norm_eps, c.rope_base), arrays)
+            arrays += [w[f"layers.{i}.{k}"] for k in LAYER_KEYS]
+        self._core = core().Model(arrays, **config.c_kwargs())
 
     def __repr__(self):
         c = self.config
@@ -152,12 +138,13 @@ class Model:
     def save(self, path) -> None:
         """Write the weights and config to ``.npz`` or ``.safetensors`` (by extension); reload
         with ``zipar.load_llamagen(path)``. No pickle is involved either way."""
-        from .checkpoint import save_npz, save_safetensors
+        from .io.npz import write_npz
+        from .io.safetensors import write_safetensors
 
         if str(path).endswith(".safetensors"):
-            save_safetensors(path, self.config, self.weights)
+            write_safetensors(path, self.weights, config_json=self.config.to_json())
         else:
-            save_npz(path, self.config, self.weights)
+            write_npz(path, self.weights, config_json=self.config.to_json())
 
     @property
     def n_params(self) -> int:
@@ -219,10 +206,13 @@ class Model:
         return np.ascontiguousarray((h @ fc2.T).astype(np.float32))
 
     # ------------------------------------------------------------------ generation
-    def generate(self, labels=None, *, policy=None, cfg_scale: float = 4.0, cfg_interval: int = -1,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                 sample_ids=None, captions=None, caption_mask=None, trace: bool = False,
-                 progress=False, decode_images: bool = True) -> GenerationResult:
+    def generate(self, labels=None, *, policy=None, cfg_scale: float = Sampling.cfg_scale,
+                 cfg_interval: int = Sampling.cfg_interval,
+                 temperature: float = Sampling.temperature, top_k: int = Sampling.top_k,
+                 top_p: float = Sampling.top_p, seed: int = Sampling.seed, sample_ids=None,
+                 captions=None, caption_mask=None, trace: bool = False, progress=False,
+                 decode_images: bool = True, sampling: "Sampling | None" = None
+                 ) -> GenerationResult:
         """Generate a batch of token grids.
 
         ``policy``: ``zipar.Raster()`` (default), ``zipar.ZipAR(window, ...)``,
@@ -232,6 +222,7 @@ class Model:
         token does not depend on decoding order, batch composition or thread count.
         ``cfg_scale=1`` turns guidance off (other values, also below 1, use it);
         ``cfg_interval`` >= 0 stops guidance after that many tokens, as LlamaGen does.
+        ``sampling``: a :class:`zipar.Sampling` given instead of the six sampling keywords.
         ``progress=True`` shows a tqdm bar over passes (console or notebook). Ctrl-C stops
         between passes: the ``KeyboardInterrupt`` carries ``.partial_result`` with every token
         decoded so far (-1 elsewhere).
@@ -240,47 +231,46 @@ class Model:
         if not isinstance(policy, (_Builtin, Policy)):
             raise TypeError("policy must be zipar.Raster(), zipar.ZipAR(...), "
                             "zipar.AdaptiveZipAR(...) or a zipar.Policy subclass")
-        sp = _sampling_tuple(cfg_scale, cfg_interval, temperature, top_k, top_p, seed)
+        if sampling is None:
+            sampling = Sampling(cfg_scale, cfg_interval, temperature, top_k, top_p, seed)
+        elif not isinstance(sampling, Sampling):
+            raise TypeError("sampling must be a zipar.Sampling")
         cond, unc, mask = self.prefix(labels, captions=captions, caption_mask=caption_mask)
         B = cond.shape[0]
-        sids = _sample_ids(sample_ids, B)
+        sids = check_sample_ids(sample_ids, B)
         c = self.config
-        pol_tuple = policy._c_tuple(c.W)
-        sess = _core.Session(self._core, B, cond, unc, mask, sids, sp, pol_tuple, bool(trace))
-        bar = _progress_bar(progress, _expected_passes(policy, c), "generate")
+        sess = core().Session(self._core, B, cond, unc, mask, sids, **sampling.c_kwargs(),
+                              **policy.c_kwargs(c.W), trace=bool(trace))
+        bar = progress_bar(progress, expected_passes(policy, c), "generate")
         t0 = time.perf_counter()
         try:
             if isinstance(policy, Policy):
-                _run_python_policy(sess, policy, B, (c.H, c.W), bar)
+                run_python_policy(sess, policy, B, (c.H, c.W), bar)
             else:
                 sess.run(-1, bar.update_to if bar is not None else None)
         except KeyboardInterrupt as e:
             # Ctrl-C between passes: keep what was decoded (-1 elsewhere) on the exception
-            e.partial_result = self._result(sess, policy, labels, sids, trace, t0, False,
-                                            cfg_scale, cfg_interval, temperature, top_k, top_p,
-                                            seed)
+            e.partial_result = self._result(sess, policy, labels, sids, trace, t0, False, sampling)
             raise
         finally:
             if bar is not None:
                 bar.close()
-        return self._result(sess, policy, labels, sids, trace, t0, decode_images, cfg_scale,
-                            cfg_interval, temperature, top_k, top_p, seed)
+        return self._result(sess, policy, labels, sids, trace, t0, decode_images, sampling)
 
-    def _result(self, sess, policy, labels, sids, trace, t0, decode_images, cfg_scale,
-                cfg_interval, temperature, top_k, top_p, seed):
+    def _result(self, sess, policy, labels, sids, trace, t0, decode_images, sampling):
         c = self.config
         seconds = time.perf_counter() - t0
         stats = dict(sess.stats)
         pq = sess.pass_queries
-        stats["queries_per_pass"] = _histogram(pq)
+        stats["queries_per_pass"] = histogram(pq)
         stats["mean_queries_per_pass"] = float(pq.mean()) if pq.size else 0.0
         stats["row_start_pass"] = sess.row_start
+        stats["image_passes"] = sess.image_passes
+        stats["image_queries"] = sess.image_queries
         stats["seconds"] = seconds
         stats["raster_passes"] = c.H * c.W
         stats["step_reduction"] = 1.0 - stats["forward_passes"] / (c.H * c.W)
-        config = dict(model=c.to_dict(), policy=policy.to_dict(), cfg_scale=float(cfg_scale),
-                      cfg_interval=int(cfg_interval), temperature=float(temperature),
-                      top_k=int(top_k), top_p=float(top_p), seed=int(seed),
+        config = dict(model=c.to_dict(), policy=policy.to_dict(), **sampling.to_dict(),
                       sample_ids=sids.tolist(),
                       labels=None if labels is None else np.asarray(labels).reshape(-1).tolist())
         result = GenerationResult(tokens=sess.tokens, stats=stats, config=config,
@@ -306,14 +296,14 @@ class Model:
         cond, unc, mask = self.prefix(labels, captions=captions, caption_mask=caption_mask)
         toks = self._check_tokens(tokens, cond.shape[0])
         B = toks.shape[0]
-        guided = float(cfg_scale) != 1.0
         if not math.isfinite(float(cfg_scale)):
             raise ValueError("cfg_scale must be finite")
+        guided = is_guided(cfg_scale)
         out = np.empty((B, c.H * c.W, c.vocab_size), np.float32)
         for b0 in range(0, B, batch):
             b1 = min(B, b0 + batch)
             n = b1 - b0
-            cache = _core.Cache(self._core, n, int(guided), np.ascontiguousarray(cond[b0:b1]),
+            cache = core().Cache(self._core, n, guided, np.ascontiguousarray(cond[b0:b1]),
                                 np.ascontiguousarray(unc[b0:b1]),
                                 None if mask is None else np.ascontiguousarray(mask[b0:b1]))
             q, order = self._teacher_queries(toks[b0:b1], guided)
@@ -426,10 +416,10 @@ class Model:
             raise ValueError(f"layers must be in [0, {c.n_layer})")
         if heads.size and (heads.min() < 0 or heads.max() >= c.n_head):
             raise ValueError(f"heads must be in [0, {c.n_head})")
-        guided = float(cfg_scale) != 1.0
+        guided = is_guided(cfg_scale)
         out = np.zeros((B, len(cells), len(layers), len(heads), c.seq_len), np.float32)
         for b in range(B):
-            cache = _core.Cache(self._core, 1, int(guided), np.ascontiguousarray(cond[b:b + 1]),
+            cache = core().Cache(self._core, 1, guided, np.ascontiguousarray(cond[b:b + 1]),
                                 np.ascontiguousarray(unc[b:b + 1]),
                                 None if mask is None else np.ascontiguousarray(mask[b:b + 1]))
             q = self._full_queries(toks[b:b + 1], guided)
@@ -461,173 +451,23 @@ class Model:
         """A low-level session: explicit queries, chains, commit/discard (see RawSession)."""
         cond, unc, mask = self.prefix(labels, captions=captions, caption_mask=caption_mask)
         return RawSession(self, cond, unc, mask, float(cfg_scale), int(seed),
-                          _sample_ids(sample_ids, cond.shape[0]))
+                          check_sample_ids(sample_ids, cond.shape[0]))
 
 
-class RawSession:
-    """Direct access to the forward primitive for writing acceptance rules in Python.
-
-    ``forward(image, row, col, token, chain, want_logits)`` (equal-length int sequences; row -1
-    with col p addresses conditioning position p; col W an end-of-row slot) evaluates one pass and
-    returns the logits of the queries that want them. Slots fed with ``chain > 0`` are tentative,
-    visible only to queries of that chain, until :meth:`commit` (or :meth:`discard`).
-    ``probs``/``uniform``/``draw`` expose the engine's sampling distribution and random stream.
-    """
-
-    def __init__(self, model, cond, unc, mask, cfg_scale, seed, sids):
-        self.model = model
-        self.cfg_scale = cfg_scale
-        self.seed = seed
-        self.sample_ids = sids
-        self.n_images = cond.shape[0]
-        self._cache = _core.Cache(model._core, self.n_images, int(cfg_scale != 1.0), cond, unc, mask)
-        self.passes = 0
-
-    @property
-    def slots(self) -> np.ndarray:
-        """(n_images, seq_len) slot states: -1 unwritten, -2 masked, 0 committed, >0 chain."""
-        return self._cache.slots
-
-    def position(self, row, col):
-        c = self.model.config
-        row, col = np.asarray(row), np.asarray(col)
-        return np.where(row < 0, col, c.cls_token_num + row * (c.W + c.eor) + col)
-
-    def prefill(self, want_logits=True):
-        """Feed every conditioning position of every image; logits predicting cell (0, 0)."""
-        P = self.model.config.cls_token_num
-        n = self.n_images
-        img = np.repeat(np.arange(n), P)
-        col = np.tile(np.arange(P), n)
-        want = (col == P - 1) & want_logits
-        return self.forward(img, -np.ones_like(col), col, np.zeros_like(col), 0, want)
-
-    def forward(self, image, row, col, token, chain=0, want_logits=True, guided=None,
-                capture=None):
-        c = self.model.config
-        image, row, col, token = (np.atleast_1d(np.asarray(x)) for x in (image, row, col, token))
-        n = image.size
-        chain = np.broadcast_to(np.asarray(chain), (n,))
-        want = np.broadcast_to(np.asarray(want_logits), (n,))
-        if np.any((row >= c.H) | (col < 0) | (col > c.W - 1 + c.eor) |
-                  ((row < 0) & (col >= c.cls_token_num))):
-            raise ValueError("a query addresses a cell outside the grid")
-        pos = self.position(row, col)
-        if guided is None:
-            g = np.full(n, int(self.cfg_scale != 1.0))
+def random_model(*, dim=64, n_layer=2, n_head=4, vocab_size=64, grid=8, num_classes=10,
+                 n_kv_head=None, eor=0, seed=0, scale=None, **kw) -> Model:
+    """A model with random weights (for tests, benchmarks and examples)."""
+    cfg = ModelConfig(dim=dim, n_layer=n_layer, n_head=n_head, vocab_size=vocab_size, grid=grid,
+                      num_classes=num_classes, n_kv_head=n_kv_head, eor=eor, **kw)
+    rng = np.random.default_rng(seed)
+    w = {}
+    for name, shape in expected_weight_shapes(cfg).items():
+        if name.endswith("norm.weight"):
+            w[name] = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
         else:
-            g = np.broadcast_to(np.asarray(guided, dtype=np.int32), (n,))
-        q = np.ascontiguousarray(np.stack([image, pos, token, chain, want.astype(np.int64), g],
-                                          axis=1).astype(np.int32))
-        out = self._cache.forward(q, self.cfg_scale, capture)
-        self.passes += 1
-        return out
-
-    def commit(self, image, row, col):
-        """Make tentative slots committed (visible to every later query)."""
-        self.slots[np.asarray(image), self.position(row, col)] = 0
-
-    def discard(self, image, row, col):
-        """Forget tentative slots (unwritten again)."""
-        self.slots[np.asarray(image), self.position(row, col)] = -1
-
-    def probs(self, logits, temperature=1.0, top_k=0, top_p=1.0):
-        _sampling_tuple(1.0, -1, temperature, top_k, top_p, 0)
-        lg = np.ascontiguousarray(np.atleast_2d(logits), dtype=np.float32)
-        return _core.sampling_probs(lg, float(temperature), int(top_k), float(top_p))
-
-    def uniform(self, image, row, col, draw=0):
-        pos = int(self.position(row, col))
-        return _core.uniform(self.seed, int(self.sample_ids[image]), pos, int(draw))
-
-    @staticmethod
-    def draw(probs, u):
-        return _core.draw(np.ascontiguousarray(probs, dtype=np.float64), float(u))
+            s = scale if scale is not None else 1.0 / np.sqrt(shape[-1])
+            w[name] = (s * rng.standard_normal(shape)).astype(np.float32)
+    return Model(cfg, w)
 
 
-# ---------------------------------------------------------------------------- helpers
 
-def _sampling_tuple(cfg_scale, cfg_interval, temperature, top_k, top_p, seed):
-    def num(name, v):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise TypeError(f"{name} must be a number, got {v!r}")
-        if not math.isfinite(float(v)):
-            raise ValueError(f"{name} must be finite, got {v!r}")
-        return float(v)
-
-    def integer(name, v):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {v!r}")
-        return int(v)
-
-    cfg_scale = num("cfg_scale", cfg_scale)
-    temperature = num("temperature", temperature)
-    top_p = num("top_p", top_p)
-    cfg_interval = integer("cfg_interval", cfg_interval)
-    top_k = integer("top_k", top_k)
-    seed = integer("seed", seed)
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if cfg_interval < -1:
-        raise ValueError(f"cfg_interval must be >= -1, got {cfg_interval}")
-    if not 0 <= seed < 2 ** 64:
-        raise ValueError("seed must be in [0, 2**64)")
-    return (cfg_scale, cfg_interval, temperature, top_k, top_p, seed)
-
-
-def _sample_ids(sample_ids, B):
-    if sample_ids is None:
-        return np.arange(B, dtype=np.uint32)
-    s = np.asarray(sample_ids)
-    if s.shape != (B,) or not np.issubdtype(s.dtype, np.integer):
-        raise ValueError(f"sample_ids must be {B} ints")
-    if s.min() < 0 or s.max() >= 2 ** 32:
-        raise ValueError("sample_ids must be in [0, 2**32)")
-    return np.ascontiguousarray(s, dtype=np.uint32)
-
-
-def _histogram(pq):
-    vals, counts = np.unique(pq, return_counts=True)
-    return {int(v): int(n) for v, n in zip(vals, counts)}
-
-
-def _expected_passes(policy, c):
-    f = getattr(policy, "expected_passes", None)
-    return f(c.H, c.W) if f is not None else None
-
-
-def _progress_bar(progress, total, desc):
-    if not progress:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    bar = tqdm(total=total, desc=desc, unit="pass", leave=False)
-
-    def update_to(n):
-        bar.update(n - bar.n)
-
-    bar.update_to = update_to
-    return bar
-
-
-def _run_python_policy(sess, policy, B, grid, bar):
-    policy.reset(B, grid)
-    passes = 0
-    while not sess.done:
-        state = PolicyState(tokens=sess.tokens, progress=sess.progress, pass_index=passes)
-        cells = policy.select(state)
-        cells = np.ascontiguousarray(np.asarray(cells, dtype=np.int64).reshape(-1, 3),
-                                     dtype=np.int32)
-        if cells.shape[0] == 0:
-            raise RuntimeError(f"{type(policy).__name__}.select returned no cells before the "
-                               "grid was complete")
-        sess.step(cells)
-        passes += 1
-        if bar is not None:
-            bar.update_to(passes)

@@ -2,7 +2,11 @@
 
 Built-in policies run inside the C core (``Raster``, ``ZipAR``, ``AdaptiveZipAR``). A
 :class:`Policy` subclass written in Python chooses cells itself; the engine supplies the inputs,
-the row-start proxies, refeeds and visibility (see ``zipar.md``).
+the row-start proxies, refeeds and visibility (see docs/semantics.md).
+
+Each policy hands the core a ``zp_policy`` as keyword arguments (:meth:`c_kwargs`) holding only
+the fields its kind reads (zipar.h): Raster none, ZipAR window/schedule/proxy, AdaptiveZipAR
+min_window/max_window/threshold/schedule/proxy, a Python policy its proxy.
 """
 
 from __future__ import annotations
@@ -12,12 +16,21 @@ from typing import Optional
 
 import numpy as np
 
+from ._ext import const
+
 __all__ = ["Policy", "PolicyState", "Raster", "ZipAR", "AdaptiveZipAR", "policy_from_name"]
 
-# kinds and enums shared with csrc/zipar.h
-_RASTER, _ZIPAR, _ADAPTIVE, _EXTERNAL = 0, 1, 2, 3
-_SCHEDULES = {"eager": 0, "paper": 1}
-_PROXIES = {"above": 0, "left": 1}
+# names of the zipar.h enums; their values come from the extension (zipar._ext.const)
+_SCHEDULES = ("eager", "paper")
+_PROXIES = ("above", "left")
+
+
+def _schedule(name: str) -> int:
+    return const("SCHEDULE_" + name.upper())
+
+
+def _proxy(name: str) -> int:
+    return const("PROXY_" + name.upper())
 
 
 def _check_int(name, v, lo=1):
@@ -31,7 +44,8 @@ def _check_int(name, v, lo=1):
 class _Builtin:
     """Base of the policies that run in C."""
 
-    def _c_tuple(self, W: int):  # (kind, window, schedule, proxy, min_window, max_window, threshold)
+    def c_kwargs(self, W: int) -> dict:
+        """The zp_policy fields this kind reads, by name, for a grid of width ``W``."""
         raise NotImplementedError
 
     def to_dict(self) -> dict:
@@ -44,8 +58,8 @@ class _Builtin:
 class Raster(_Builtin):
     """One token per pass in raster order (H*W passes)."""
 
-    def _c_tuple(self, W):
-        return (_RASTER, W, 0, 0, 1, W, 0.0)
+    def c_kwargs(self, W):
+        return {"kind": const("POLICY_RASTER")}
 
     def expected_passes(self, H, W):
         return H * W
@@ -74,10 +88,11 @@ class ZipAR(_Builtin):
         if self.proxy not in _PROXIES:
             raise ValueError(f"unknown proxy {self.proxy!r}; use 'above' or 'left'")
 
-    def _c_tuple(self, W):
+    def c_kwargs(self, W):
         if self.window > W:
             raise ValueError(f"window {self.window} is larger than the grid width W={W}")
-        return (_ZIPAR, self.window, _SCHEDULES[self.schedule], _PROXIES[self.proxy], 1, W, 0.0)
+        return {"kind": const("POLICY_ZIPAR"), "window": self.window,
+                "schedule": _schedule(self.schedule), "proxy": _proxy(self.proxy)}
 
     def expected_passes(self, H, W):
         s = self.window
@@ -101,9 +116,10 @@ class AdaptiveZipAR(_Builtin):
     speculative-sampling rule, under which the accepted start follows the distribution of the
     last context exactly; ``threshold=1`` accepts every draft, so no verification pass is run and
     the policy equals ``ZipAR(min_window)`` token for token (for min_window >= 2 thresholds just
-    below 1 also give the same tokens, through the verification path). p and q are the sampling distributions actually drawn from: guided (CFG)
-    logits after temperature, top-k and top-p. The draft is fed in the verification pass inside
-    its own chain, so on acceptance (r, 1) is decoded in the same pass.
+    below 1 also give the same tokens, through the verification path). p and q are the sampling
+    distributions actually drawn from: guided (CFG) logits after temperature, top-k and top-p.
+    The draft is fed in the verification pass inside its own chain, so on acceptance (r, 1) is
+    decoded in the same pass.
     """
 
     min_window: int
@@ -120,7 +136,8 @@ class AdaptiveZipAR(_Builtin):
                 raise ValueError(f"max_window {mw} < min_window {self.min_window}")
             object.__setattr__(self, "max_window", mw)
         t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float, np.floating)) or not 0.0 <= t <= 1.0:
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.floating)) or \
+                not 0.0 <= t <= 1.0:
             raise ValueError(f"threshold must be a number in [0, 1], got {t!r}")
         object.__setattr__(self, "threshold", float(t))
         if self.schedule not in _SCHEDULES:
@@ -128,12 +145,13 @@ class AdaptiveZipAR(_Builtin):
         if self.proxy not in _PROXIES:
             raise ValueError(f"unknown proxy {self.proxy!r}; use 'above' or 'left'")
 
-    def _c_tuple(self, W):
+    def c_kwargs(self, W):
         if self.min_window > W:
             raise ValueError(f"min_window {self.min_window} is larger than the grid width W={W}")
         mx = W if self.max_window is None else min(self.max_window, W)
-        return (_ADAPTIVE, self.min_window, _SCHEDULES[self.schedule], _PROXIES[self.proxy],
-                self.min_window, mx, self.threshold)
+        return {"kind": const("POLICY_ADAPTIVE"), "min_window": self.min_window,
+                "max_window": mx, "threshold": self.threshold,
+                "schedule": _schedule(self.schedule), "proxy": _proxy(self.proxy)}
 
 
 @dataclasses.dataclass
@@ -169,7 +187,7 @@ class Policy:
     undecoded cell of its row (``col == state.progress[image, row]``), and an image's first pass
     must decode its cell (0, 0). The engine feeds the real token on the left, or for a row start
     the real end of the row above when it exists, else a stand-in (``proxy``) visible only to that
-    query; refeeds and visibility follow ``zipar.md``.
+    query; refeeds and visibility follow docs/semantics.md.
     """
 
     proxy: str = "above"
@@ -183,10 +201,10 @@ class Policy:
     def to_dict(self) -> dict:
         return {"policy": type(self).__name__}
 
-    def _c_tuple(self, W):
+    def c_kwargs(self, W):
         if self.proxy not in _PROXIES:
             raise ValueError(f"unknown proxy {self.proxy!r}")
-        return (_EXTERNAL, W, 0, _PROXIES[self.proxy], 1, W, 0.0)
+        return {"kind": const("POLICY_EXTERNAL"), "proxy": _proxy(self.proxy)}
 
 
 def policy_from_name(name: str, *, window=None, schedule="eager", proxy="above", min_window=None,

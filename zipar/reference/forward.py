@@ -3,7 +3,7 @@
 Everything here is float64 with plain loops and einsum: clarity over speed. The tests use it to
 check the fast C core (csrc/zipar.h) and mirror its semantics exactly:
 
-- :class:`ReferenceModel`: the LlamaGen transformer (llamagen.md) with the 2-D rotary layout, a
+- :class:`ReferenceModel`: the LlamaGen transformer (docs/llamagen.md) with the 2-D rotary layout, a
   KV cache whose slots carry visibility states, the one-pass forward primitive (``zp_forward``)
   and an independent teacher-forced path (:meth:`ReferenceModel.logits`) to compare it with.
 - :func:`sampling_probs` and :func:`draw`: temperature / top-k / top-p and the inverse-CDF draw
@@ -21,12 +21,17 @@ from typing import Dict, Iterable, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from .config import ModelConfig
+from ..config import ModelConfig
+from ..io.dtypes import bfloat16_to_float32
+from ..model import LAYER_KEYS
+from ..sampling import is_guided
 
 __all__ = ["ReferenceModel", "ReferenceCache", "SLOT_UNWRITTEN", "SLOT_MASKED", "SLOT_COMMITTED",
            "sampling_probs", "draw", "philox4x32_10", "uniform", "reference_attention"]
 
-# Slot states (zipar.h): a query at position p with chain c sees slot q when q <= p and
+# Slot states (zipar.h; tests/test_contract.py checks them against the core's ZP_SLOT_*; the
+# reference keeps its own copy so that it runs without the extension): a query at position p
+# with chain c sees slot q when q <= p and
 # (q == p, or state[q] == SLOT_COMMITTED, or c > 0 and state[q] == c). > 0: tentative chain id.
 SLOT_UNWRITTEN = -1
 SLOT_MASKED = -2
@@ -39,7 +44,7 @@ def _as_float64(name: str, a) -> np.ndarray:
     """float64 copy of a weight; uint16 arrays are bfloat16 bit patterns (float32's high half)."""
     a = np.asarray(a)
     if a.dtype == np.uint16:
-        a = (a.astype(np.uint32) << 16).view(np.float32)
+        a = bfloat16_to_float32(a)
     elif not np.issubdtype(a.dtype, np.floating):
         raise TypeError(f"weight {name!r} has dtype {a.dtype}; expected a float dtype or uint16 "
                         "(bfloat16 bits)")
@@ -90,7 +95,8 @@ class ReferenceCache:
             raise ValueError("n_images must be >= 1")
         cond = np.asarray(prefix_cond, dtype=np.float64)
         if cond.shape != (n_images, P, c.dim):
-            raise ValueError(f"prefix_cond must have shape {(n_images, P, c.dim)}, got {cond.shape}")
+            raise ValueError(f"prefix_cond must have shape {(n_images, P, c.dim)}, "
+                             f"got {cond.shape}")
         streams = [cond]
         if guided:
             if prefix_uncond is None:
@@ -126,7 +132,7 @@ class ReferenceCache:
 # ============================================================================ the model
 
 class ReferenceModel:
-    """LlamaGen-architecture GPT in float64 (llamagen.md), c2i or t2i (``caption_dim > 0``).
+    """LlamaGen-architecture GPT in float64 (docs/llamagen.md), c2i or t2i (``caption_dim > 0``).
 
     ``weights`` maps LlamaGen state-dict names to arrays of any float dtype (uint16 = bfloat16
     bits); a ``freqs_cis`` entry is ignored (the rotary table is recomputed).
@@ -143,9 +149,7 @@ class ReferenceModel:
         else:
             need += ["cls_embedding.embedding_table.weight"]
         for i in range(c.n_layer):
-            need += [f"layers.{i}.{n}.weight" for n in (
-                "attention_norm", "attention.wqkv", "attention.wo", "ffn_norm",
-                "feed_forward.w1", "feed_forward.w3", "feed_forward.w2")]
+            need += [f"layers.{i}.{k}" for k in LAYER_KEYS]
         missing = [k for k in need if k not in self.w]
         if missing:
             raise ValueError(f"missing weights: {missing}")
@@ -263,7 +267,8 @@ class ReferenceModel:
         x = np.zeros((len(rows), c.dim))
         for n, (i, s) in enumerate(rows):
             image, pos, token = qs[i][:3]
-            x[n] = cache.prefix[s, image, pos] if pos < P else self.w["tok_embeddings.weight"][token]
+            x[n] = (cache.prefix[s, image, pos] if pos < P
+                    else self.w["tok_embeddings.weight"][token])
 
         hd, nh, nkv = c.head_dim, c.n_head, c.n_kv_head
         group = nh // nkv
@@ -323,7 +328,8 @@ class ReferenceModel:
             tokens = np.concatenate([tokens, eor], axis=2)
         return tokens.reshape(B, -1)
 
-    def _full_pass(self, prefix: np.ndarray, mask: np.ndarray, seq_tokens: np.ndarray) -> np.ndarray:
+    def _full_pass(self, prefix: np.ndarray, mask: np.ndarray,
+                   seq_tokens: np.ndarray) -> np.ndarray:
         """Logits (S, vocab) at every position of one image and stream: every slot committed, a
         full causal mask over the sequence (masked prefix keys visible only to themselves)."""
         c = self.config
@@ -395,7 +401,7 @@ class ReferenceModel:
         out = np.zeros((B, c.H * c.W, c.vocab_size))
         for b in range(B):
             lc = self._full_pass(cond[b], mask[b], seq[b])[predict_from]
-            if cfg_scale != 1.0:
+            if is_guided(cfg_scale):
                 lu = self._full_pass(unc[b], mask[b], seq[b])[predict_from]
                 lc = lu + (lc - lu) * cfg_scale
             out[b] = lc
@@ -485,14 +491,16 @@ def reference_attention(ref_model: ReferenceModel, labels, tokens, cells=None, l
                     out[b, :, j, hi] = weights[head][query_pos]
             x = x + att @ w[pre + "attention.wo.weight"].T
             h = rmsnorm(x, w[pre + "ffn_norm.weight"], c.norm_eps)
-            x = x + (silu(h @ w[pre + "feed_forward.w1.weight"].T) *
-                     (h @ w[pre + "feed_forward.w3.weight"].T)) @ w[pre + "feed_forward.w2.weight"].T
+            gate = silu(h @ w[pre + "feed_forward.w1.weight"].T)
+            x = x + (gate * (h @ w[pre + "feed_forward.w3.weight"].T)) @ \
+                w[pre + "feed_forward.w2.weight"].T
     return out
 
 
 # ============================================================================ sampling
 
-def sampling_probs(logits_row, temperature: float, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+def sampling_probs(logits_row, temperature: float, top_k: int = 0,
+                   top_p: float = 1.0) -> np.ndarray:
     """The sampling distribution (vocab,) float64 of one logits row, as zp_sampling_probs.
 
     temperature and top_p are rounded to float32 first, as the engine stores them (zp_sampling).
