@@ -152,7 +152,8 @@ def _chameleon(out: str, fx: dict) -> None:
     torch.manual_seed(0)
     model = ChameleonForConditionalGeneration(cfg).eval()
     _randomise(model, 4)
-    with torch.no_grad():  # one q/k-norm row for all heads: the (1, hd) Lumina file is the same model
+    # one q/k-norm row for all heads: the (1, hd) Lumina file is the same model
+    with torch.no_grad():
         for layer in model.model.layers:
             for nrm in (layer.self_attn.q_norm, layer.self_attn.k_norm):
                 nrm.weight.copy_(nrm.weight[:1].expand_as(nrm.weight).clone())

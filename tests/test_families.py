@@ -1,34 +1,17 @@
-"""Emu3 and Chameleon (Lumina-mGPT): the NumPy reference (zipar/reference_families.py) against
+"""Emu3 and Chameleon (Lumina-mGPT): the NumPy reference (zipar/reference/families.py) against
 transformers on tiny random checkpoints built by tests/families_tiny.py at test time.
 
 Skips cleanly without torch / transformers / safetensors (CI installs them).
 """
 
-import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
-from zipar import reference_families as rf
+from zipar.reference import families as rf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    pytest.importorskip("safetensors")
-    sys.path.insert(0, HERE)
-    try:
-        import families_tiny
-    finally:
-        sys.path.remove(HERE)
-    out = str(tmp_path_factory.mktemp("families_tiny"))
-    fx = families_tiny.build(out)
-    return out, fx, families_tiny
 
 
 def _folder_tensors(d):
@@ -68,8 +51,8 @@ def _top_margin(scores):
 
 
 @pytest.mark.parametrize("which", ["emu3", "chameleon", "chameleon_swin", "lumina"])
-def test_reference_teacher_forced_logits(tiny, which):
-    out, fx, _ = tiny
+def test_reference_teacher_forced_logits(families_tiny, which):
+    out, fx, _ = families_tiny
     w = _canonical(_folder_tensors(os.path.join(out, which)))
     if which == "emu3":
         arch, toks, want = EMU3_ARCH, fx["emu3_tf_tokens"], fx["emu3_tf_logits"]
@@ -86,13 +69,13 @@ def test_reference_teacher_forced_logits(tiny, which):
     assert np.abs(got - want).max() <= 1e-4
 
 
-def test_reference_swin_differs(tiny):
-    _, fx, _ = tiny  # the swin fixture is a different function of the same tensors
+def test_reference_swin_differs(families_tiny):
+    _, fx, _ = families_tiny  # the swin fixture is a different function of the same tensors
     assert np.abs(fx["chameleon_swin_tf_logits_raw"] - fx["chameleon_tf_logits_raw"]).max() > 0.1
 
 
-def test_reference_emu3_greedy_cfg(tiny):
-    out, fx, ft = tiny
+def test_reference_emu3_greedy_cfg(families_tiny):
+    out, fx, ft = families_tiny
     H, W = ft.GRID
     E = ft.EMU
     w = _canonical(_folder_tensors(os.path.join(out, "emu3")))
@@ -116,8 +99,8 @@ def test_reference_emu3_greedy_cfg(tiny):
         assert np.abs(mix[i][ok] - scores[i][ok]).max() <= 1e-4
 
 
-def test_reference_lumina_greedy_cfg(tiny):
-    out, fx, ft = tiny
+def test_reference_lumina_greedy_cfg(families_tiny):
+    out, fx, ft = families_tiny
     H, W = ft.GRID
     C = ft.CHM
     w = _canonical(_folder_tensors(os.path.join(out, "lumina")))

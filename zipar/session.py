@@ -112,7 +112,7 @@ class RawSession:
         n = image.size
         chain = np.broadcast_to(np.asarray(chain), (n,))
         want = np.broadcast_to(np.asarray(want_logits), (n,))
-        if np.any((row >= c.H) | (col < 0) | (col > c.W - 1 + c.eor) |
+        if np.any((row >= c.H) | (col < 0) | ((row >= 0) & (col > c.W - 1 + c.eor)) |
                   ((row < 0) & (col >= c.cls_token_num))):
             raise ValueError("a query addresses a cell outside the grid")
         pos = self.position(row, col)

@@ -24,6 +24,7 @@ from typing import Callable, List, Mapping, Optional, Sequence
 import numpy as np
 
 __all__ = ["FamilyArch", "forward", "rope_tables", "emu3_allowed", "lumina_allowed",
+           "FamilyReferenceCache", "forward_pass",
            "guided_greedy", "log_softmax"]
 
 
@@ -109,11 +110,13 @@ def forward(weights: Mapping[str, np.ndarray], arch: FamilyArch, ids: Sequence[i
             s = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + causal
             s = np.exp(s - s.max(-1, keepdims=True))
             s /= s.sum(-1, keepdims=True)
-            return np.einsum("hqk,khd->qhd", s, v).reshape(L, nh * hd) @ g("self_attn.o_proj.weight").T
+            o = np.einsum("hqk,khd->qhd", s, v).reshape(L, nh * hd)
+            return o @ g("self_attn.o_proj.weight").T
 
         def mlp(t):
             a = t @ g("mlp.gate_proj.weight").T
-            return (a / (1.0 + np.exp(-a)) * (t @ g("mlp.up_proj.weight").T)) @ g("mlp.down_proj.weight").T
+            h = a / (1.0 + np.exp(-a)) * (t @ g("mlp.up_proj.weight").T)
+            return h @ g("mlp.down_proj.weight").T
 
         n_in, n_post = g("input_layernorm.weight"), g("post_attention_layernorm.weight")
         if arch.swin_norm:
@@ -179,3 +182,120 @@ def guided_greedy(weights, arch: FamilyArch, prompt: Sequence[int],
         if unc is not None:
             unc.append(tok)
     return np.asarray(out, dtype=np.int64)
+
+
+# ============================================================================ the forward primitive
+
+class FamilyReferenceCache:
+    """Slot-by-slot KV cache of the grid layout (P prefix slots, then H rows of W cells and one
+    end-of-line slot), as csrc/zipar.h's token-id caches: stream 0 is conditional, stream 1
+    (when guided) unconditional; each stream's prefix ids are right-aligned in the P slots and it
+    never attends to the slots before them; its positions count from its own first id.
+
+    prefixes: per image a list of one or two id sequences (cond[, uncond]).
+    """
+
+    def __init__(self, arch: FamilyArch, n_layer: int, P: int, H: int, W: int, prefixes,
+                 guided: bool):
+        self.P, self.H, self.W = P, H, W
+        self.seq_len = P + H * (W + 1)
+        self.guided = bool(guided)
+        ns = 2 if guided else 1
+        self.n_images = len(prefixes)
+        self.prefix_ids = np.zeros((ns, self.n_images, P), np.int64)
+        self.shift = np.zeros((ns, self.n_images), np.int64)
+        for b, streams in enumerate(prefixes):
+            for s in range(ns):
+                ids = list(streams[s])
+                if not 1 <= len(ids) <= P:
+                    raise ValueError(f"prefix of {len(ids)} ids for {P} slots")
+                self.shift[s, b] = P - len(ids)
+                self.prefix_ids[s, b, P - len(ids):] = ids
+        self.k: dict = {}
+        self.v: dict = {}
+        self.slots = np.full((self.n_images, self.seq_len), -1, np.int32)
+
+    def cell_pos(self, r: int, c: int) -> int:
+        return self.P + r * (self.W + 1) + c
+
+
+def forward_pass(weights, arch: FamilyArch, cache: FamilyReferenceCache, queries,
+                 cfg_scale: float) -> list:
+    """One pass of queries (image, pos, token, chain, want_logits, guided) with the visibility
+    of docs/semantics.md (own slot, committed slots, own chain; never an unwritten slot), K/V
+    written per slot as the pass computes them. Returns the logits rows of the want_logits
+    queries (guided: u + (c - u) * cfg_scale)."""
+    w = weights
+    c = cache
+    P = c.P
+    qs = [tuple(int(v) for v in q) for q in queries]
+    for image, pos, _t, chain, _w, _g in qs:
+        c.slots[image, pos] = 0 if pos < P else chain
+    streams = (0, 1) if c.guided else (0,)
+    D = w["embed_tokens.weight"].shape[1]
+    nh, nkv = arch.n_heads, arch.n_kv_heads
+    hd = D // nh
+    cos, sin = rope_tables(c.seq_len, hd, arch.rope_theta)
+    rows = [(i, s) for i in range(len(qs)) for s in streams]
+    x = np.zeros((len(rows), D))
+    for n, (i, s) in enumerate(rows):
+        image, pos, token = qs[i][:3]
+        tok = c.prefix_ids[s, image, pos] if pos < P else token
+        x[n] = np.asarray(w["embed_tokens.weight"][tok], np.float64)
+
+    def vis(i, s):
+        image, pos, _t, chain = qs[i][:4]
+        st = c.slots[image]
+        sh = c.shift[s, image]
+        if pos < sh:
+            return [pos]
+        return [q for q in range(sh, pos + 1)
+                if q == pos or st[q] == 0 or (chain > 0 and st[q] == chain)]
+
+    visible = {(i, s): vis(i, s) for i, s in rows}
+    n_layers = 1 + max(int(k.split(".")[1]) for k in w if k.startswith("layers."))
+    f64 = lambda n: np.asarray(w[n], np.float64)
+    for layer in range(n_layers):
+        g = lambda n: f64(f"layers.{layer}.{n}")
+        h = x if arch.swin_norm else _rms(x, g("input_layernorm.weight"), arch.norm_eps)
+        q = (h @ g("self_attn.q_proj.weight").T).reshape(-1, nh, hd)
+        k = (h @ g("self_attn.k_proj.weight").T).reshape(-1, nkv, hd)
+        v = (h @ g("self_attn.v_proj.weight").T).reshape(-1, nkv, hd)
+        if arch.qk_norm:
+            def ln(u, wt, b):
+                u = (u - u.mean(-1, keepdims=True)) / np.sqrt(u.var(-1, keepdims=True)
+                                                               + arch.qk_norm_eps)
+                return u * _per_head(wt, u.shape[1]) + _per_head(b, u.shape[1])
+            q = ln(q, g("self_attn.q_norm.weight"), g("self_attn.q_norm.bias"))
+            k = ln(k, g("self_attn.k_norm.weight"), g("self_attn.k_norm.bias"))
+        for n, (i, s) in enumerate(rows):
+            image, pos = qs[i][:2]
+            rp = max(pos - c.shift[s, image], 0)
+            q[n] = q[n] * cos[rp] + _rotate_half(q[n]) * sin[rp]
+            k[n] = k[n] * cos[rp] + _rotate_half(k[n]) * sin[rp]
+            c.k[layer, s, image, pos] = k[n]
+            c.v[layer, s, image, pos] = v[n]
+        att = np.zeros((len(rows), nh, hd))
+        for n, (i, s) in enumerate(rows):
+            image = qs[i][0]
+            keys = np.stack([c.k[layer, s, image, p] for p in visible[i, s]])
+            vals = np.stack([c.v[layer, s, image, p] for p in visible[i, s]])
+            for head in range(nh):
+                sc = keys[:, head // (nh // nkv)] @ q[n, head] / np.sqrt(hd)
+                sc = np.exp(sc - sc.max())
+                att[n, head] = (sc / sc.sum()) @ vals[:, head // (nh // nkv)]
+        o = att.reshape(len(rows), nh * hd) @ g("self_attn.o_proj.weight").T
+        x = x + (_rms(o, g("input_layernorm.weight"), arch.norm_eps) if arch.swin_norm else o)
+        h = x if arch.swin_norm else _rms(x, g("post_attention_layernorm.weight"), arch.norm_eps)
+        a = h @ g("mlp.gate_proj.weight").T
+        m = (a / (1.0 + np.exp(-a)) * (h @ g("mlp.up_proj.weight").T)) @ g("mlp.down_proj.weight").T
+        x = x + (_rms(m, g("post_attention_layernorm.weight"), arch.norm_eps) if arch.swin_norm
+                 else m)
+    out = []
+    for i, (_im, _p, _t, _c, want, guided) in enumerate(qs):
+        if not want:
+            continue
+        rs = [n for n, (j, s) in enumerate(rows) if j == i]
+        lg = [_rms(x[n], f64("norm.weight"), arch.norm_eps) @ f64("lm_head.weight").T for n in rs]
+        out.append(lg[1] + (lg[0] - lg[1]) * cfg_scale if guided and c.guided else lg[0])
+    return out
