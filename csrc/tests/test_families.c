@@ -45,8 +45,20 @@ static float *randn(size_t n, float scale, float offset) {
 }
 
 /* ---------------------------------------------------------------- a tiny model */
-enum { D = 32, NL = 2, NH = 4, NKV = 2, HD = 8, FF = 48, V = 40, VIS_LO = 8, VIS_HI = 24,
-       EOL = 5, GH = 4, GW = 5 };
+enum {
+    D = 32,
+    NL = 2,
+    NH = 4,
+    NKV = 2,
+    HD = 8,
+    FF = 48,
+    V = 40,
+    VIS_LO = 8,
+    VIS_HI = 24,
+    EOL = 5,
+    GH = 4,
+    GW = 5
+};
 
 typedef struct {
     zp_config cfg;
@@ -56,15 +68,32 @@ typedef struct {
     int nbuf;
 } tiny;
 
-static float *keep(tiny *t, float *a) { return t->bufs[t->nbuf++] = a; }
+static float *keep(tiny *t, float *a) {
+    return t->bufs[t->nbuf++] = a;
+}
 
 static void tiny_init(tiny *t, int qk_norm, int swin, int P) {
     memset(t, 0, sizeof *t);
-    t->cfg = (zp_config){.dim = D, .n_layer = NL, .n_head = NH, .n_kv_head = NKV, .head_dim = HD,
-                         .hidden = FF, .vocab = V, .cls_token_num = P, .grid_h = GH, .grid_w = GW,
-                         .eor = 1, .eor_token = EOL, .norm_eps = 1e-5f, .rope_base = 1e4f,
-                         .rope_1d = 1, .qk_norm = qk_norm, .qk_norm_eps = 1e-5f,
-                         .swin_norm = swin, .vis_lo = VIS_LO, .vis_hi = VIS_HI};
+    t->cfg = (zp_config){.dim = D,
+                         .n_layer = NL,
+                         .n_head = NH,
+                         .n_kv_head = NKV,
+                         .head_dim = HD,
+                         .hidden = FF,
+                         .vocab = V,
+                         .cls_token_num = P,
+                         .grid_h = GH,
+                         .grid_w = GW,
+                         .eor = 1,
+                         .eor_token = EOL,
+                         .norm_eps = 1e-5f,
+                         .rope_base = 1e4f,
+                         .rope_1d = 1,
+                         .qk_norm = qk_norm,
+                         .qk_norm_eps = 1e-5f,
+                         .swin_norm = swin,
+                         .vis_lo = VIS_LO,
+                         .vis_hi = VIS_HI};
     for (int l = 0; l < NL; l++) {
         zp_layer_weights *L = &t->layers[l];
         L->attention_norm = keep(t, randn(D, 0.2f, 1.f));
@@ -82,7 +111,8 @@ static void tiny_init(tiny *t, int qk_norm, int swin, int P) {
         }
     }
     t->w = (zp_weights){.tok_embeddings = keep(t, randn((size_t)V * D, 1.f, 0.f)),
-                        .layers = t->layers, .norm = keep(t, randn(D, 0.2f, 1.f)),
+                        .layers = t->layers,
+                        .norm = keep(t, randn(D, 0.2f, 1.f)),
                         .output = keep(t, randn((size_t)V * D, 0.5f, 0.f))};
 }
 
@@ -138,8 +168,10 @@ static void naive_logits(const tiny *t, const int *ids, int L, double *logits) {
     for (int l = 0; l < NL; l++) {
         const zp_layer_weights *W = &t->layers[l];
         for (int p = 0; p < L; p++) {
-            if (c->swin_norm) memcpy(xn + p * D, x + p * D, sizeof(double) * D);
-            else rms(xn + p * D, x + p * D, W->attention_norm);
+            if (c->swin_norm)
+                memcpy(xn + p * D, x + p * D, sizeof(double) * D);
+            else
+                rms(xn + p * D, x + p * D, W->attention_norm);
             double *r = qkv + (size_t)p * QKV;
             lin(r, xn + p * D, W->wqkv, QKV, D);
             for (int h = 0; h < NH + NKV; h++) {
@@ -156,7 +188,8 @@ static void naive_logits(const tiny *t, const int *ids, int L, double *logits) {
                 for (int s = 0; s <= p; s++) {
                     double d = 0;
                     for (int i = 0; i < HD; i++)
-                        d += qkv[(size_t)p * QKV + h * HD + i] * qkv[(size_t)s * QKV + NH * HD + g * HD + i];
+                        d += qkv[(size_t)p * QKV + h * HD + i] *
+                             qkv[(size_t)s * QKV + NH * HD + g * HD + i];
                     sc[s] = d / sqrt((double)HD);
                     if (sc[s] > mx) mx = sc[s];
                 }
@@ -172,8 +205,10 @@ static void naive_logits(const tiny *t, const int *ids, int L, double *logits) {
             lin(o, att + (size_t)p * NH * HD, W->wo, D, NH * HD);
             if (c->swin_norm) rms(o, o, W->attention_norm);
             for (int i = 0; i < D; i++) x[p * D + i] += o[i];
-            if (c->swin_norm) memcpy(xn + p * D, x + p * D, sizeof(double) * D);
-            else rms(xn + p * D, x + p * D, W->ffn_norm);
+            if (c->swin_norm)
+                memcpy(xn + p * D, x + p * D, sizeof(double) * D);
+            else
+                rms(xn + p * D, x + p * D, W->ffn_norm);
             lin(tmp, xn + p * D, W->w1, FF, D);
             lin(tmp + FF, xn + p * D, W->w3, FF, D);
             for (int i = 0; i < FF; i++) tmp[i] = tmp[i] / (1 + exp(-tmp[i])) * tmp[FF + i];
@@ -186,7 +221,13 @@ static void naive_logits(const tiny *t, const int *ids, int L, double *logits) {
         rms(xn + p * D, x + p * D, t->w.norm);
         lin(logits + (size_t)p * V, xn + p * D, t->w.output, V, D);
     }
-    free(x); free(xn); free(qkv); free(att); free(tmp); free(o); free(sc);
+    free(x);
+    free(xn);
+    free(qkv);
+    free(att);
+    free(tmp);
+    free(o);
+    free(sc);
 }
 
 /* ---------------------------------------------------------------- helpers */
@@ -213,8 +254,8 @@ static int grid_seq(int *out, const int32_t *grid) {
 }
 
 /* ---------------------------------------------------------------- tests */
-static const int PROMPT[] = {1, 30, 31, 2, 33, 3, 4};     /* 7 ids */
-static const int NEG[] = {1, 35, 3, 4};                    /* 4 ids: shorter than the prompt */
+static const int PROMPT[] = {1, 30, 31, 2, 33, 3, 4}; /* 7 ids */
+static const int NEG[] = {1, 35, 3, 4};               /* 4 ids: shorter than the prompt */
 
 /* Teacher-forced logits of one committed pass (cond only) == naive, for each architecture. */
 static void test_teacher_forced(int qk_norm, int swin) {
@@ -226,7 +267,8 @@ static void test_teacher_forced(int qk_norm, int swin) {
     CHECK(st == ZP_OK, "model_new: %s", zp_last_error());
     if (st) return;
     int32_t grid[GH * GW];
-    for (int i = 0; i < GH * GW; i++) grid[i] = VIS_LO + (int)((uniform() + 1) * 8) % (VIS_HI - VIS_LO);
+    for (int i = 0; i < GH * GW; i++)
+        grid[i] = VIS_LO + (int)((uniform() + 1) * 8) % (VIS_HI - VIS_LO);
     int seq[64], L = np;
     memcpy(seq, PROMPT, sizeof PROMPT);
     L += grid_seq(seq + L, grid);
@@ -239,13 +281,15 @@ static void test_teacher_forced(int qk_norm, int swin) {
     st = zp_cache_new_ids(m, 1, 0, ids, &len, NULL, NULL, &k);
     CHECK(st == ZP_OK, "cache_new_ids: %s", zp_last_error());
     zp_query q[64];
-    for (int p = 0; p < L; p++) q[p] = (zp_query){.image = 0, .pos = p, .token = seq[p], .want_logits = 1};
+    for (int p = 0; p < L; p++)
+        q[p] = (zp_query){.image = 0, .pos = p, .token = seq[p], .want_logits = 1};
     float *lg = malloc(sizeof(float) * L * V);
     st = zp_forward(m, k, q, L, 1.f, lg, NULL);
     CHECK(st == ZP_OK, "forward: %s", zp_last_error());
     double worst = 0;
     for (int i = 0; i < L * V; i++) worst = fmax(worst, fabs(lg[i] - ref[i]));
-    CHECK(worst < 1e-4, "qk_norm %d swin %d: one pass vs naive max |diff| %.3g", qk_norm, swin, worst);
+    CHECK(worst < 1e-4, "qk_norm %d swin %d: one pass vs naive max |diff| %.3g", qk_norm, swin,
+          worst);
 
     /* the same sequence one query per pass (a KV-cached loop) gives the same logits, bitwise */
     zp_cache *k2;
@@ -259,8 +303,11 @@ static void test_teacher_forced(int qk_norm, int swin) {
     CHECK(same, "qk_norm %d swin %d: step-by-step logits differ from the one-pass logits", qk_norm,
           swin);
     printf("  teacher forced qk_norm=%d swin=%d: max |diff| vs naive %.2e\n", qk_norm, swin, worst);
-    free(lg); free(lg2); free(ref);
-    zp_cache_free(k); zp_cache_free(k2);
+    free(lg);
+    free(lg2);
+    free(ref);
+    zp_cache_free(k);
+    zp_cache_free(k2);
     zp_model_free(m);
     tiny_free(&t);
 }
@@ -347,9 +394,10 @@ static void test_guided_prefixes(int neg_first) {
         CHECK(inside, "a sampled token outside the image tokens");
         zp_session_free(ss);
     }
-    printf("  guided greedy, prompt %d ids / negative %d ids: raster and ZipAR(%d) == naive\n",
-           nc, nu, GW);
-    free(a); free(b);
+    printf("  guided greedy, prompt %d ids / negative %d ids: raster and ZipAR(%d) == naive\n", nc,
+           nu, GW);
+    free(a);
+    free(b);
     zp_model_free(m);
     tiny_free(&t);
 }
@@ -382,7 +430,8 @@ static void test_own_positions(void) {
     int g[64];
     for (int i = 0; i < GH * GW; i++) grid[i] = VIS_LO + i % (VIS_HI - VIS_LO);
     grid_seq(g, grid);
-    for (int p = 0; p < NP; p++) qa[p] = (zp_query){.pos = p, .want_logits = p == NP - 1, .guided = 1};
+    for (int p = 0; p < NP; p++)
+        qa[p] = (zp_query){.pos = p, .want_logits = p == NP - 1, .guided = 1};
     for (int p = 0; p < NN; p++) qb[p] = (zp_query){.pos = p, .want_logits = p == NN - 1};
     for (int i = 0; i < L; i++) {
         qa[NP + i] = (zp_query){.pos = NP + i, .token = g[i], .want_logits = 1, .guided = 1};
@@ -396,9 +445,12 @@ static void test_own_positions(void) {
     CHECK(worst < 5e-6, "unconditional stream vs its own model: max |diff| %.3g", worst);
     printf("  unconditional stream (4 ids beside 4000) vs a model of its own: max |diff| %.2e\n",
            worst);
-    free(la); free(lb);
-    zp_cache_free(ka); zp_cache_free(kb);
-    zp_model_free(ma); zp_model_free(mb);
+    free(la);
+    free(lb);
+    zp_cache_free(ka);
+    zp_cache_free(kb);
+    zp_model_free(ma);
+    zp_model_free(mb);
     tiny_free(&ta);
 }
 
