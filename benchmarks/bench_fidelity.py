@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 import zipar
-from zipar import eval as zeval
+from zipar.fmnist import eval as zeval
 from zipar import sweep as zsweep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -260,7 +260,7 @@ def evaluate(records, args):
     clf = zeval.Classifier.load_default()
     test_images, test_labels = zeval.test_set()
     ref_feat = clf.features(test_images)
-    from zipar import builtin
+    from zipar.fmnist import builtin
 
     tok = builtin.default_tokenizer()
     out = []

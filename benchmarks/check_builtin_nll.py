@@ -16,8 +16,8 @@ import time
 import numpy as np
 
 import zipar
-from zipar import builtin
-from zipar import eval as zeval
+from zipar.fmnist import builtin
+from zipar.fmnist import eval as zeval
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

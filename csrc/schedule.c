@@ -89,7 +89,7 @@ static inline int cellpos(const zp_session *s, int r, int c) {
 static inline int guided_at(const zp_session *s, int pos) {
     /* the query at pos predicts sequence index n = pos + 1 - P; LlamaGen's cfg_interval keeps
      * guidance for n <= cfg_interval + 1 (token 0 always guided) */
-    if (s->sp.cfg_scale == 1.0f || !s->cache->guided) return 0;
+    if (!zp_sampling_guided(&s->sp) || !s->cache->guided) return 0;
     return s->sp.cfg_interval < 0 || pos + 1 - s->P <= s->sp.cfg_interval + 1;
 }
 
@@ -197,7 +197,7 @@ static zp_status session_new(const zp_model *m, int n_images, const prefix_args 
     s->V = c->vocab;
     s->next_chain = 1;
     s->trace_on = record_trace;
-    int guided = sp->cfg_scale != 1.0f;
+    int guided = zp_sampling_guided(sp);
     if (pa->ids_cond)
         st = zp_cache_new_ids(m, n_images, guided, pa->ids_cond, pa->len_cond, pa->ids_uncond,
                               pa->len_uncond, &s->cache);

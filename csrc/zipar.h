@@ -194,6 +194,8 @@ typedef struct {
     uint64_t seed;
 } zp_sampling;
 zp_sampling zp_sampling_default(void);
+/* The guidance rule: queries combine a second, unconditional stream exactly when this holds. */
+static inline int zp_sampling_guided(const zp_sampling *sp) { return sp->cfg_scale != 1.0f; }
 zp_status zp_sampling_check(const zp_sampling *sp);
 
 /* The sampling distribution of one logits row after temperature/top-k/top-p, as normalised

@@ -5,9 +5,12 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 try:
-    import zipar._core  # noqa: F401
-except ImportError:
-    sys.modules.pop("zipar", None)
+    from zipar import _ext   # the binding is loaded on first use: load it now
+
+    _ext.core()
+except ImportError:  # no build, or an older install without zipar._ext: forget all of it
+    for name in [m for m in sys.modules if m == "zipar" or m.startswith("zipar.")]:
+        del sys.modules[name]
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
 

@@ -37,7 +37,7 @@ def test_pass_counts(grid, eor):
 
 
 def test_emu3_headline_count():
-    # zipar.md: 90x90 with E = 1, s = 7 -> 713 passes (8190 raster steps with end-of-row tokens)
+    # the ZipAR paper's Emu3 count: 90x90 with E = 1, s = 7 -> 713 passes (8190 raster steps)
     assert ZipAR(7).expected_passes(90, 90) == 713
 
 

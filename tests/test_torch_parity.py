@@ -1,6 +1,6 @@
 """The engine against an independent PyTorch LlamaGen GPT forward (float64).
 
-The PyTorch model below is written from the architecture facts in spec/llamagen.md alone, in
+The PyTorch model below is written from the architecture facts in docs/llamagen.md alone, in
 the shape of the published model code (full-sequence training-style forward, boolean attention
 mask, rotary table with zeroed conditioning rows), and shares nothing with zipar.reference or
 the C core. Random weights and tokens; teacher-forced logits must agree within 1e-4.

@@ -435,14 +435,14 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw) {
     const float *pc = NULL, *pu = NULL;
     const uint8_t *pm = NULL;
     const int32_t *pi = NULL, *pl = NULL, *pui = NULL, *pul = NULL;
+    int guided = zp_sampling_guided(&sp);
     if (pids != Py_None) {
         if (cond != Py_None || unc != Py_None || mask != Py_None) {
             PyErr_SetString(PyExc_ValueError, "give prefix embeddings or prefix_ids, not both");
             return -1;
         }
-        if (!ids_args(cfg, n, sp.cfg_scale != 1.0f, pids, plen, uids, ulen, &pi, &pl, &pui, &pul))
-            return -1;
-    } else if (!prefix_args(cfg, n, sp.cfg_scale != 1.0f, cond, unc, mask, &pc, &pu, &pm))
+        if (!ids_args(cfg, n, guided, pids, plen, uids, ulen, &pi, &pl, &pui, &pul)) return -1;
+    } else if (!prefix_args(cfg, n, guided, cond, unc, mask, &pc, &pu, &pm))
         return -1;
     const uint32_t *ids = NULL;
     if (sids != Py_None) {

@@ -1,6 +1,7 @@
 """The binding layer: loads the C extension ``zipar._core`` on first use.
 
-Nothing in zipar imports ``zipar._core`` directly; code that needs the engine calls :func:`core`.
+Nothing in zipar imports ``zipar._core`` directly; code that needs the engine calls :func:`core`
+(so should other code: a bare ``import zipar._core`` may not find OpenBLAS in an in-place build).
 Importing zipar, ``zipar.io`` or the Fashion-MNIST tokenizer therefore needs neither a built
 extension nor any environment change; the first model, session or thread call loads it.
 

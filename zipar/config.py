@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple, Union, cast
 
 import numpy as np
 
@@ -114,11 +114,11 @@ class ModelConfig:
 
     @property
     def H(self) -> int:
-        return self.grid[0]
+        return cast(Tuple[int, int], self.grid)[0]  # a pair after __post_init__
 
     @property
     def W(self) -> int:
-        return self.grid[1]
+        return cast(Tuple[int, int], self.grid)[1]
 
     @property
     def seq_len(self) -> int:
@@ -134,6 +134,10 @@ class ModelConfig:
         """
         return self.cls_token_num + r * (self.W + self.eor) + c
 
+    def cell_of(self, pos: int):
+        """(row, col) of sequence position ``pos`` >= P: the inverse of :meth:`cell_pos`."""
+        return divmod(pos - self.cls_token_num, self.W + self.eor)
+
     def position(self, row, col):
         """Sequence positions of (row, col) addresses, element-wise; row -1 with col p addresses
         conditioning position p, other rows are grid cells (:meth:`cell_pos`)."""
@@ -142,7 +146,7 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["grid"] = list(self.grid)
+        d["grid"] = [self.H, self.W]
         return d
 
     def to_json(self) -> str:

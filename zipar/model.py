@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Dict, Mapping
+from typing import Dict, Mapping, cast
 
 import numpy as np
 
@@ -44,7 +44,7 @@ def __getattr__(name):
 def layer_shapes(cfg: ModelConfig) -> Dict[str, tuple]:
     """Shapes of one layer's weights, keyed by :data:`LAYER_KEYS`."""
     D, hd = cfg.dim, cfg.head_dim
-    qkv = (cfg.n_head + 2 * cfg.n_kv_head) * hd
+    qkv = (cfg.n_head + 2 * cast(int, cfg.n_kv_head)) * hd
     shapes = ((D,), (qkv, D), (D, cfg.n_head * hd), (D,), (cfg.hidden, D), (cfg.hidden, D),
               (D, cfg.hidden))
     return dict(zip(LAYER_KEYS, shapes))
@@ -250,7 +250,8 @@ class Model:
                 sess.run(-1, bar.update_to if bar is not None else None)
         except KeyboardInterrupt as e:
             # Ctrl-C between passes: keep what was decoded (-1 elsewhere) on the exception
-            e.partial_result = self._result(sess, policy, labels, sids, trace, t0, False, sampling)
+            partial = self._result(sess, policy, labels, sids, trace, t0, False, sampling)
+            setattr(e, "partial_result", partial)
             raise
         finally:
             if bar is not None:
@@ -380,8 +381,7 @@ class Model:
                 elif fixed is not None:
                     token = fixed
                 else:
-                    rel = pos - P
-                    token = int(toks[b, rel // (W + E), rel % (W + E)])
+                    token = int(toks[(b,) + c.cell_of(pos)])
                 want = pos in cell_of_pos
                 q.append((b, pos, token, 0, int(want), int(guided)))
                 if want:
@@ -398,7 +398,7 @@ class Model:
         of the conditional stream: an array (B, n_cells, n_layers, n_heads, seq_len) whose rows
         sum to 1. ``cells``: (n, 2) grid cells (row, col) whose *input* query is captured (the
         query fed with that cell's token); default all cells. ``layers``/``heads``: default all.
-        Slot p maps to grid cell ((p - P) // (W + E), (p - P) % (W + E)) for p >= P.
+        Slot p >= P holds grid cell ``config.cell_of(p)`` (column W: an end-of-row slot).
         """
         c = self.config
         cond, unc, mask = self.prefix(labels, captions=captions, caption_mask=caption_mask)

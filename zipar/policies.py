@@ -50,7 +50,7 @@ class _Builtin:
 
     def to_dict(self) -> dict:
         d = {"policy": type(self).__name__}
-        d.update(dataclasses.asdict(self))
+        d.update(dataclasses.asdict(self))  # type: ignore[call-overload]  # subclasses are dataclasses
         return d
 
 

@@ -7,7 +7,7 @@ import os
 from ._ext import core
 
 __all__ = ["build_info", "show_config", "set_num_threads", "get_num_threads", "read_bandwidth",
-           "__version__"]
+           "set_blas_min_rows", "__version__"]
 
 __version__ = "0.1.0"
 
@@ -43,3 +43,11 @@ def read_bandwidth(nbytes: int, reps: int = 5) -> float:
     """Best-of-``reps`` read bandwidth in bytes per second of all engine threads over a buffer of
     ``nbytes`` (>= 4096): the memory-bound ceiling benchmarks compare passes with."""
     return core().read_bandwidth(int(nbytes), int(reps)) * 1e9
+
+
+def set_blas_min_rows(m: int) -> None:
+    """Send matrix products of at least ``m`` rows to OpenBLAS sgemm instead of the skinny kernel
+    (whose results do not depend on the thread count; sgemm's may differ in the last bits)."""
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"set_blas_min_rows needs a positive int, got {m!r}")
+    core().set_blas_min_rows(m)

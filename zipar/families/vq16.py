@@ -34,7 +34,7 @@ slower on that machine while it was shared with other jobs (OpenBLAS threads on 
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -298,10 +298,11 @@ class VQDecoder:
                 c = spec.resnet(f"{pre}.res.{j}", c)
                 if n_attn:
                     spec.attn(f"{pre}.attn.{j}", c)
-            up = any(k.startswith(pre + ".upsample.") for k in keys)
-            if up:
+            has_up = any(k.startswith(pre + ".upsample.") for k in keys)
+            if has_up:
                 spec.conv(pre + ".upsample.conv", c, c, 3)
-            levels.append({"channels": c, "n_res": n_res, "attn": bool(n_attn), "upsample": up})
+            levels.append({"channels": c, "n_res": n_res, "attn": bool(n_attn),
+                           "upsample": has_up})
         spec.norm("decoder.norm_out", c)
         spec.conv("decoder.conv_out", c, 3, 3)
 
@@ -350,20 +351,21 @@ class VQDecoder:
         ci = params("decoder.conv_in")
         self._conv_in = (ci["weight"], ci["bias"])
         c0 = spec.expected["decoder.conv_in.bias"][0]
-        self._mid = [_Resnet(params("decoder.mid.0"), c0, c0), _Attn(params("decoder.mid.1"), c0),
-                     _Resnet(params("decoder.mid.2"), c0, c0)]
+        self._mid: List[Union[_Resnet, _Attn]] = [
+            _Resnet(params("decoder.mid.0"), c0, c0), _Attn(params("decoder.mid.1"), c0),
+            _Resnet(params("decoder.mid.2"), c0, c0)]
         self._blocks: List[Tuple[list, Optional[Tuple[np.ndarray, np.ndarray]]]] = []
         c = c0
         for i, lv in enumerate(levels):
             pre = f"decoder.conv_blocks.{i}"
-            layers = []
+            layers: List[Union[_Resnet, _Attn]] = []
             for j in range(lv["n_res"]):
                 cout = spec.expected[f"{pre}.res.{j}.conv1.bias"][0]
                 layers.append(_Resnet(params(f"{pre}.res.{j}"), c, cout))
                 c = cout
                 if lv["attn"]:
                     layers.append(_Attn(params(f"{pre}.attn.{j}"), c))
-            up = None
+            up: Optional[Tuple[np.ndarray, np.ndarray]] = None
             if lv["upsample"]:
                 u = params(pre + ".upsample.conv")
                 up = (u["weight"], u["bias"])

@@ -48,4 +48,4 @@ def write_npz(path, weights: Dict[str, np.ndarray], *, config_json: Optional[str
     arrays = {k: np.asarray(v) for k, v in weights.items()}
     if config_json is not None:
         arrays[CONFIG_NPZ_KEY] = np.frombuffer(config_json.encode("utf-8"), np.uint8)
-    np.savez(path, **arrays)
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub lacks **arrays

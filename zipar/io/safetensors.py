@@ -51,14 +51,15 @@ def _st_header(f, path: str, size: int):
         raise CheckpointError(f"{path}: safetensors __metadata__ must map strings to strings")
     data_start, data_size = 8 + n, size - 8 - n
     entries = []
-    for name, e in header.items():
-        if not isinstance(e, dict) or set(e) != {"dtype", "shape", "data_offsets"}:
-            raise CheckpointError(f"{path}: bad safetensors entry for {name!r}: {e!r:.200}")
-        dtype = _ST_DTYPES.get(e["dtype"]) if isinstance(e["dtype"], str) else None
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise CheckpointError(f"{path}: bad safetensors entry for {name!r}: {entry!r:.200}")
+        dtype = _ST_DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
         if dtype is None:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {e['dtype']!r}")
-        shape = e["shape"]
-        offs = e["data_offsets"]
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype "
+                                  f"{entry['dtype']!r}")
+        shape = entry["shape"]
+        offs = entry["data_offsets"]
         if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
             raise CheckpointError(f"{path}: tensor {name!r} has bad shape {shape!r}")
         if not (isinstance(offs, list) and len(offs) == 2
@@ -107,7 +108,7 @@ def read_safetensors(path, *, keep_bfloat16: bool = False, mmap: bool = False,
                 else:
                     arr = np.empty(shape, dt)
                     f.seek(data_start + begin)
-                    if f.readinto(memoryview(arr.reshape(-1)).cast("B")) != end - begin:
+                    if f.readinto(arr.reshape(-1).data.cast("B")) != end - begin:
                         raise CheckpointError(f"{path}: tensor {name!r} is cut short")
                 if dtype is _BF16 and not keep_bfloat16:
                     arr = bfloat16_to_float32(arr)
@@ -139,7 +140,7 @@ def _write_safetensors(path, tensors: Dict[str, np.ndarray], metadata: Dict[str,
         f.write(blob)
         for arr in arrays:
             if arr.size:
-                f.write(memoryview(arr.reshape(-1)).cast("B"))
+                f.write(arr.reshape(-1).data.cast("B"))
 
 
 def write_safetensors(path, weights: Dict[str, np.ndarray], *,

@@ -202,9 +202,9 @@ for _name in ("torch.Tensor", "torch._tensor.Tensor", "torch.nn.parameter.Parame
     _ALLOWED_GLOBALS[(_mod, _cls)] = _TensorClass(_name)
 for _name, _dt in _STORAGE_DTYPES.items():
     _ALLOWED_GLOBALS[("torch", _name)] = _StorageType(f"torch.{_name}", _DTYPES[_dt])
-for _dt in _DTYPE_LIST:
-    _ALLOWED_GLOBALS[("torch", _dt.torch_name)] = _DtypeToken(_dt)
-del _name, _dt, _mod, _cls
+for _dtype in _DTYPE_LIST:
+    _ALLOWED_GLOBALS[("torch", _dtype.torch_name)] = _DtypeToken(_dtype)
+del _name, _dt, _dtype, _mod, _cls
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
