@@ -9,7 +9,7 @@ by Lumina's own checkpoints (P = model_parallel_size, 1 for the 7B models), broa
 from __future__ import annotations
 
 import re
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from ..io.errors import CheckpointError
 from . import hf
@@ -35,7 +35,8 @@ def chameleon_config(cfg: dict, where: str = "config.json", *,
     try:
         dim = int(cfg["hidden_size"])
         n_head = int(cfg["num_attention_heads"])
-        fc = dict(dim=dim, n_layer=int(cfg["num_hidden_layers"]), n_head=n_head,
+        fc: Dict[str, Any] = dict(
+                  dim=dim, n_layer=int(cfg["num_hidden_layers"]), n_head=n_head,
                   n_kv_head=int(cfg.get("num_key_value_heads") or n_head),
                   head_dim=int(cfg.get("head_dim") or dim // n_head),
                   hidden=int(cfg["intermediate_size"]), vocab_size=int(cfg["vocab_size"]),

@@ -320,8 +320,9 @@ class FamilyModel:
             else:
                 sess.run(-1, bar.update_to if bar is not None else None)
         except KeyboardInterrupt as e:
-            e.partial_result = self._result(sess, policy, sampling, sids, trace, t0, (H, W), P,
-                                            heads, tails)
+            partial = self._result(sess, policy, sampling, sids, trace, t0, (H, W), P, heads,
+                                   tails)
+            setattr(e, "partial_result", partial)
             raise
         finally:
             if bar is not None:

@@ -10,7 +10,7 @@ VQ tensors are ignored (the VQ decoder is separate).
 from __future__ import annotations
 
 import re
-from typing import Dict
+from typing import Any, Dict
 
 
 from ..io.errors import CheckpointError
@@ -49,11 +49,13 @@ def emu3_config(cfg: dict, where: str = "config.json") -> FamilyConfig:
     if not is_emu3_config(cfg):
         raise CheckpointError(f"{where}: model_type {cfg.get('model_type')!r} / architectures "
                               f"{cfg.get('architectures')!r} is not Emu3")
-    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+    tc = cfg.get("text_config")
+    text: Dict[str, Any] = tc if isinstance(tc, dict) else cfg
     try:
         dim = int(text["hidden_size"])
         n_head = int(text["num_attention_heads"])
-        fc = dict(dim=dim, n_layer=int(text["num_hidden_layers"]), n_head=n_head,
+        fc: Dict[str, Any] = dict(
+                  dim=dim, n_layer=int(text["num_hidden_layers"]), n_head=n_head,
                   n_kv_head=int(text.get("num_key_value_heads", n_head)),
                   head_dim=int(text.get("head_dim") or dim // n_head),
                   hidden=int(text["intermediate_size"]), vocab_size=int(text["vocab_size"]),
