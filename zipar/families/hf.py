@@ -30,8 +30,9 @@ def resolve_folder(path, *, cache_dir=None) -> str:
     if os.path.isdir(p):
         return p
     if os.path.exists(p):
-        raise CheckpointError(f"{p}: is a file; a Hugging Face checkpoint is a folder with "
-                              "config.json and safetensors shards")
+        raise CheckpointError(f"{p}: is a file; an Emu3 / Chameleon checkpoint is a Hugging Face "
+                              "folder with config.json and safetensors shards (a LlamaGen "
+                              "checkpoint file loads with zipar.load_llamagen or zipar.load)")
     parts = p.split("/")
     if len(parts) == 2 and all(parts) and not p.startswith((".", "/")):
         try:
