@@ -116,22 +116,25 @@ int zp_matmul_force_isa(const char *isa)
     return 0;
 }
 
-void zp_set_num_threads(int n)
+int zp_set_num_threads(int n)
 {
     /* Changing thread pools from inside a parallel region is undefined for OpenBLAS and would
-     * only reach the calling OpenMP thread: refuse silently. */
-    if (omp_in_parallel())
-        return;
+     * only reach the calling OpenMP thread: refuse. Huge counts crash libgomp: refuse. */
+    if (omp_in_parallel() || n < 0 || n > ZP_MAX_THREADS)
+        return -1;
     __atomic_store_n(&zp_threads, n > 0 ? n : 0, __ATOMIC_RELAXED);
     if (n > 0)
         omp_set_num_threads(n);
     ZP_BLAS_FN(openblas_set_num_threads)(n > 0 ? n : omp_get_max_threads());
+    return 0;
 }
 
 int zp_get_num_threads(void)
 {
     int n = __atomic_load_n(&zp_threads, __ATOMIC_RELAXED);
-    return n > 0 ? n : omp_get_max_threads();
+    if (n <= 0)
+        n = omp_get_max_threads(); /* OMP_NUM_THREADS may say anything: keep within the cap */
+    return n < ZP_MAX_THREADS ? n : ZP_MAX_THREADS;
 }
 
 void zp_set_blas_min_rows(int m)

@@ -40,10 +40,12 @@ void zp_matmul(float *y, const float *x, const float *w, int m, int K, int N);
  * buffers; y[i][n] for n >= N is left untouched. */
 void zp_matmul_ld(float *y, int ldy, const float *x, const float *w, int m, int K, int N);
 
-/* Threads for the skinny kernel (OpenMP) and for OpenBLAS. n <= 0 restores the default (OpenMP's
- * omp_get_max_threads() at the time of each call). Ignored when called inside an OpenMP
- * parallel region. */
-void zp_set_num_threads(int n);
+/* Threads for the skinny kernel (OpenMP) and for OpenBLAS. n = 0 restores the default (OpenMP's
+ * omp_get_max_threads() at the time of each call). Returns 0, or -1 and changes nothing when n is
+ * negative or above ZP_MAX_THREADS, or when called inside an OpenMP parallel region. Safe to call
+ * while another thread runs a session: each pass reads the count once (buffers and loops agree). */
+#define ZP_MAX_THREADS 1024
+int zp_set_num_threads(int n);
 int zp_get_num_threads(void);
 
 /* "avx512", "avx2" or "scalar": the skinny kernel chosen at run time for this CPU. */

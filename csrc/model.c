@@ -40,9 +40,11 @@ const char *zp_status_string(zp_status st) {
 
 zp_status zp_reserve(void **buf, size_t *cap, size_t n, size_t elem) {
     if (n <= *cap) return ZP_OK;
-    size_t want = *cap ? *cap : 16;
-    while (want < n) want *= 2;
-    void *p = realloc(*buf, want * elem);
+    size_t want = *cap ? *cap : 16, bytes;
+    while (want < n) want = want > SIZE_MAX / 2 ? n : want * 2;
+    if (__builtin_mul_overflow(want, elem, &bytes))
+        return zp_fail(ZP_ERR_NOMEM, "cannot allocate %zu elements of %zu bytes of scratch", n, elem);
+    void *p = realloc(*buf, bytes);
     if (!p) return zp_fail(ZP_ERR_NOMEM, "cannot allocate %zu bytes of scratch", want * elem);
     *buf = p;
     *cap = want;
@@ -57,10 +59,24 @@ int zp_cell_pos(const zp_config *c, int r, int col) {
     return c->cls_token_num + r * (c->grid_w + c->eor) + col;
 }
 
-static zp_status check_config(const zp_config *c) {
+zp_status zp_config_check(const zp_config *c) {
     if (c->dim < 1 || c->n_layer < 1 || c->n_head < 1 || c->n_kv_head < 1 || c->hidden < 1 ||
         c->vocab < 1 || c->cls_token_num < 1 || c->grid_h < 1 || c->grid_w < 1)
         return zp_fail(ZP_ERR_ARG, "config sizes must be positive");
+    /* 64-bit arithmetic on 32-bit inputs: none of these products can wrap */
+    int64_t seq = (int64_t)c->cls_token_num + (int64_t)c->grid_h * ((int64_t)c->grid_w + (c->eor != 0));
+    if (seq > ZP_MAX_SEQ_LEN)
+        return zp_fail(ZP_ERR_ARG, "sequence length P + H*(W+E) = %lld exceeds the limit "
+                       "ZP_MAX_SEQ_LEN = %d", (long long)seq, ZP_MAX_SEQ_LEN);
+    int64_t qkv = ((int64_t)c->n_head + 2 * (int64_t)c->n_kv_head) * c->head_dim;
+    if (c->dim > ZP_MAX_WIDTH || c->hidden > ZP_MAX_WIDTH || c->vocab > ZP_MAX_WIDTH ||
+        qkv > ZP_MAX_WIDTH)
+        return zp_fail(ZP_ERR_ARG, "dim %d, hidden %d, vocab %d and (n_head + 2*n_kv_head)*head_dim "
+                       "%lld must each be at most ZP_MAX_WIDTH = %d", c->dim, c->hidden, c->vocab,
+                       (long long)qkv, ZP_MAX_WIDTH);
+    if (c->n_layer > ZP_MAX_LAYERS)
+        return zp_fail(ZP_ERR_ARG, "n_layer %d exceeds the limit ZP_MAX_LAYERS = %d", c->n_layer,
+                       ZP_MAX_LAYERS);
     if (c->rope_1d != 0 && c->rope_1d != 1) return zp_fail(ZP_ERR_ARG, "rope_1d must be 0 or 1");
     if (!c->rope_1d && (c->head_dim < 4 || c->head_dim % 4))
         return zp_fail(ZP_ERR_ARG, "head_dim %d must be a positive multiple of 4", c->head_dim);
@@ -81,9 +97,9 @@ static zp_status check_config(const zp_config *c) {
     if (c->eor != 0 && c->eor != 1) return zp_fail(ZP_ERR_ARG, "eor must be 0 or 1");
     if (c->eor && (c->eor_token < 0 || c->eor_token >= c->vocab))
         return zp_fail(ZP_ERR_ARG, "eor_token %d outside [0, %d)", c->eor_token, c->vocab);
-    if (!(c->norm_eps > 0.f) || !(c->rope_base > 0.f))
-        return zp_fail(ZP_ERR_ARG, "norm_eps and rope_base must be positive");
-    if ((double)zp_seq_len(c) > 1e7) return zp_fail(ZP_ERR_ARG, "sequence too long");
+    if (!(c->norm_eps > 0.f) || !(c->rope_base > 0.f) || !isfinite(c->norm_eps) ||
+        !isfinite(c->rope_base))
+        return zp_fail(ZP_ERR_ARG, "norm_eps and rope_base must be finite and positive");
     return ZP_OK;
 }
 
@@ -127,7 +143,7 @@ static void build_rope(zp_model *m) {
 
 zp_status zp_model_new(const zp_config *cfg, const zp_weights *w, zp_model **out) {
     *out = NULL;
-    zp_status st = check_config(cfg);
+    zp_status st = zp_config_check(cfg);
     if (st) return st;
     if (!w || !w->tok_embeddings || !w->layers || !w->norm || !w->output)
         return zp_fail(ZP_ERR_ARG, "missing weight pointer");
@@ -190,6 +206,10 @@ static float *alloc_streamed(size_t n) {
 static zp_status cache_alloc(const zp_model *m, int n_images, int guided, zp_cache **out) {
     *out = NULL;
     const zp_config *c = &m->cfg;
+    if (n_images < 1) return zp_fail(ZP_ERR_ARG, "n_images must be >= 1");
+    if (n_images > ZP_MAX_IMAGES)
+        return zp_fail(ZP_ERR_ARG, "n_images %d exceeds the limit ZP_MAX_IMAGES = %d", n_images,
+                       ZP_MAX_IMAGES);
     zp_cache *k = calloc(1, sizeof *k);
     if (!k) return zp_fail(ZP_ERR_NOMEM, "cannot allocate cache");
     k->m = m;
@@ -197,14 +217,20 @@ static zp_status cache_alloc(const zp_model *m, int n_images, int guided, zp_cac
     k->guided = guided ? 1 : 0;
     k->n_streams = n_images * (guided ? 2 : 1);
     k->seq_len = m->seq_len;
-    size_t kn = (size_t)c->n_layer * k->n_streams * zp_tiled_len(k->seq_len) * c->n_kv_head *
-                c->head_dim;
-    size_t P = c->cls_token_num, D = c->dim;
+    size_t kn, pn, P = c->cls_token_num, D = c->dim;
+    if (__builtin_mul_overflow((size_t)c->n_layer * k->n_streams * zp_tiled_len(k->seq_len),
+                               (size_t)c->n_kv_head * c->head_dim, &kn) ||
+        __builtin_mul_overflow((size_t)k->n_streams * P, D, &pn) || kn > SIZE_MAX / 4 ||
+        pn > SIZE_MAX / 4) {
+        free(k);
+        return zp_fail(ZP_ERR_NOMEM, "a KV cache for %d images exceeds the address space",
+                       n_images);
+    }
     k->k = alloc_streamed(kn); /* zeros: the unwritten lanes of a tile are read */
     k->v = alloc_streamed(kn);
     k->slots = malloc(sizeof(int32_t) * n_images * k->seq_len);
     k->stamp = calloc((size_t)n_images * k->seq_len, sizeof(uint32_t));
-    k->prefix = calloc((size_t)k->n_streams * P * D, sizeof(float));
+    k->prefix = calloc(pn, sizeof(float));
     k->prefix_mask = malloc((size_t)n_images * P);
     k->shift = calloc((size_t)k->n_streams, sizeof(int32_t));
     if (!k->k || !k->v || !k->slots || !k->stamp || !k->prefix || !k->prefix_mask || !k->shift) {
@@ -571,7 +597,11 @@ static void attend_stream(const int32_t *rows, int n, const int32_t *const *vis,
 
 static zp_status check_queries(const zp_model *m, zp_cache *k, const zp_query *q, int nq) {
     const zp_config *c = &m->cfg;
-    if (nq < 0) return zp_fail(ZP_ERR_ARG, "negative query count");
+    if (nq < 0 || nq > INT32_MAX / 2)
+        return zp_fail(ZP_ERR_ARG, "query count %d outside [0, %d]", nq, INT32_MAX / 2);
+    if ((int64_t)nq > (int64_t)k->n_images * k->seq_len)
+        return zp_fail(ZP_ERR_ARG, "%d queries, but a pass writes each of the %lld slots at most "
+                       "once", nq, (long long)k->n_images * k->seq_len);
     if (++k->pass_id == 0) {
         memset(k->stamp, 0, sizeof(uint32_t) * (size_t)k->n_images * k->seq_len);
         k->pass_id = 1;
@@ -644,8 +674,10 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         (st = zp_reserve((void **)&s->stream_group, &s->cap_stream_group, (size_t)k->n_streams,
                          sizeof(int32_t))))
         return st;
-    if ((st = zp_reserve((void **)&s->scores, &s->cap_scores, (size_t)rows * NH * S,
-                         sizeof(float))))
+    size_t n_scores;
+    if (__builtin_mul_overflow((size_t)rows, (size_t)NH * S, &n_scores))
+        return zp_fail(ZP_ERR_NOMEM, "attention scores of %d rows exceed the address space", rows);
+    if ((st = zp_reserve((void **)&s->scores, &s->cap_scores, n_scores, sizeof(float))))
         return st;
 
     /* ---- slot states first: visibility is fixed for the whole pass */

@@ -388,9 +388,9 @@ static zp_status plan_builtin(zp_session *s, int b) {
 typedef struct { int token, token2, accepted; } outcome;
 
 /* Room for this pass: logits, per-thread probability rows, and in `work` the intents' outcomes
- * followed by per-thread sampling scratch (returned offset, rounded up for 16-byte alignment). */
-static zp_status reserve_pass_buffers(zp_session *s, size_t *scratch_offset) {
-    int nthreads = zp_get_num_threads();
+ * followed by per-thread sampling scratch (returned offset, rounded up for 16-byte alignment).
+ * nthreads: the pass's thread count, read once by execute() (the sampling loop uses the same). */
+static zp_status reserve_pass_buffers(zp_session *s, int nthreads, size_t *scratch_offset) {
     zp_status st;
     if ((st = zp_reserve((void **)&s->logits, &s->cap_logits, (size_t)s->n_logits * s->V,
                          sizeof(float))))
@@ -483,7 +483,10 @@ static zp_status execute(zp_session *s) {
     if (s->nit == 0 && s->nq == 0)
         return zp_fail(ZP_ERR_STATE, "the pass decodes nothing (the policy is stuck)");
     size_t scratch_offset;
-    if ((st = reserve_pass_buffers(s, &scratch_offset))) return st;
+    /* the thread count is read once per pass: zp_set_num_threads from another thread must not
+     * let the loop below run more threads than the per-thread buffers were sized for */
+    const int nthreads = zp_get_num_threads();
+    if ((st = reserve_pass_buffers(s, nthreads, &scratch_offset))) return st;
     double t0 = now_s();
     st = zp_forward(s->m, s->cache, s->q, (int)s->nq, s->sp.cfg_scale, s->logits, NULL);
     s->st.forward_seconds += now_s() - t0;
@@ -493,7 +496,7 @@ static zp_status execute(zp_session *s) {
     unsigned char *wbase = s->work + scratch_offset;
     size_t wsz = zp_sampling_work_size(s->V);
     double t_sample = now_s();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(zp_get_num_threads()) \
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) \
     if ((size_t)s->nit * s->V >= 65536)
     for (int i = 0; i < (int)s->nit; i++) {
         int tid = 0;

@@ -74,7 +74,19 @@ typedef struct {
                           tokens of a shared text+image vocabulary); 0, 0: the whole vocabulary */
 } zp_config;
 
-/* Sequence length P + H*(W+E) and the position of grid cell (r, c). */
+/* Size limits, checked by zp_config_check / zp_cache_new before any arithmetic on the sizes, so
+ * that every product the core forms fits in 64 bits and every position or index fits in 32. */
+#define ZP_MAX_SEQ_LEN (1 << 24) /* P + H*(W+E) */
+#define ZP_MAX_WIDTH (1 << 24)   /* dim, hidden, vocab and (n_head + 2*n_kv_head)*head_dim */
+#define ZP_MAX_LAYERS 4096       /* n_layer */
+#define ZP_MAX_IMAGES (1 << 20)  /* images of one cache or session */
+
+/* Checks a config: sizes positive and within the limits above (computed in 64 bits), head_dim a
+ * multiple of 4, n_kv_head dividing n_head, eor in {0, 1}, eor_token in the vocabulary, norm_eps
+ * and rope_base finite and positive. ZP_ERR_ARG with a message naming the limit. */
+zp_status zp_config_check(const zp_config *c);
+
+/* Sequence length P + H*(W+E) and the position of grid cell (r, c), for a checked config. */
 int zp_seq_len(const zp_config *c);
 int zp_cell_pos(const zp_config *c, int r, int col);
 

@@ -5,4 +5,4 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 make -s -C "$root/csrc/tests" test
 cd "$(mktemp -d)"
-python3 -m pytest -q -p no:cacheprovider "$root/tests" "$@"
+python3 -m pytest -q -rs -p no:cacheprovider "$root/tests" "$@"

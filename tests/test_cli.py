@@ -72,7 +72,8 @@ def test_convert_infers_grid_from_file_name(tmp_path):
 
 def test_generate_c2i_png(tmp_path):
     grid = 3
-    proc = run_cli(tmp_path, "generate", "--checkpoint", C2I, "--n-head", 4, "--grid", grid,
+    proc = run_cli(tmp_path, "generate", "--plain", "--checkpoint", C2I, "--n-head", 4,
+                   "--grid", grid,
                    "--vq", VQ, "--labels", 1, 2, "--policy", "zipar", "--window", 2,
                    "--out", "x.png", "--quiet", "--scale", 1, "--seed", 5)
     assert "ZipAR" in proc.stdout and proc.stderr == ""
@@ -101,7 +102,7 @@ def test_generate_c2i_png(tmp_path):
 
 
 def test_generate_default_scale_upsamples_small_images(tmp_path):
-    run_cli(tmp_path, "generate", "--checkpoint", C2I, "--n-head", 4, "--grid", 2,
+    run_cli(tmp_path, "generate", "--plain", "--checkpoint", C2I, "--n-head", 4, "--grid", 2,
             "--vq", VQ, "--labels", 3, "--policy", "raster", "--out", "y.png", "--quiet")
     side = 16 * 2
     h, w = png.read_png(tmp_path / "y.png").shape[:2]
@@ -111,7 +112,7 @@ def test_generate_default_scale_upsamples_small_images(tmp_path):
 def test_generate_t2i_captions(tmp_path):
     caps = np.random.default_rng(0).standard_normal((2, 120, 2048)).astype(np.float16)
     np.save(tmp_path / "emb.npy", caps)
-    proc = run_cli(tmp_path, "generate", "--checkpoint", T2I, "--n-head", 4, "--grid", 2,
+    proc = run_cli(tmp_path, "generate", "--plain", "--checkpoint", T2I, "--n-head", 4, "--grid", 2,
                    "--captions", "emb.npy", "--policy", "zipar", "--window", 1,
                    "--out", "t.png", "--quiet", "--scale", 1, "--seed", 2)
     assert "no decoder attached" in proc.stdout

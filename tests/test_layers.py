@@ -6,7 +6,7 @@ imports form a loop. The layers, lowest first (docs/architecture.md):
 
     binding  zipar._ext                          loads the C extension zipar._core lazily
     io       zipar.io.*                          file formats, NumPy only
-    engine   config, sampling, policies, session, model, runtime
+    engine   config, _checks, sampling, policies, session, model, runtime
     families zipar.families.*                    LlamaGen checkpoints, VQ-16
     tools    zipar.reference.*, zipar.fmnist.*, zipar.sweep.*, zipar.__main__
     api      zipar (the package face) and the one-release alias modules
@@ -26,8 +26,8 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 LAYERS = [
     (0, ("zipar._ext", "zipar._core")),
     (1, ("zipar.io",)),
-    (2, ("zipar.config", "zipar.sampling", "zipar.policies", "zipar.session", "zipar.model",
-         "zipar.runtime")),
+    (2, ("zipar.config", "zipar._checks", "zipar.sampling", "zipar.policies", "zipar.session",
+         "zipar.model", "zipar.runtime")),
     (3, ("zipar.families",)),
     (4, ("zipar.reference",)),
     (5, ("zipar.fmnist",)),

@@ -72,6 +72,53 @@ static int check_array(PyObject *o, int typenum, npy_intp count, const char *wha
 
 #define DATA(o) PyArray_DATA((PyArrayObject *)(o))
 
+/* After a failed PyArg_ParseTuple: an integer too large for its C type is a ValueError (a value
+ * out of range), not an OverflowError; other errors pass unchanged. Returns NULL. */
+static PyObject *parse_failed(void) {
+    if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        PyObject *msg = value ? PyObject_Str(value) : NULL;
+        if (msg)
+            PyErr_Format(PyExc_ValueError, "an integer argument is out of range: %U", msg);
+        else
+            PyErr_SetString(PyExc_ValueError, "an integer argument is out of range");
+        Py_XDECREF(msg);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+    }
+    return NULL;
+}
+
+/* An exact int (not bool, not float) in [lo, hi] -> *out; else TypeError / ValueError naming it. */
+static int get_u64(PyObject *o, const char *what, unsigned long long hi, unsigned long long *out) {
+    if (!PyLong_Check(o) || PyBool_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, got %.100s", what, Py_TYPE(o)->tp_name);
+        return 0;
+    }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (v == -1 && PyErr_Occurred()) return 0;
+    unsigned long long u = 0;
+    if (overflow > 0) { /* above LLONG_MAX: only a full 64-bit range can hold it */
+        u = PyLong_AsUnsignedLongLong(o);
+        if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            overflow = -1;
+        }
+    } else if (overflow == 0 && v >= 0) {
+        u = (unsigned long long)v;
+    }
+    if (overflow < 0 || (overflow == 0 && v < 0) || u > hi) {
+        PyErr_Format(PyExc_ValueError, "%s must be in [0, %llu], got %R", what, hi, o);
+        return 0;
+    }
+    *out = u;
+    return 1;
+}
+
 /* ================================================================ Model */
 
 typedef struct {
@@ -126,6 +173,7 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
         !pop_number(kw2, "swin_norm", 0, &c.swin_norm) || !pop_number(kw2, "vis_lo", 0, &c.vis_lo) ||
         !pop_number(kw2, "vis_hi", 0, &c.vis_hi)) {
         Py_XDECREF(kw2);
+        parse_failed();
         return -1;
     }
     int ok = PyArg_ParseTupleAndKeywords(args, kw2, "O$iiiiiiiiiiiiff", kwlist, &arrays, &c.dim,
@@ -134,7 +182,15 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
                                          &c.grid_w, &c.eor, &c.eor_token, &c.norm_eps,
                                          &c.rope_base);
     Py_XDECREF(kw2);
-    if (!ok) return -1;
+    if (!ok) {
+        parse_failed();
+        return -1;
+    }
+    zp_status cst = zp_config_check(&c); /* before any size below is computed from it */
+    if (cst) {
+        raise_status(cst);
+        return -1;
+    }
     if (self->m) {
         PyErr_SetString(PyExc_RuntimeError, "Model already initialised");
         return -1;
@@ -262,8 +318,10 @@ static int Cache_init(CacheObject *self, PyObject *args, PyObject *kw) {
     PyObject *cond, *unc = Py_None, *mask = Py_None;
     PyObject *ids = Py_None, *len = Py_None, *uids = Py_None, *ulen = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O!ipO|OO$OOOO", kwlist, &ModelType, &model, &n,
-                                     &guided, &cond, &unc, &mask, &ids, &len, &uids, &ulen))
+                                     &guided, &cond, &unc, &mask, &ids, &len, &uids, &ulen)) {
+        parse_failed();
         return -1;
+    }
     if (self->c) {
         PyErr_SetString(PyExc_RuntimeError, "Cache already initialised");
         return -1;
@@ -323,7 +381,7 @@ static PyObject *Cache_forward(CacheObject *self, PyObject *args, PyObject *kw) 
     PyObject *qa, *capture = Py_None;
     float cfg_scale;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "Of|O", kwlist, &qa, &cfg_scale, &capture))
-        return NULL;
+        return parse_failed();
     if (!check_array(qa, NPY_INT32, -1, "queries")) return NULL;
     if (PyArray_NDIM((PyArrayObject *)qa) != 2 ||
         PyArray_DIM((PyArrayObject *)qa, 1) != ZP_QUERY_FIELDS) {
@@ -415,13 +473,17 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw) {
     zp_sampling sp = zp_sampling_default();
     zp_policy pol = {0};
     unsigned long long seed = sp.seed;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!iO|OOO$OOOOfififKiiiiiidp", kwlist, &ModelType,
+    PyObject *seed_obj = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!iO|OOO$OOOOfififOiiiiiidp", kwlist, &ModelType,
                                      &model, &n, &cond, &unc, &mask, &sids, &pids, &plen, &uids,
                                      &ulen, &sp.cfg_scale,
                                      &sp.cfg_interval, &sp.temperature, &sp.top_k, &sp.top_p,
-                                     &seed, &pol.kind, &pol.window, &pol.schedule, &pol.proxy,
-                                     &pol.min_window, &pol.max_window, &pol.threshold, &trace))
+                                     &seed_obj, &pol.kind, &pol.window, &pol.schedule, &pol.proxy,
+                                     &pol.min_window, &pol.max_window, &pol.threshold, &trace)) {
+        parse_failed();
         return -1;
+    }
+    if (seed_obj && !get_u64(seed_obj, "seed", UINT64_MAX, &seed)) return -1;
     if (self->s) {
         PyErr_SetString(PyExc_RuntimeError, "Session already initialised");
         return -1;
@@ -488,7 +550,8 @@ static PyObject *Session_run(SessionObject *self, PyObject *args, PyObject *kw) 
     static char *kwlist[] = {"max_passes", "callback", NULL};
     long long max_passes = -1;
     PyObject *cb = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|LO", kwlist, &max_passes, &cb)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|LO", kwlist, &max_passes, &cb))
+        return parse_failed();
     if (!enter(self)) return NULL;
     long long done = 0;
     zp_status st = ZP_OK;
@@ -636,10 +699,13 @@ static PyObject *py_philox(PyObject *mod, PyObject *args) {
 
 static PyObject *py_uniform(PyObject *mod, PyObject *args) {
     (void)mod;
-    unsigned long long seed;
-    unsigned int sid, pos, draw;
-    if (!PyArg_ParseTuple(args, "KIII", &seed, &sid, &pos, &draw)) return NULL;
-    return PyFloat_FromDouble(zp_uniform(seed, sid, pos, draw));
+    PyObject *o[4];
+    unsigned long long v[4];
+    static const char *names[4] = {"seed", "sample_id", "pos", "draw"};
+    if (!PyArg_ParseTuple(args, "OOOO", &o[0], &o[1], &o[2], &o[3])) return NULL;
+    for (int i = 0; i < 4; i++)
+        if (!get_u64(o[i], names[i], i ? UINT32_MAX : UINT64_MAX, &v[i])) return NULL;
+    return PyFloat_FromDouble(zp_uniform(v[0], (uint32_t)v[1], (uint32_t)v[2], (uint32_t)v[3]));
 }
 
 /* sampling_probs(logits float32 (n, V), temperature, top_k, top_p) -> float64 (n, V) */
@@ -650,7 +716,7 @@ static PyObject *py_sampling_probs(PyObject *mod, PyObject *args, PyObject *kw) 
     zp_sampling sp = zp_sampling_default();
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|fif", kwlist, &lg, &sp.temperature, &sp.top_k,
                                      &sp.top_p))
-        return NULL;
+        return parse_failed();
     zp_status st = zp_sampling_check(&sp);
     if (st) return raise_status(st);
     if (!check_array(lg, NPY_FLOAT32, -1, "logits")) return NULL;
@@ -660,6 +726,29 @@ static PyObject *py_sampling_probs(PyObject *mod, PyObject *args, PyObject *kw) 
         return NULL;
     }
     npy_intp n = PyArray_DIM(la, 0), V = PyArray_DIM(la, 1);
+    if (V > ZP_MAX_WIDTH) {
+        PyErr_Format(PyExc_ValueError, "vocab %zd exceeds the limit %d", (Py_ssize_t)V, ZP_MAX_WIDTH);
+        return NULL;
+    }
+    /* NaN or +inf logits have no distribution; a row needs at least one finite logit
+     * (-inf masks a token) */
+    const float *lv = DATA(lg);
+    for (npy_intp i = 0; i < n; i++) {
+        int finite = 0;
+        for (npy_intp v = 0; v < V; v++) {
+            float x = lv[i * V + v];
+            if (isnan(x) || x == INFINITY) {
+                PyErr_Format(PyExc_ValueError, "logits row %zd holds NaN or +inf at %zd",
+                             (Py_ssize_t)i, (Py_ssize_t)v);
+                return NULL;
+            }
+            finite |= isfinite(x);
+        }
+        if (!finite) {
+            PyErr_Format(PyExc_ValueError, "logits row %zd has no finite value", (Py_ssize_t)i);
+            return NULL;
+        }
+    }
     PyObject *out = PyArray_SimpleNew(2, PyArray_DIMS(la), NPY_FLOAT64);
     if (!out) return NULL;
     void *work = PyMem_Malloc(zp_sampling_work_size((int)V));
@@ -691,8 +780,26 @@ static PyObject *py_draw(PyObject *mod, PyObject *args) {
     double u;
     if (!PyArg_ParseTuple(args, "Od", &p, &u)) return NULL;
     if (!check_array(p, NPY_FLOAT64, -1, "probs")) return NULL;
-    if (PyArray_SIZE((PyArrayObject *)p) < 1 || !(u >= 0.0 && u < 1.0)) {
-        PyErr_SetString(PyExc_ValueError, "probs must be non-empty and u in [0, 1)");
+    npy_intp np_ = PyArray_SIZE((PyArrayObject *)p);
+    if (np_ < 1 || np_ > ZP_MAX_WIDTH || !(u >= 0.0 && u < 1.0)) {
+        PyErr_Format(PyExc_ValueError, "probs must hold 1 to %d values and u be in [0, 1)",
+                     ZP_MAX_WIDTH);
+        return NULL;
+    }
+    const double *pv = DATA(p);
+    double total = 0.0;
+    for (npy_intp v = 0; v < np_; v++) {
+        if (!(pv[v] >= 0.0 && pv[v] <= 1.0 + 1e-9)) {
+            char num[64];
+            snprintf(num, sizeof num, "%g", pv[v]);
+            PyErr_Format(PyExc_ValueError, "probs[%zd] = %s is not a probability in [0, 1]",
+                         (Py_ssize_t)v, num);
+            return NULL;
+        }
+        total += pv[v];
+    }
+    if (!(total > 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "probs sum to 0");
         return NULL;
     }
     return PyLong_FromLong(zp_draw(DATA(p), (int)PyArray_SIZE((PyArrayObject *)p), u));
@@ -700,9 +807,14 @@ static PyObject *py_draw(PyObject *mod, PyObject *args) {
 
 static PyObject *py_set_num_threads(PyObject *mod, PyObject *args) {
     (void)mod;
-    int n;
-    if (!PyArg_ParseTuple(args, "i", &n)) return NULL;
-    zp_set_num_threads(n);
+    PyObject *o;
+    unsigned long long n;
+    if (!PyArg_ParseTuple(args, "O", &o)) return NULL;
+    if (!get_u64(o, "number of threads (0: the default)", ZP_MAX_THREADS, &n)) return NULL;
+    if (zp_set_num_threads((int)n)) {
+        PyErr_SetString(PyExc_RuntimeError, "set_num_threads cannot be called inside a parallel region");
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -715,7 +827,7 @@ static PyObject *py_get_num_threads(PyObject *mod, PyObject *noargs) {
 static PyObject *py_set_blas_min_rows(PyObject *mod, PyObject *args) {
     (void)mod;
     int n;
-    if (!PyArg_ParseTuple(args, "i", &n)) return NULL;
+    if (!PyArg_ParseTuple(args, "i", &n)) return parse_failed();
     zp_set_blas_min_rows(n);
     Py_RETURN_NONE;
 }
@@ -816,7 +928,9 @@ PyMODINIT_FUNC PyInit__core(void) {
         ADD_CONST(ZP_SCHEDULE_EAGER) || ADD_CONST(ZP_SCHEDULE_PAPER) ||
         ADD_CONST(ZP_PROXY_ABOVE) || ADD_CONST(ZP_PROXY_LEFT) || ADD_CONST(ZP_SLOT_UNWRITTEN) ||
         ADD_CONST(ZP_SLOT_MASKED) || ADD_CONST(ZP_SLOT_COMMITTED) ||
-        ADD_CONST(ZP_QUERY_FIELDS) || ADD_CONST(ZP_CELL_FIELDS) || ADD_CONST(ZP_TRACE_FIELDS)) {
+        ADD_CONST(ZP_QUERY_FIELDS) || ADD_CONST(ZP_CELL_FIELDS) || ADD_CONST(ZP_TRACE_FIELDS) ||
+        ADD_CONST(ZP_MAX_THREADS) || ADD_CONST(ZP_MAX_SEQ_LEN) || ADD_CONST(ZP_MAX_WIDTH) ||
+        ADD_CONST(ZP_MAX_LAYERS) || ADD_CONST(ZP_MAX_IMAGES)) {
         Py_DECREF(m);
         return NULL;
     }

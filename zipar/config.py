@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from typing import Optional, Tuple, Union, cast
 
 import numpy as np
 
-__all__ = ["ModelConfig", "find_multiple", "llamagen_hidden", "LLAMAGEN_SIZES"]
+__all__ = ["ModelConfig", "find_multiple", "llamagen_hidden", "LLAMAGEN_SIZES", "MAX_SEQ_LEN",
+           "MAX_WIDTH", "MAX_LAYERS"]
+
+# Size limits of the core (csrc/zipar.h ZP_MAX_*; tests/test_hardening.py checks they agree),
+# checked here so that a config the core would refuse fails with a message naming the limit.
+#: P + H*(W+E), the positions of one sequence
+MAX_SEQ_LEN = 1 << 24
+#: dim, hidden, vocab_size and (n_head + 2*n_kv_head)*head_dim
+MAX_WIDTH = 1 << 24
+#: n_layer
+MAX_LAYERS = 4096
+_INT32_MAX = 2**31 - 1
 
 #: LlamaGen GPT sizes: name -> (n_layer, n_head, dim).
 LLAMAGEN_SIZES = {
@@ -43,8 +56,14 @@ def _as_grid(grid) -> Tuple[int, int]:
             h, w = grid
         except (TypeError, ValueError):
             raise TypeError(f"grid must be an int or an (H, W) pair, got {grid!r}") from None
-    if not (isinstance(h, int) and isinstance(w, int)) or h < 1 or w < 1:
+    if isinstance(h, bool) or isinstance(w, bool) or not (isinstance(h, numbers.Integral) and
+                                                          isinstance(w, numbers.Integral)):
+        raise TypeError(f"grid sides must be ints, got {grid!r}")
+    if h < 1 or w < 1:
         raise ValueError(f"grid sides must be positive ints, got {grid!r}")
+    if h > MAX_SEQ_LEN or w > MAX_SEQ_LEN:
+        raise ValueError(f"grid {grid!r} exceeds the sequence length limit MAX_SEQ_LEN = "
+                         f"{MAX_SEQ_LEN}")
     return int(h), int(w)
 
 
@@ -73,23 +92,47 @@ class ModelConfig:
     caption_dim: int = 0  # t2i: caption embedding width (2048 for LlamaGen t2i), 0 for c2i
 
     def __post_init__(self):
-        def _int(name, lo):
+        def _int(name, lo, hi=_INT32_MAX, limit=""):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise TypeError(f"ModelConfig.{name} must be an int, got {v!r}")
             if v < lo:
                 raise ValueError(f"ModelConfig.{name} must be >= {lo}, got {v}")
+            if v > hi:
+                raise ValueError(f"ModelConfig.{name} = {v} exceeds the limit "
+                                 f"{limit or 'of a C int'} = {hi}")
+            object.__setattr__(self, name, int(v))
 
-        for name, lo in (("dim", 1), ("n_layer", 1), ("n_head", 1), ("vocab_size", 1),
-                         ("num_classes", 1), ("cls_token_num", 1), ("caption_dim", 0)):
-            _int(name, lo)
+        def _positive_real(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise TypeError(f"ModelConfig.{name} must be a number, got {v!r}")
+            if not (math.isfinite(v) and v > 0 and math.isfinite(np.float32(v)) and
+                    np.float32(v) > 0):
+                raise ValueError(f"ModelConfig.{name} must be finite and positive (as a float32), "
+                                 f"got {v!r}")
+            object.__setattr__(self, name, float(v))
+
+        for name, lo, hi, limit in (
+                ("dim", 1, MAX_WIDTH, "MAX_WIDTH"), ("n_layer", 1, MAX_LAYERS, "MAX_LAYERS"),
+                ("n_head", 1, MAX_WIDTH, "MAX_WIDTH"), ("vocab_size", 1, MAX_WIDTH, "MAX_WIDTH"),
+                ("num_classes", 1, _INT32_MAX, ""),
+                ("cls_token_num", 1, MAX_SEQ_LEN, "MAX_SEQ_LEN"),
+                ("caption_dim", 0, MAX_WIDTH, "MAX_WIDTH"), ("eor", 0, 1, ""),
+                ("eor_token", 0, _INT32_MAX, "")):
+            _int(name, lo, hi, limit)
         object.__setattr__(self, "grid", _as_grid(self.grid))
         if self.n_kv_head is None:
             object.__setattr__(self, "n_kv_head", self.n_head)
-        _int("n_kv_head", 1)
+        _int("n_kv_head", 1, MAX_WIDTH, "MAX_WIDTH")
         if self.hidden is None:
             object.__setattr__(self, "hidden", llamagen_hidden(self.dim))
-        _int("hidden", 1)
+        _int("hidden", 1, MAX_WIDTH, "MAX_WIDTH")
+        seq = self.cls_token_num + self.H * (self.W + self.eor)  # Python ints: no wrap
+        if seq > MAX_SEQ_LEN:
+            raise ValueError(f"sequence length P + H*(W+E) = {self.cls_token_num} + {self.H}*"
+                             f"({self.W}+{self.eor}) = {seq} exceeds the limit MAX_SEQ_LEN = "
+                             f"{MAX_SEQ_LEN}")
         if self.dim % self.n_head:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_head ({self.n_head})")
         if self.n_head % self.n_kv_head:
@@ -98,14 +141,14 @@ class ModelConfig:
         if self.head_dim % 4:
             raise ValueError(f"head_dim ({self.head_dim}) must be a multiple of 4 for the 2-D "
                              "rotary layout")
-        if self.eor not in (0, 1):
-            raise ValueError(f"eor must be 0 or 1, got {self.eor!r}")
+        qkv = (self.n_head + 2 * self.n_kv_head) * self.head_dim
+        if qkv > MAX_WIDTH:
+            raise ValueError(f"(n_head + 2*n_kv_head)*head_dim = {qkv} exceeds the limit "
+                             f"MAX_WIDTH = {MAX_WIDTH}")
         if not 0 <= self.eor_token < self.vocab_size:
             raise ValueError(f"eor_token {self.eor_token} outside [0, {self.vocab_size})")
-        if not (self.norm_eps > 0 and self.rope_base > 0):
-            raise ValueError("norm_eps and rope_base must be positive")
-        object.__setattr__(self, "norm_eps", float(self.norm_eps))
-        object.__setattr__(self, "rope_base", float(self.rope_base))
+        _positive_real("norm_eps")
+        _positive_real("rope_base")
 
     # ---- derived quantities
     @property

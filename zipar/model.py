@@ -17,6 +17,7 @@ from .config import ModelConfig
 from .io.dtypes import as_float
 from .policies import Policy, Raster, _Builtin
 from .sampling import Sampling, check_sample_ids, is_guided
+from ._checks import INT32_MAX, int_array, int_scalar
 from .session import (GenerationResult, RawSession, expected_passes, histogram, progress_bar,
                       run_python_policy)
 
@@ -103,6 +104,10 @@ class Model:
             raise TypeError("config must be a zipar.ModelConfig")
         if not isinstance(weights, Mapping):
             raise TypeError("weights must be a mapping of state-dict names to numpy arrays")
+        not_str = [k for k in weights if not isinstance(k, str)]
+        if not_str:
+            raise ValueError(f"weight names must be strings, got {not_str[0]!r:.80} "
+                             f"({type(not_str[0]).__name__})")
         expected = expected_weight_shapes(config)
         keys = set(weights) - _IGNORED_KEYS
         missing = sorted(set(expected) - keys)
@@ -116,7 +121,10 @@ class Model:
         w = {}
         for name, shape in expected.items():
             a = weights[name]
-            if getattr(a, "shape", None) != shape:
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"weight {name!r} must be a numpy array of shape {shape}, got "
+                                f"{type(a).__name__}")
+            if a.shape != shape:
                 raise ValueError(f"weight {name!r} has shape {getattr(a, 'shape', None)}, "
                                  f"expected {shape}")
             w[name] = _to_float32(name, a)
@@ -185,14 +193,11 @@ class Model:
             return cond, unc, mask
         if labels is None:
             raise ValueError("class-conditional model: pass labels")
-        lab = np.asarray(labels)
+        lab = int_array("labels", labels, 0, c.num_classes - 1)
         if lab.ndim == 0:
             lab = lab.reshape(1)
-        if lab.ndim != 1 or lab.size == 0 or not np.issubdtype(lab.dtype, np.integer):
-            raise ValueError(f"labels must be a non-empty 1-D sequence of ints, got {labels!r}")
-        if lab.min() < 0 or lab.max() >= c.num_classes:
-            raise ValueError(f"labels must be in [0, {c.num_classes}); got min {lab.min()}, "
-                             f"max {lab.max()}")
+        if lab.ndim != 1 or lab.size == 0:
+            raise ValueError(f"labels must be a non-empty 1-D sequence of ints, got {labels!r:.80}")
         table = self.weights["cls_embedding.embedding_table.weight"]
         cond = np.ascontiguousarray(table[lab][:, None, :])
         unc = np.ascontiguousarray(np.broadcast_to(table[c.num_classes], cond.shape))
@@ -294,11 +299,11 @@ class Model:
         """Teacher-forced logits (B, H*W, vocab) predicting every grid cell, all in one pass per
         ``batch`` images (cell (0, 0) from the last conditioning position)."""
         c = self.config
+        batch = int_scalar("batch", batch, 1, INT32_MAX)
+        cfg_scale = Sampling(cfg_scale=cfg_scale).cfg_scale  # a finite number
         cond, unc, mask = self.prefix(labels, captions=captions, caption_mask=caption_mask)
         toks = self._check_tokens(tokens, cond.shape[0])
         B = toks.shape[0]
-        if not math.isfinite(float(cfg_scale)):
-            raise ValueError("cfg_scale must be finite")
         guided = is_guided(cfg_scale)
         out = np.empty((B, c.H * c.W, c.vocab_size), np.float32)
         for b0 in range(0, B, batch):
@@ -316,7 +321,14 @@ class Model:
                  batch: int = 8) -> np.ndarray:
         """Per-image log-likelihood (nats, float64) of token grids under the model (no CFG)."""
         c = self.config
+        batch = int_scalar("batch", batch, 1, INT32_MAX)
         toks = self._check_tokens(tokens, None)
+        for what, v in (("labels", labels), ("captions", captions),
+                        ("caption_mask", caption_mask)):
+            if v is not None:
+                n = np.asarray(v).reshape(-1).size if what == "labels" else len(np.asarray(v))
+                if n != toks.shape[0]:
+                    raise ValueError(f"{n} {what} for {toks.shape[0]} token grids: one each")
         out = np.empty(toks.shape[0])
         for b0 in range(0, toks.shape[0], batch):
             b1 = min(toks.shape[0], b0 + batch)
@@ -337,11 +349,8 @@ class Model:
         if t.ndim == 2:
             t = t[None]
         if t.ndim != 3 or t.shape[1:] != (c.H, c.W):
-            raise ValueError(f"tokens must have shape (B, {c.H}, {c.W}), got {np.shape(tokens)}")
-        if not np.issubdtype(t.dtype, np.integer):
-            raise ValueError(f"tokens must be integers, got {t.dtype}")
-        if t.size and (t.min() < 0 or t.max() >= c.vocab_size):
-            raise ValueError(f"tokens must be in [0, {c.vocab_size})")
+            raise ValueError(f"tokens must have shape (B, {c.H}, {c.W}), got {t.shape}")
+        t = int_array("tokens", t, 0, c.vocab_size - 1)
         if B is not None and t.shape[0] != B:
             raise ValueError(f"{t.shape[0]} token grids for {B} labels")
         return t.astype(np.int32)
@@ -406,16 +415,18 @@ class Model:
         B = toks.shape[0]
         if cells is None:
             cells = np.array([(r, col) for r in range(c.H) for col in range(c.W)])
-        cells = np.asarray(cells).reshape(-1, 2)
+        cells = int_array("attention cells", cells)
+        if cells.size % 2:
+            raise ValueError(f"attention cells must be (row, col) pairs, got shape {cells.shape}")
+        cells = cells.reshape(-1, 2)
         if cells.size and ((cells[:, 0] < 0).any() or (cells[:, 0] >= c.H).any() or
                            (cells[:, 1] < 0).any() or (cells[:, 1] >= c.W).any()):
             raise ValueError("attention cells out of the grid")
-        layers = np.arange(c.n_layer) if layers is None else np.asarray(layers).reshape(-1)
-        heads = np.arange(c.n_head) if heads is None else np.asarray(heads).reshape(-1)
-        if layers.size and (layers.min() < 0 or layers.max() >= c.n_layer):
-            raise ValueError(f"layers must be in [0, {c.n_layer})")
-        if heads.size and (heads.min() < 0 or heads.max() >= c.n_head):
-            raise ValueError(f"heads must be in [0, {c.n_head})")
+        layers = np.arange(c.n_layer) if layers is None else \
+            int_array("layers", layers, 0, c.n_layer - 1).reshape(-1)
+        heads = np.arange(c.n_head) if heads is None else \
+            int_array("heads", heads, 0, c.n_head - 1).reshape(-1)
+        cfg_scale = Sampling(cfg_scale=cfg_scale).cfg_scale
         guided = is_guided(cfg_scale)
         out = np.zeros((B, len(cells), len(layers), len(heads), c.seq_len), np.float32)
         for b in range(B):
@@ -449,8 +460,9 @@ class Model:
     def session(self, labels=None, *, cfg_scale: float = 1.0, captions=None, caption_mask=None,
                 seed: int = 0, sample_ids=None) -> "RawSession":
         """A low-level session: explicit queries, chains, commit/discard (see RawSession)."""
+        sp = Sampling(cfg_scale=cfg_scale, seed=seed)  # finite scale, seed in [0, 2**64)
         cond, unc, mask = self.prefix(labels, captions=captions, caption_mask=caption_mask)
-        return RawSession(self, cond, unc, mask, float(cfg_scale), int(seed),
+        return RawSession(self, cond, unc, mask, sp.cfg_scale, sp.seed,
                           check_sample_ids(sample_ids, cond.shape[0]))
 
 

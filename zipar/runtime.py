@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from ._checks import int_scalar
 from ._ext import core
 
 __all__ = ["build_info", "show_config", "set_num_threads", "get_num_threads", "read_bandwidth",
@@ -21,18 +22,24 @@ def show_config() -> None:
     """Print which BLAS and OpenMP are in use and the thread counts."""
     info = build_info()
     print(f"zipar {__version__}")
-    print(f"  matrix kernel : {info['kernel_isa']} (skinny products below "
-          f"{info['blas_min_rows']} rows)")
+    rows = info["blas_min_rows"]
+    when = ("every matrix product; OpenBLAS sgemm off" if rows >= 1 << 30 else
+            f"products below {rows} rows; sgemm from {rows}")
+    print(f"  matrix kernel : {info['kernel_isa']} ({when})")
     print(f"  BLAS          : {info['blas']}, {info['blas_threads']} thread(s)")
     print(f"  OpenMP        : libgomp (_OPENMP={info['openmp']}), "
           f"{get_num_threads()} thread(s), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
 
 
+#: the most threads set_num_threads accepts (ZP_MAX_THREADS of csrc/matmul.h)
+MAX_THREADS = 1024
+
+
 def set_num_threads(n: int) -> None:
-    """Set the thread count of both OpenMP (the core's kernels) and OpenBLAS."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"set_num_threads needs a positive int, got {n!r}")
-    core().set_num_threads(n)
+    """Set the thread count of both OpenMP (the core's kernels) and OpenBLAS: an int in
+    [1, MAX_THREADS = 1024]. Safe while another thread generates: every pass reads the count
+    once when it starts, so a change takes effect from the next pass."""
+    core().set_num_threads(int_scalar("set_num_threads: the thread count", n, 1, MAX_THREADS))
 
 
 def get_num_threads() -> int:

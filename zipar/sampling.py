@@ -63,12 +63,12 @@ class Sampling:
         put(self, "seed", _integer("seed", self.seed))
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 <= self.top_k <= 2**31 - 1:
+            raise ValueError(f"top_k must be in [0, 2**31) (0 = off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.cfg_interval < -1:
-            raise ValueError(f"cfg_interval must be >= -1, got {self.cfg_interval}")
+        if not -1 <= self.cfg_interval <= 2**31 - 1:
+            raise ValueError(f"cfg_interval must be in [-1, 2**31), got {self.cfg_interval}")
         if not 0 <= self.seed < 2**64:
             raise ValueError("seed must be in [0, 2**64)")
 
@@ -93,9 +93,9 @@ def check_sample_ids(sample_ids, n: int) -> np.ndarray:
     """(n,) uint32 counter words of the random stream; default 0..n-1."""
     if sample_ids is None:
         return np.arange(n, dtype=np.uint32)
-    s = np.asarray(sample_ids)
-    if s.shape != (n,) or not np.issubdtype(s.dtype, np.integer):
-        raise ValueError(f"sample_ids must be {n} ints")
-    if s.min() < 0 or s.max() >= 2**32:
-        raise ValueError("sample_ids must be in [0, 2**32)")
+    from ._checks import int_array
+
+    s = int_array("sample_ids", sample_ids, 0, 2**32 - 1)
+    if s.shape != (n,):
+        raise ValueError(f"sample_ids must be {n} ints, got shape {s.shape}")
     return np.ascontiguousarray(s, dtype=np.uint32)

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from ._checks import INT32_MAX, int_array, int_scalar
 from ._ext import const, core
 from .policies import PolicyState
 from .sampling import Sampling, is_guided
@@ -105,21 +106,48 @@ class RawSession:
         want = (col == P - 1) & want_logits
         return self.forward(img, -np.ones_like(col), col, np.zeros_like(col), 0, want)
 
+    def _address(self, image, row, col):
+        """Checked (image, row, col) int64 arrays of equal shape, with their positions."""
+        c = self.model.config
+        image = int_array("image", image, 0, self.n_images - 1)
+        row = int_array("row", row, -1, c.H - 1)
+        col = int_array("col", col, 0, max(c.W - 1 + c.eor, c.cls_token_num - 1))
+        try:
+            image, row, col = np.broadcast_arrays(image, row, col)
+        except ValueError:
+            raise ValueError(f"image, row and col have shapes {image.shape}, {row.shape}, "
+                             f"{col.shape} that do not broadcast") from None
+        if np.any((row >= 0) & (col > c.W - 1 + c.eor)) or \
+                np.any((row < 0) & (col >= c.cls_token_num)):
+            raise ValueError("a query addresses a cell outside the grid")
+        return image, row, col, self.position(row, col)
+
     def forward(self, image, row, col, token, chain=0, want_logits=True, guided=None,
                 capture=None):
-        c = self.model.config
-        image, row, col, token = (np.atleast_1d(np.asarray(x)) for x in (image, row, col, token))
+        image, row, col, token = (np.atleast_1d(x) for x in (image, row, col, token))
+        image, row, col, pos = self._address(image, row, col)
+        image, row, col, pos = (x.reshape(-1) for x in (image, row, col, pos))
         n = image.size
-        chain = np.broadcast_to(np.asarray(chain), (n,))
-        want = np.broadcast_to(np.asarray(want_logits), (n,))
-        if np.any((row >= c.H) | (col < 0) | ((row >= 0) & (col > c.W - 1 + c.eor)) |
-                  ((row < 0) & (col >= c.cls_token_num))):
-            raise ValueError("a query addresses a cell outside the grid")
-        pos = self.position(row, col)
+        token = int_array("token", token, 0, self.model.config.vocab_size - 1)
+        if token.size != n and token.size != 1:
+            raise ValueError(f"{token.size} tokens for {n} queries")
+        token = np.broadcast_to(token.reshape(-1), (n,))
+        chain = int_array("chain", chain, 0, INT32_MAX)
+        want = np.asarray(want_logits)
+        if want.dtype.kind not in "biu" or (want.size and not np.isin(want, (0, 1)).all()):
+            raise ValueError("want_logits must be bools")
+        try:
+            chain = np.broadcast_to(chain.reshape(-1) if chain.ndim else chain, (n,))
+            want = np.broadcast_to(want.reshape(-1) if want.ndim else want, (n,))
+        except ValueError:
+            raise ValueError(f"chain and want_logits must be one value or {n}") from None
         if guided is None:
             g = np.full(n, int(self.guided))
         else:
-            g = np.broadcast_to(np.asarray(guided, dtype=np.int32), (n,))
+            g = np.asarray(guided)
+            if g.dtype.kind not in "biu" or (g.size and not np.isin(g, (0, 1)).all()):
+                raise ValueError("guided must be bools")
+            g = np.broadcast_to(g.reshape(-1) if g.ndim else g, (n,))
         q = np.ascontiguousarray(np.stack([image, pos, token, chain, want.astype(np.int64), g],
                                           axis=1).astype(np.int32))
         out = self._cache.forward(q, self.cfg_scale, capture)
@@ -128,24 +156,47 @@ class RawSession:
 
     def commit(self, image, row, col):
         """Make tentative slots committed (visible to every later query)."""
-        self.slots[np.asarray(image), self.position(row, col)] = const("SLOT_COMMITTED")
+        image, _, _, pos = self._address(image, row, col)
+        self.slots[image, pos] = const("SLOT_COMMITTED")
 
     def discard(self, image, row, col):
         """Forget tentative slots (unwritten again)."""
-        self.slots[np.asarray(image), self.position(row, col)] = const("SLOT_UNWRITTEN")
+        image, _, _, pos = self._address(image, row, col)
+        self.slots[image, pos] = const("SLOT_UNWRITTEN")
 
     def probs(self, logits, temperature=1.0, top_k=0, top_p=1.0):
+        """The engine's sampling distribution of logits rows (NaN or +inf logits: ValueError)."""
         sp = Sampling(cfg_scale=1.0, temperature=temperature, top_k=top_k, top_p=top_p)
-        lg = np.ascontiguousarray(np.atleast_2d(logits), dtype=np.float32)
-        return core().sampling_probs(lg, sp.temperature, sp.top_k, sp.top_p)
+        lg = _float_array("logits", logits, np.float32)
+        return core().sampling_probs(np.ascontiguousarray(np.atleast_2d(lg)), sp.temperature,
+                                     sp.top_k, sp.top_p)
 
     def uniform(self, image, row, col, draw=0):
-        pos = int(self.position(row, col))
-        return core().uniform(self.seed, int(self.sample_ids[image]), pos, int(draw))
+        """The uniform draw ``draw`` (in [0, 2**32)) of cell (row, col) of image ``image``."""
+        image = int_scalar("image", image, 0, self.n_images - 1)
+        _, _, _, pos = self._address(image, row, col)
+        if pos.size != 1:
+            raise ValueError("uniform takes one cell")
+        draw = int_scalar("draw", draw, 0, 2**32 - 1)
+        return core().uniform(self.seed, int(self.sample_ids[image]), int(pos.reshape(-1)[0]),
+                              draw)
 
     @staticmethod
     def draw(probs, u):
-        return core().draw(np.ascontiguousarray(probs, dtype=np.float64), float(u))
+        """Inverse-CDF draw from probabilities (finite, >= 0, not all 0) with u in [0, 1)."""
+        if isinstance(u, bool) or not isinstance(u, (int, float, np.integer, np.floating)):
+            raise TypeError(f"u must be a number in [0, 1), got {u!r:.80}")
+        p = _float_array("probs", probs, np.float64)
+        if p.ndim != 1:
+            raise ValueError(f"probs must be one row (1-D), got shape {p.shape}")
+        return core().draw(np.ascontiguousarray(p), float(u))
+
+
+def _float_array(name, value, dtype):
+    a = np.asarray(value)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numbers, got {a.dtype}")
+    return a.astype(dtype)
 
 
 # ---------------------------------------------------------------------------- pass loop
@@ -181,9 +232,11 @@ def run_python_policy(sess, policy, B, grid, bar):
     passes = 0
     while not sess.done:
         state = PolicyState(tokens=sess.tokens, progress=sess.progress, pass_index=passes)
-        cells = policy.select(state)
-        cells = np.ascontiguousarray(np.asarray(cells, dtype=np.int64).reshape(-1, 3),
-                                     dtype=np.int32)
+        cells = int_array(f"cells returned by {type(policy).__name__}.select", policy.select(state))
+        if cells.size % 3:
+            raise ValueError(f"{type(policy).__name__}.select must return (image, row, col) "
+                             f"triples, got shape {cells.shape}")
+        cells = np.ascontiguousarray(cells.reshape(-1, 3), dtype=np.int32)
         if cells.shape[0] == 0:
             raise RuntimeError(f"{type(policy).__name__}.select returned no cells before the "
                                "grid was complete")

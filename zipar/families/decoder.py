@@ -453,7 +453,8 @@ class FamilyModel:
         guided = is_guided(float(cfg_scale))
         P, ic, lc, iu, lu, _, _ = self._streams(prompt_ids, negative_prompt_ids, (H, W), guided)
         sids = check_sample_ids(sample_ids, ic.shape[0])
-        return _FamilyRawSession(self, _GridConfig(H, W, P), self._core(P, H, W),
+        return _FamilyRawSession(self, _GridConfig(H, W, P, self.config.vocab_size),
+                                 self._core(P, H, W),
                                  (ic, lc, iu, lu), float(cfg_scale), int(seed), sids)
 
 
@@ -462,8 +463,8 @@ class _GridConfig:
 
     eor = 1
 
-    def __init__(self, H, W, P):
-        self.H, self.W, self.cls_token_num = H, W, P
+    def __init__(self, H, W, P, vocab_size=0):
+        self.H, self.W, self.cls_token_num, self.vocab_size = H, W, P, vocab_size
 
     def position(self, row, col):
         row, col = np.asarray(row), np.asarray(col)

@@ -97,9 +97,10 @@ def infer_llamagen_config(state_dict: Dict[str, np.ndarray], *, grid=None,
     if not layers:
         raise CheckpointError("not a LlamaGen GPT state dict: no layers.{i}.* keys")
     n_layer = max(layers) + 1
-    if len(layers) != n_layer:
-        missing = sorted(set(range(n_layer)) - layers)
-        raise CheckpointError(f"layers {missing} are missing from the state dict")
+    if len(layers) != n_layer:  # (a key "layers.999999999999.x" must not build a huge range)
+        missing = [i for i in range(min(n_layer, len(layers) + 8)) if i not in layers]
+        raise CheckpointError(f"layers {missing[:8]}{' ...' if len(missing) > 8 else ''} are "
+                              f"missing from the state dict (highest layer {n_layer - 1})")
 
     if n_head is None:
         matches = [(name, h) for name, (nl, h, d) in LLAMAGEN_SIZES.items()
@@ -239,19 +240,24 @@ def load_llamagen(path, *, grid=None, n_head: Optional[int] = None,
         raise ValueError(f"dtype must be one of {_LOAD_DTYPES}, got {dtype!r}")
     weights = load_state_dict(path, keep_bfloat16=(dtype == "bfloat16"),
                               select=lambda k: not _RUNTIME_BUFFER.search(k))
-    config = read_config(path)
-    if config is None:
-        if grid is None and isinstance(path, (str, bytes, os.PathLike)):
-            grid = grid_from_filename(path)
-        config = infer_llamagen_config(weights, grid=grid, n_head=n_head,
-                                       num_classes=num_classes)
-    else:
-        overrides = {k: v for k, v in (("grid", grid), ("n_head", n_head),
-                                       ("num_classes", num_classes)) if v is not None}
-        if overrides:
-            config = dataclasses.replace(config, **overrides)
-    weights = _convert_weights(weights, dtype)
-    return Model(config, weights)
+    try:  # what the file holds may still not make a model: that is the file's fault too
+        config = read_config(path)
+        if config is None:
+            if grid is None and isinstance(path, (str, bytes, os.PathLike)):
+                grid = grid_from_filename(path)
+            config = infer_llamagen_config(weights, grid=grid, n_head=n_head,
+                                           num_classes=num_classes)
+        else:
+            overrides = {k: v for k, v in (("grid", grid), ("n_head", n_head),
+                                           ("num_classes", num_classes)) if v is not None}
+            if overrides:
+                config = dataclasses.replace(config, **overrides)
+        weights = _convert_weights(weights, dtype)
+        return Model(config, weights)
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        raise CheckpointError(f"{os.fspath(path)}: {e}") from None
 
 
 VQ_DECODER_PREFIXES = ("decoder.", "post_quant_conv.", "quantize.embedding.weight")

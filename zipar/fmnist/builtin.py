@@ -20,8 +20,12 @@ from ..config import ModelConfig
 from ..model import Model
 from .tokenizer import GreyTokenizer
 
-__all__ = ["load_default", "default_tokenizer", "builtin_info", "default_config", "reference",
-           "DATA_DIR"]
+__all__ = ["CLASS_NAMES", "load_default", "default_tokenizer", "builtin_info", "default_config",
+           "reference", "DATA_DIR"]
+
+#: Fashion-MNIST's ten classes, by label
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+               "Sneaker", "Bag", "Ankle boot")
 
 #: zipar/data, where the package's data files are installed
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")

@@ -14,7 +14,9 @@ import collections
 import io
 import os
 import pickle
+import pickletools
 import struct
+import types
 import zipfile
 import zlib
 from typing import Callable, Dict, Optional
@@ -27,56 +29,111 @@ from .errors import CheckpointError
 
 __all__ = ["read_torch_checkpoint"]
 
-class _StorageType:
+
+class _Frozen:
+    """Base of every object the unpickler hands out or creates: immutable. A pickle's BUILD
+    opcode (``obj.__setstate__(state)``, else setattr per slot) must not change a tensor
+    description after its bounds check, nor an allow-listed object for every later load."""
+
+    __slots__ = ()
+
+    def _init(self, **fields):
+        for k, v in fields.items():
+            object.__setattr__(self, k, v)
+
+    def __setstate__(self, state):
+        raise CheckpointError(f"data.pkl tries to change {self!r} (pickle BUILD); the objects "
+                              "of a checkpoint are immutable")
+
+    def __setattr__(self, name, value):
+        raise CheckpointError(f"data.pkl tries to set {name!r} on {self!r}; the objects of a "
+                              "checkpoint are immutable")
+
+    def __delattr__(self, name):
+        raise CheckpointError(f"data.pkl tries to delete {name!r} of {self!r}")
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError(f"{type(self).__name__} is not picklable")
+
+
+class _Callable(_Frozen):
+    """An allow-listed function as the unpickler returns it: callable, immutable (a plain
+    function's __defaults__, __kwdefaults__ and __dict__ could be set by BUILD)."""
+
+    __slots__ = ("name", "fn")
+    name: str
+    fn: Callable
+
+    def __init__(self, name: str, fn):
+        self._init(name=name, fn=fn)
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self):
+        return f"<{self.name}>"
+
+
+class _StorageType(_Frozen):
     """Stands for torch.FloatStorage & co. inside data.pkl: plain data, never callable."""
 
     __slots__ = ("qualname", "dtype")
+    qualname: str
+    dtype: _Dtype
 
     def __init__(self, qualname: str, dtype: _Dtype):
-        self.qualname, self.dtype = qualname, dtype
+        self._init(qualname=qualname, dtype=dtype)
 
     def __repr__(self):
         return f"<storage type {self.qualname}>"
 
 
-class _DtypeToken:
+class _DtypeToken(_Frozen):
     """Stands for torch.float32 & co. (the dtype argument of _rebuild_tensor_v3)."""
 
     __slots__ = ("dtype",)
+    dtype: _Dtype
 
     def __init__(self, dtype: _Dtype):
-        self.dtype = dtype
+        self._init(dtype=dtype)
 
     def __repr__(self):
         return f"<torch.{self.dtype.torch_name}>"
 
 
-class _TensorClass:
+class _TensorClass(_Frozen):
     """Stands for torch.Tensor / torch.nn.Parameter (the type in _rebuild_from_type_v2)."""
 
     __slots__ = ("qualname",)
+    qualname: str
 
     def __init__(self, qualname: str):
-        self.qualname = qualname
+        self._init(qualname=qualname)
 
     def __repr__(self):
         return f"<class {self.qualname}>"
 
 
-class _StorageRef:
+class _StorageRef(_Frozen):
     """A storage record named by data.pkl: ``<archive>/data/<key>``, ``numel`` elements."""
 
     __slots__ = ("key", "dtype", "numel")
+    key: str
+    dtype: _Dtype
+    numel: int
 
     def __init__(self, key: str, dtype: _Dtype, numel: int):
-        self.key, self.dtype, self.numel = key, dtype, numel
+        self._init(key=key, dtype=dtype, numel=numel)
+
+    def __repr__(self):
+        return f"<storage {self.key!r}>"
 
     @property
     def nbytes(self) -> int:
         return self.numel * np.dtype(self.dtype.np_code).itemsize
 
 
-class _TensorRef(LazyTensor):
+class _TensorRef(_Frozen, LazyTensor):
     """A tensor described by data.pkl, not yet read: a strided view of one storage.
 
     offset and stride count elements of ``dtype`` (which differs from the storage's element
@@ -84,10 +141,14 @@ class _TensorRef(LazyTensor):
     """
 
     __slots__ = ("storage", "dtype", "offset", "shape", "stride")
+    storage: _StorageRef
+    dtype: _Dtype
+    offset: int
+    shape: tuple
+    stride: tuple
 
     def __init__(self, storage, dtype, offset, shape, stride):
-        self.storage, self.dtype = storage, dtype
-        self.offset, self.shape, self.stride = offset, shape, stride
+        self._init(storage=storage, dtype=dtype, offset=offset, shape=shape, stride=stride)
 
     def __repr__(self):
         return f"<tensor {self.dtype.torch_name}{list(self.shape)} in storage {self.storage.key!r}>"
@@ -100,38 +161,48 @@ _MAX_EXPANDED_NUMEL = 1 << 24
 
 
 def _int_tuple(value, what: str) -> tuple:
-    if not isinstance(value, (tuple, list)):
+    if type(value) not in (tuple, list):
         raise CheckpointError(f"tensor {what} must be a tuple of ints, got {type(value).__name__}")
+    if len(value) > 64:
+        raise CheckpointError(f"tensor {what} has {len(value)} dimensions; at most 64")
     for v in value:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise CheckpointError(f"tensor {what} must hold non-negative ints, got {value!r}")
+        if type(v) is not int or v < 0:
+            raise CheckpointError(f"tensor {what} must hold non-negative ints, got {value!r:.200}")
     return tuple(value)
 
 
-def _make_tensor_ref(storage, storage_offset, size, stride, dtype: _Dtype) -> _TensorRef:
-    if not isinstance(storage, _StorageRef):
-        raise CheckpointError(f"tensor rebuild got {type(storage).__name__} instead of a storage")
-    if isinstance(storage_offset, bool) or not isinstance(storage_offset, int) \
-            or storage_offset < 0:
-        raise CheckpointError(f"bad tensor storage offset {storage_offset!r}")
-    shape, strides = _int_tuple(size, "size"), _int_tuple(stride, "stride")
-    if len(shape) != len(strides):
-        raise CheckpointError(f"tensor size {shape} and stride {strides} differ in length")
-    numel = int(np.prod(shape, dtype=object)) if shape else 1
-    itemsize = np.dtype(dtype.np_code).itemsize
-    available = storage.nbytes // itemsize  # elements of `dtype` in the storage
+def _check_view(key, dtype, offset, shape, stride, nbytes: int) -> int:
+    """Checks a strided view (offset, shape, stride in elements of dtype) against a storage of
+    nbytes bytes; returns its element count. Python ints: nothing can wrap."""
+    if type(dtype) is not _Dtype or dtype not in _DTYPE_LIST:
+        raise CheckpointError(f"tensor in storage {key!r} has no valid dtype ({dtype!r})")
+    if type(offset) is not int or offset < 0:
+        raise CheckpointError(f"bad tensor storage offset {offset!r}")
+    shape, stride = _int_tuple(shape, "size"), _int_tuple(stride, "stride")
+    if len(shape) != len(stride):
+        raise CheckpointError(f"tensor size {shape} and stride {stride} differ in length")
+    numel = 1
+    for n in shape:
+        numel *= n
+    available = nbytes // np.dtype(dtype.np_code).itemsize  # elements of dtype in the storage
     if numel:
-        needed = storage_offset + 1 + sum((n - 1) * s for n, s in zip(shape, strides))
+        needed = offset + 1 + sum((n - 1) * s for n, s in zip(shape, stride))
         if needed > available:
             raise CheckpointError(
-                f"storage {storage.key!r} holds {available} {dtype.torch_name} elements but a "
-                f"tensor of size {shape}, stride {strides}, offset {storage_offset} needs "
-                f"{needed}")
+                f"storage {key!r} holds {available} {dtype.torch_name} elements but a "
+                f"tensor of size {shape}, stride {stride}, offset {offset} needs {needed}")
         if numel > available and numel > _MAX_EXPANDED_NUMEL:
             raise CheckpointError(
-                f"tensor of size {shape} expands storage {storage.key!r} ({available} "
+                f"tensor of size {shape} expands storage {key!r} ({available} "
                 f"elements) to {numel} elements through overlapping strides; refusing")
-    return _TensorRef(storage, dtype, storage_offset, shape, strides)
+    return numel
+
+
+def _make_tensor_ref(storage, storage_offset, size, stride, dtype: _Dtype) -> _TensorRef:
+    if type(storage) is not _StorageRef:
+        raise CheckpointError(f"tensor rebuild got {type(storage).__name__} instead of a storage")
+    _check_view(storage.key, dtype, storage_offset, size, stride, storage.nbytes)
+    return _TensorRef(storage, dtype, storage_offset, tuple(size), tuple(stride))
 
 
 # The rebuild functions below are what the restricted unpickler hands out for torch's own; they
@@ -139,19 +210,19 @@ def _make_tensor_ref(storage, storage_offset, size, stride, dtype: _Dtype) -> _T
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
                        backward_hooks=None, metadata=None):
-    dtype = storage.dtype if isinstance(storage, _StorageRef) else None
+    dtype = storage.dtype if type(storage) is _StorageRef else None
     return _make_tensor_ref(storage, storage_offset, size, stride, dtype)
 
 
 def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks,
                        dtype, metadata=None):
-    if not isinstance(dtype, _DtypeToken):
+    if type(dtype) is not _DtypeToken:
         raise CheckpointError(f"_rebuild_tensor_v3 got dtype {dtype!r}")
     return _make_tensor_ref(storage, storage_offset, size, stride, dtype.dtype)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
-    if not isinstance(data, _TensorRef):
+    if type(data) is not _TensorRef:
         raise CheckpointError(f"parameter rebuild got {type(data).__name__}, not a tensor")
     return data
 
@@ -159,16 +230,25 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=Non
 def _rebuild_from_type_v2(func, new_type, args, state):
     # torch wraps the plain rebuild this way for tensor subclasses and for tensors carrying
     # Python attributes (FSDP checkpoints); the attributes (state) are dropped.
-    if func not in _REBUILD_FUNCS:
+    if not any(func is f for f in _REBUILD_FUNCS):
         raise CheckpointError(f"_rebuild_from_type_v2 got function {func!r}")
-    if not isinstance(new_type, _TensorClass):
+    if type(new_type) is not _TensorClass:
         raise CheckpointError(f"_rebuild_from_type_v2 got type {new_type!r}")
     if not isinstance(args, tuple):
         raise CheckpointError("_rebuild_from_type_v2 got non-tuple arguments")
     return func(*args)
 
 
-_REBUILD_FUNCS = (_rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter)
+def _ordered_dict(*args):
+    if len(args) > 1 or (args and type(args[0]) not in (list, tuple)):
+        raise CheckpointError("collections.OrderedDict called with unexpected arguments")
+    return collections.OrderedDict(*args)
+
+
+_V2 = _Callable("torch._utils._rebuild_tensor_v2", _rebuild_tensor_v2)
+_V3 = _Callable("torch._utils._rebuild_tensor_v3", _rebuild_tensor_v3)
+_PARAM = _Callable("torch._utils._rebuild_parameter", _rebuild_parameter)
+_REBUILD_FUNCS = (_V2, _V3, _PARAM)
 
 
 def _torch_size(dims=()):
@@ -182,16 +262,19 @@ def _torch_device(kind, index=None):
     return kind if index is None else f"{kind}:{index}"
 
 
-# (module, name) -> the object the unpickler returns. Nothing else is ever resolved.
-_ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
-    ("torch", "Size"): _torch_size,
-    ("torch", "device"): _torch_device,
+# (module, name) -> the object the unpickler returns. Nothing else is ever resolved. Every value
+# is immutable (_Frozen): what one file does to it cannot change how the next file loads. The
+# table itself is a read-only mapping once built.
+_ALLOWED: dict = {
+    ("collections", "OrderedDict"): _Callable("collections.OrderedDict", _ordered_dict),
+    ("torch._utils", "_rebuild_tensor_v2"): _V2,
+    ("torch._utils", "_rebuild_tensor_v3"): _V3,
+    ("torch._utils", "_rebuild_parameter"): _PARAM,
+    ("torch._utils", "_rebuild_parameter_with_state"): _PARAM,
+    ("torch._tensor", "_rebuild_from_type_v2"): _Callable("torch._tensor._rebuild_from_type_v2",
+                                                          _rebuild_from_type_v2),
+    ("torch", "Size"): _Callable("torch.Size", _torch_size),
+    ("torch", "device"): _Callable("torch.device", _torch_device),
     ("torch.storage", "UntypedStorage"): _StorageType("torch.storage.UntypedStorage",
                                                       _DTYPES["uint8"]),
     ("torch", "UntypedStorage"): _StorageType("torch.UntypedStorage", _DTYPES["uint8"]),
@@ -199,12 +282,15 @@ _ALLOWED_GLOBALS = {
 for _name in ("torch.Tensor", "torch._tensor.Tensor", "torch.nn.parameter.Parameter",
               "torch.nn.Parameter"):
     _mod, _, _cls = _name.rpartition(".")
-    _ALLOWED_GLOBALS[(_mod, _cls)] = _TensorClass(_name)
+    _ALLOWED[(_mod, _cls)] = _TensorClass(_name)
 for _name, _dt in _STORAGE_DTYPES.items():
-    _ALLOWED_GLOBALS[("torch", _name)] = _StorageType(f"torch.{_name}", _DTYPES[_dt])
+    _ALLOWED[("torch", _name)] = _StorageType(f"torch.{_name}", _DTYPES[_dt])
 for _dtype in _DTYPE_LIST:
-    _ALLOWED_GLOBALS[("torch", _dtype.torch_name)] = _DtypeToken(_dtype)
+    _ALLOWED[("torch", _dtype.torch_name)] = _DtypeToken(_dtype)
 del _name, _dt, _dtype, _mod, _cls
+assert all(isinstance(v, _Frozen) for v in _ALLOWED.values())
+_ALLOWED_GLOBALS = types.MappingProxyType(_ALLOWED)
+del _ALLOWED
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -237,6 +323,27 @@ class _RestrictedUnpickler(pickle.Unpickler):
         elif known.dtype != storage_type.dtype or known.numel != numel:
             raise CheckpointError(f"storage {key!r} is declared twice with different types")
         return known
+
+
+def _scan_pickle(path: str, data: bytes) -> None:
+    """Reads the opcodes of data.pkl without running any (pickletools), before unpickling:
+    memo indices are bounded (the C unpickler grows its memo table to the largest index it is
+    given: one 5-byte opcode could demand 30 GB), and opcodes that reach the copyreg extension
+    registry or build arbitrary classes are refused outright."""
+    limit = len(data) + 1  # a real pickle memoises at most one object per opcode
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET") \
+                    and not (isinstance(arg, int) and 0 <= arg < limit):
+                raise CheckpointError(f"{path}: data.pkl uses memo index {arg!r:.40}, beyond "
+                                      "any object it could have stored")
+            if op.name in ("EXT1", "EXT2", "EXT4", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"):
+                raise CheckpointError(f"{path}: data.pkl uses the {op.name} opcode, which a "
+                                      "state dict never needs; refusing it")
+    except CheckpointError:
+        raise
+    except Exception as e:  # genops on a malformed stream: truncated args, unknown opcodes
+        raise CheckpointError(f"{path}: corrupt data.pkl ({type(e).__name__}: {e})") from None
 
 
 # ============================================================================ torch archive
@@ -306,6 +413,7 @@ class _TorchArchive:
     def load_pickle(self):
         """The object tree of data.pkl, tensors as _TensorRef (nothing read yet)."""
         data = self._read_small(self.prefix + "data.pkl", _MAX_PICKLE_BYTES)
+        _scan_pickle(self.path, data)
         unpickler = _RestrictedUnpickler(io.BytesIO(data))
         unpickler.storages = {}
         try:
@@ -403,10 +511,15 @@ class _TorchArchive:
         return {name: out[name] for name in refs}
 
     def _build(self, raw: np.ndarray, ref: _TensorRef, keep_bfloat16: bool) -> np.ndarray:
+        # checked again here, against the bytes actually read, immediately before the view
+        if type(ref) is not _TensorRef:
+            raise CheckpointError(f"{self.path}: not a tensor description: {ref!r:.100}")
+        numel = _check_view(ref.storage.key, ref.dtype, ref.offset, ref.shape, ref.stride,
+                            raw.size)
         dt = np.dtype(ref.dtype.np_code)
         if self.byteorder == "big" and dt.itemsize > 1:
             dt = dt.newbyteorder(">")
-        shape, numel = ref.shape, int(np.prod(ref.shape, dtype=np.int64))
+        shape = ref.shape
         if numel == 0:
             arr = np.zeros(shape, dt)
         else:
