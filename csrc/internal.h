@@ -20,7 +20,8 @@ struct zp_model {
     zp_layer_weights *layers; /* (n_layer,) OWNED copy of the pointer table */
     int seq_len;
     int qkv_dim;      /* (n_head + 2*n_kv_head) * head_dim */
-    float *rope_cos;  /* (seq_len, head_dim/2) OWNED; 0 at conditioning positions */
+    float *rope_cos;  /* (seq_len, head_dim/2) OWNED; 2-D: 0 at conditioning positions; 1-D: row p
+                       * is position p */
     float *rope_sin;  /* (seq_len, head_dim/2) OWNED */
 };
 
@@ -51,6 +52,8 @@ struct zp_cache {
     int32_t *slots;        /* (n_images, seq_len) OWNED slot states */
     float *prefix;         /* (n_streams, P, dim) OWNED: conditioning inputs per stream */
     uint8_t *prefix_mask;  /* (n_images, P) OWNED: 1 = valid key */
+    int32_t *shift;        /* (n_streams,) OWNED: slots before the stream's own prefix (token-id
+                            * prefixes, zp_cache_new_ids); slot p is at position p - shift */
     uint32_t *stamp;       /* (n_images, seq_len) OWNED: pass stamps to catch double writes */
     uint32_t pass_id;
     zp_scratch s;

@@ -77,8 +77,20 @@ zp_status zp_config_check(const zp_config *c) {
     if (c->n_layer > ZP_MAX_LAYERS)
         return zp_fail(ZP_ERR_ARG, "n_layer %d exceeds the limit ZP_MAX_LAYERS = %d", c->n_layer,
                        ZP_MAX_LAYERS);
-    if (c->head_dim < 4 || c->head_dim % 4)
+    if (c->rope_1d != 0 && c->rope_1d != 1) return zp_fail(ZP_ERR_ARG, "rope_1d must be 0 or 1");
+    if (!c->rope_1d && (c->head_dim < 4 || c->head_dim % 4))
         return zp_fail(ZP_ERR_ARG, "head_dim %d must be a positive multiple of 4", c->head_dim);
+    if (c->rope_1d && (c->head_dim < 2 || c->head_dim % 2))
+        return zp_fail(ZP_ERR_ARG, "head_dim %d must be a positive even number", c->head_dim);
+    if (c->qk_norm != 0 && c->qk_norm != 1) return zp_fail(ZP_ERR_ARG, "qk_norm must be 0 or 1");
+    if (c->qk_norm && !(c->qk_norm_eps > 0.f))
+        return zp_fail(ZP_ERR_ARG, "qk_norm_eps must be positive");
+    if (c->swin_norm != 0 && c->swin_norm != 1)
+        return zp_fail(ZP_ERR_ARG, "swin_norm must be 0 or 1");
+    if ((c->vis_lo || c->vis_hi) && !(0 <= c->vis_lo && c->vis_lo < c->vis_hi &&
+                                      c->vis_hi <= c->vocab))
+        return zp_fail(ZP_ERR_ARG, "image tokens [%d, %d) must be a non-empty range in [0, %d)",
+                       c->vis_lo, c->vis_hi, c->vocab);
     if (c->n_head % c->n_kv_head)
         return zp_fail(ZP_ERR_ARG, "n_head %d is not a multiple of n_kv_head %d", c->n_head,
                        c->n_kv_head);
@@ -97,6 +109,20 @@ zp_status zp_config_check(const zp_config *c) {
 static void build_rope(zp_model *m) {
     const zp_config *c = &m->cfg;
     int half = c->head_dim / 2, quarter = c->head_dim / 4, P = c->cls_token_num;
+    if (c->rope_1d) {
+        /* families.md 1.2: inv_freq[j] = 1 / theta^(2j/hd) and the angle p * inv_freq[j] are
+         * float32 values (as torch computes them); cos and sin of that float32 angle */
+        for (int j = 0; j < half; j++) {
+            float e = (float)(2 * j) / (float)c->head_dim;
+            float inv = 1.0f / (float)pow((double)c->rope_base, (double)e);
+            for (int p = 0; p < m->seq_len; p++) {
+                float a = (float)p * inv;
+                m->rope_cos[(size_t)p * half + j] = (float)cos((double)a);
+                m->rope_sin[(size_t)p * half + j] = (float)sin((double)a);
+            }
+        }
+        return;
+    }
     for (int p = 0; p < m->seq_len; p++) {
         float *cs = m->rope_cos + (size_t)p * half, *sn = m->rope_sin + (size_t)p * half;
         if (p < P) {
@@ -126,6 +152,8 @@ zp_status zp_model_new(const zp_config *cfg, const zp_weights *w, zp_model **out
         const zp_layer_weights *L = &w->layers[l];
         if (!L->attention_norm || !L->wqkv || !L->wo || !L->ffn_norm || !L->w1 || !L->w3 || !L->w2)
             return zp_fail(ZP_ERR_ARG, "missing weight pointer in layer %d", l);
+        if (cfg->qk_norm && (!L->q_norm_w || !L->q_norm_b || !L->k_norm_w || !L->k_norm_b))
+            return zp_fail(ZP_ERR_ARG, "missing q/k norm weight pointer in layer %d", l);
     }
     zp_model *m = calloc(1, sizeof *m);
     if (!m) return zp_fail(ZP_ERR_NOMEM, "cannot allocate model");
@@ -175,16 +203,14 @@ static float *alloc_streamed(size_t n) {
     return p;
 }
 
-zp_status zp_cache_new(const zp_model *m, int n_images, int guided, const float *prefix_cond,
-                       const float *prefix_uncond, const uint8_t *prefix_mask, zp_cache **out) {
+/* A cache with every buffer allocated: slots unwritten, prefixes and shifts zero, mask all 1. */
+static zp_status cache_alloc(const zp_model *m, int n_images, int guided, zp_cache **out) {
     *out = NULL;
     const zp_config *c = &m->cfg;
     if (n_images < 1) return zp_fail(ZP_ERR_ARG, "n_images must be >= 1");
     if (n_images > ZP_MAX_IMAGES)
         return zp_fail(ZP_ERR_ARG, "n_images %d exceeds the limit ZP_MAX_IMAGES = %d", n_images,
                        ZP_MAX_IMAGES);
-    if (!prefix_cond) return zp_fail(ZP_ERR_ARG, "prefix_cond is required");
-    if (guided && !prefix_uncond) return zp_fail(ZP_ERR_ARG, "guided cache needs prefix_uncond");
     zp_cache *k = calloc(1, sizeof *k);
     if (!k) return zp_fail(ZP_ERR_NOMEM, "cannot allocate cache");
     k->m = m;
@@ -205,14 +231,30 @@ zp_status zp_cache_new(const zp_model *m, int n_images, int guided, const float 
     k->v = alloc_streamed(kn);
     k->slots = malloc(sizeof(int32_t) * n_images * k->seq_len);
     k->stamp = calloc((size_t)n_images * k->seq_len, sizeof(uint32_t));
-    k->prefix = malloc(sizeof(float) * pn);
+    k->prefix = calloc(pn, sizeof(float));
     k->prefix_mask = malloc((size_t)n_images * P);
-    if (!k->k || !k->v || !k->slots || !k->stamp || !k->prefix || !k->prefix_mask) {
+    k->shift = calloc((size_t)k->n_streams, sizeof(int32_t));
+    if (!k->k || !k->v || !k->slots || !k->stamp || !k->prefix || !k->prefix_mask || !k->shift) {
         zp_cache_free(k);
         return zp_fail(ZP_ERR_NOMEM, "cannot allocate a KV cache of %.1f MB",
                        2.0 * kn * sizeof(float) / 1e6);
     }
     for (size_t i = 0; i < (size_t)n_images * k->seq_len; i++) k->slots[i] = ZP_SLOT_UNWRITTEN;
+    memset(k->prefix_mask, 1, (size_t)n_images * P);
+    *out = k;
+    return ZP_OK;
+}
+
+zp_status zp_cache_new(const zp_model *m, int n_images, int guided, const float *prefix_cond,
+                       const float *prefix_uncond, const uint8_t *prefix_mask, zp_cache **out) {
+    *out = NULL;
+    size_t P = m->cfg.cls_token_num, D = m->cfg.dim;
+    if (n_images < 1) return zp_fail(ZP_ERR_ARG, "n_images must be >= 1");
+    if (!prefix_cond) return zp_fail(ZP_ERR_ARG, "prefix_cond is required");
+    if (guided && !prefix_uncond) return zp_fail(ZP_ERR_ARG, "guided cache needs prefix_uncond");
+    zp_cache *k;
+    zp_status st = cache_alloc(m, n_images, guided, &k);
+    if (st) return st;
     for (int im = 0; im < n_images; im++) {
         int s0 = guided ? 2 * im : im;
         memcpy(k->prefix + (size_t)s0 * P * D, prefix_cond + (size_t)im * P * D,
@@ -221,10 +263,55 @@ zp_status zp_cache_new(const zp_model *m, int n_images, int guided, const float 
             memcpy(k->prefix + (size_t)(s0 + 1) * P * D, prefix_uncond + (size_t)im * P * D,
                    sizeof(float) * P * D);
     }
-    if (prefix_mask)
-        memcpy(k->prefix_mask, prefix_mask, (size_t)n_images * P);
-    else
-        memset(k->prefix_mask, 1, (size_t)n_images * P);
+    if (prefix_mask) memcpy(k->prefix_mask, prefix_mask, (size_t)n_images * P);
+    *out = k;
+    return ZP_OK;
+}
+
+/* Embeds one stream's right-aligned token-id prefix into its conditioning inputs. */
+static zp_status embed_prefix(const zp_model *m, zp_cache *k, int stream, const int32_t *ids,
+                              int len, int image, const char *which) {
+    const zp_config *c = &m->cfg;
+    int P = c->cls_token_num;
+    if (len < 1 || len > P)
+        return zp_fail(ZP_ERR_ARG, "image %d: %s prefix length %d outside [1, P=%d]", image, which,
+                       len, P);
+    for (int p = P - len; p < P; p++)
+        if (ids[p] < 0 || ids[p] >= c->vocab)
+            return zp_fail(ZP_ERR_ARG, "image %d: %s prefix token %d outside [0, %d)", image,
+                           which, ids[p], c->vocab);
+    for (int p = P - len; p < P; p++) /* the embedding row, widened from its stored type */
+        zp_widen(k->prefix + ((size_t)stream * P + p) * c->dim,
+                 (const char *)m->w.tok_embeddings +
+                     (size_t)ids[p] * c->dim * zp_wtype_size(m->w.wtype),
+                 m->w.wtype, c->dim);
+    k->shift[stream] = P - len;
+    return ZP_OK;
+}
+
+zp_status zp_cache_new_ids(const zp_model *m, int n_images, int guided, const int32_t *ids_cond,
+                           const int32_t *len_cond, const int32_t *ids_uncond,
+                           const int32_t *len_uncond, zp_cache **out) {
+    *out = NULL;
+    int P = m->cfg.cls_token_num;
+    if (n_images < 1) return zp_fail(ZP_ERR_ARG, "n_images must be >= 1");
+    if (!ids_cond || !len_cond) return zp_fail(ZP_ERR_ARG, "ids_cond and len_cond are required");
+    if (guided && (!ids_uncond || !len_uncond))
+        return zp_fail(ZP_ERR_ARG, "a guided cache needs ids_uncond and len_uncond");
+    zp_cache *k;
+    zp_status st = cache_alloc(m, n_images, guided, &k);
+    if (st) return st;
+    for (int im = 0; im < n_images && !st; im++) {
+        int s0 = guided ? 2 * im : im;
+        st = embed_prefix(m, k, s0, ids_cond + (size_t)im * P, len_cond[im], im, "conditional");
+        if (!st && guided)
+            st = embed_prefix(m, k, s0 + 1, ids_uncond + (size_t)im * P, len_uncond[im], im,
+                              "unconditional");
+    }
+    if (st) {
+        zp_cache_free(k);
+        return st;
+    }
     *out = k;
     return ZP_OK;
 }
@@ -237,6 +324,7 @@ void zp_cache_free(zp_cache *k) {
     free(s->xl); free(s->logits2); free(s->row_vis); free(s->row_nv); free(s->cursor);
     free(s->grp_rows); free(s->grp_start); free(s->stream_group);
     free(k->k); free(k->v); free(k->slots); free(k->stamp); free(k->prefix); free(k->prefix_mask);
+    free(k->shift);
     free(k);
 }
 
@@ -275,6 +363,35 @@ static void rmsnorm(float *out, const float *x, const float *w, int n, float eps
     for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
     float scale = (float)(1.0 / sqrt(ss / n + (double)eps));
     for (int i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
+}
+
+/* LayerNorm over each of n_heads heads of hd floats (statistics in double, biased variance, no
+ * affine), then * w[h] + b[h] with one (hd,) row per head (Chameleon's q/k norm). */
+static void head_layernorm(float *v, int n_heads, int hd, const float *w, const float *b,
+                           float eps) {
+    for (int h = 0; h < n_heads; h++) {
+        float *x = v + (size_t)h * hd;
+        const float *wh = w + (size_t)h * hd, *bh = b + (size_t)h * hd;
+        double mean = 0.0, var = 0.0;
+        for (int i = 0; i < hd; i++) mean += x[i];
+        mean /= hd;
+        for (int i = 0; i < hd; i++) var += (x[i] - mean) * (x[i] - mean);
+        float inv = (float)(1.0 / sqrt(var / hd + (double)eps));
+        for (int i = 0; i < hd; i++) x[i] = (float)(x[i] - mean) * inv * wh[i] + bh[i];
+    }
+}
+
+/* 1-D rotate_half rotary: element i pairs with i + head_dim/2, angle index i (families.md 1.2). */
+static void rope_half(float *v, int n_heads, int head_dim, const float *cs, const float *sn) {
+    int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *x = v + (size_t)h * head_dim;
+        for (int i = 0; i < half; i++) {
+            float x0 = x[i], x1 = x[i + half];
+            x[i] = x0 * cs[i] - x1 * sn[i];
+            x[i + half] = x1 * cs[i] + x0 * sn[i];
+        }
+    }
 }
 
 /* Rotates adjacent pairs of n_heads heads of head_dim floats by the position's table row. */
@@ -597,6 +714,16 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
     for (int i = 0; i < rows; i++) {
         s->row_vis[i] = s->vis + (size_t)s->row_query[i] * S;
         s->row_nv[i] = s->vis_n[s->row_query[i]];
+        int sh = k->shift[s->row_stream[i]];
+        if (sh == 0) continue;
+        /* a token-id prefix: the slots before the stream's own prefix are not in its sequence
+         * (a query in them, a padding row nobody reads, sees itself only) */
+        int j = 0, nv = s->row_nv[i];
+        if (q[s->row_query[i]].pos < sh) j = nv - 1;
+        else
+            while (j < nv && s->row_vis[i][j] < sh) j++;
+        s->row_vis[i] += j;
+        s->row_nv[i] = nv - j;
     }
     int n_groups = 0;
     {
@@ -623,16 +750,30 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         float *vl = k->v + (size_t)l * k->n_streams * SPAD * KVD;
 
         /* ---- attention: norm, qkv, rotary, write k/v into the slots */
-        for (int i = 0; i < rows; i++)
-            rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, L->attention_norm, D, c->norm_eps);
-        zp_matmul_w(s->qkv, QKV, s->xb, L->wqkv, m->w.wtype, rows, D, QKV);
+        /* swin_norm: the norm moves to the sub-layer's output (below) */
+        if (!c->swin_norm)
+            for (int i = 0; i < rows; i++)
+                rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, L->attention_norm, D,
+                        c->norm_eps);
+        zp_matmul_w(s->qkv, QKV, c->swin_norm ? s->x : s->xb, L->wqkv, m->w.wtype, rows, D, QKV);
         for (int i = 0; i < rows; i++) {
             const zp_query *x = &q[s->row_query[i]];
             float *qkv = s->qkv + (size_t)i * QKV;
-            const float *cs = m->rope_cos + (size_t)x->pos * (HD / 2);
-            const float *sn = m->rope_sin + (size_t)x->pos * (HD / 2);
-            rope(qkv, NH, HD, cs, sn);
-            rope(qkv + NH * HD, NKV, HD, cs, sn);
+            int rpos = x->pos - k->shift[s->row_stream[i]]; /* the stream's own position */
+            if (rpos < 0) rpos = 0;                         /* padding row: never read */
+            const float *cs = m->rope_cos + (size_t)rpos * (HD / 2);
+            const float *sn = m->rope_sin + (size_t)rpos * (HD / 2);
+            if (c->qk_norm) {
+                head_layernorm(qkv, NH, HD, L->q_norm_w, L->q_norm_b, c->qk_norm_eps);
+                head_layernorm(qkv + NH * HD, NKV, HD, L->k_norm_w, L->k_norm_b, c->qk_norm_eps);
+            }
+            if (c->rope_1d) {
+                rope_half(qkv, NH, HD, cs, sn);
+                rope_half(qkv + NH * HD, NKV, HD, cs, sn);
+            } else {
+                rope(qkv, NH, HD, cs, sn);
+                rope(qkv + NH * HD, NKV, HD, cs, sn);
+            }
             size_t tile = ((size_t)s->row_stream[i] * SPAD + (size_t)(x->pos / ZP_TILE) *
                            ZP_TILE) * KVD;
             int lane = x->pos % ZP_TILE;
@@ -669,19 +810,27 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
                     }
             }
         zp_matmul_w(s->xb, D, s->att, L->wo, m->w.wtype, rows, NH * HD, D);
+        if (c->swin_norm)
+            for (int i = 0; i < rows; i++)
+                rmsnorm(s->xb + (size_t)i * D, s->xb + (size_t)i * D, L->attention_norm, D,
+                        c->norm_eps);
         for (size_t e = 0; e < (size_t)rows * D; e++) s->x[e] += s->xb[e];
 
         /* ---- SwiGLU feed-forward */
-        for (int i = 0; i < rows; i++)
-            rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, L->ffn_norm, D, c->norm_eps);
+        if (!c->swin_norm)
+            for (int i = 0; i < rows; i++)
+                rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, L->ffn_norm, D, c->norm_eps);
         zp_matmul_out gate_up[2] = {{s->h1, c->hidden, L->w1, m->w.wtype, c->hidden},
                                     {s->h3, c->hidden, L->w3, m->w.wtype, c->hidden}};
-        zp_matmul_multi(s->xb, rows, D, gate_up, 2); /* one thread team for both */
+        zp_matmul_multi(c->swin_norm ? s->x : s->xb, rows, D, gate_up, 2); /* one thread team */
         for (size_t e = 0; e < (size_t)rows * c->hidden; e++) {
             float a = s->h1[e];
             s->h1[e] = a / (1.f + expf(-a)) * s->h3[e];
         }
         zp_matmul_w(s->xb, D, s->h1, L->w2, m->w.wtype, rows, c->hidden, D);
+        if (c->swin_norm)
+            for (int i = 0; i < rows; i++)
+                rmsnorm(s->xb + (size_t)i * D, s->xb + (size_t)i * D, L->ffn_norm, D, c->norm_eps);
         for (size_t e = 0; e < (size_t)rows * D; e++) s->x[e] += s->xb[e];
     }
 

@@ -129,6 +129,16 @@ void zp_sampling_probs(const zp_sampling *sp, const float *logits, int vocab, do
     for (int v = 0; v < vocab; v++) probs[v] /= kept;
 }
 
+void zp_sampling_probs_range(const zp_sampling *sp, const float *logits, int vocab, int lo, int hi,
+                             double *probs, void *work) {
+    if (lo == 0 && (hi == 0 || hi == vocab)) {
+        zp_sampling_probs(sp, logits, vocab, probs, work);
+        return;
+    }
+    memset(probs, 0, sizeof(double) * vocab);
+    zp_sampling_probs(sp, logits + lo, hi - lo, probs + lo, work);
+}
+
 int zp_draw(const double *probs, int vocab, double u) {
     double total = 0.0;
     int last = 0;

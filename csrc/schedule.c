@@ -130,10 +130,38 @@ static int proxy_token(zp_session *s, int b, int r) {
 
 /* ================================================================ life cycle */
 
+/* The prefix of a session: embeddings (zp_cache_new) or token ids (zp_cache_new_ids). */
+typedef struct {
+    const float *cond, *uncond;
+    const uint8_t *mask;
+    const int32_t *ids_cond, *len_cond, *ids_uncond, *len_uncond;
+} prefix_args;
+
+static zp_status session_new(const zp_model *m, int n_images, const prefix_args *pa,
+                             const uint32_t *sample_ids, const zp_sampling *sp,
+                             const zp_policy *pol, int record_trace, zp_session **out);
+
 zp_status zp_session_new(const zp_model *m, int n_images, const float *prefix_cond,
                          const float *prefix_uncond, const uint8_t *prefix_mask,
                          const uint32_t *sample_ids, const zp_sampling *sp, const zp_policy *pol,
                          int record_trace, zp_session **out) {
+    prefix_args pa = {.cond = prefix_cond, .uncond = prefix_uncond, .mask = prefix_mask};
+    return session_new(m, n_images, &pa, sample_ids, sp, pol, record_trace, out);
+}
+
+zp_status zp_session_new_ids(const zp_model *m, int n_images, const int32_t *ids_cond,
+                             const int32_t *len_cond, const int32_t *ids_uncond,
+                             const int32_t *len_uncond, const uint32_t *sample_ids,
+                             const zp_sampling *sp, const zp_policy *pol, int record_trace,
+                             zp_session **out) {
+    prefix_args pa = {.ids_cond = ids_cond, .len_cond = len_cond, .ids_uncond = ids_uncond,
+                      .len_uncond = len_uncond};
+    return session_new(m, n_images, &pa, sample_ids, sp, pol, record_trace, out);
+}
+
+static zp_status session_new(const zp_model *m, int n_images, const prefix_args *pa,
+                             const uint32_t *sample_ids, const zp_sampling *sp,
+                             const zp_policy *pol, int record_trace, zp_session **out) {
     *out = NULL;
     const zp_config *c = &m->cfg;
     zp_status st = zp_sampling_check(sp);
@@ -170,7 +198,11 @@ zp_status zp_session_new(const zp_model *m, int n_images, const float *prefix_co
     s->next_chain = 1;
     s->trace_on = record_trace;
     int guided = zp_sampling_guided(sp);
-    st = zp_cache_new(m, n_images, guided, prefix_cond, prefix_uncond, prefix_mask, &s->cache);
+    if (pa->ids_cond)
+        st = zp_cache_new_ids(m, n_images, guided, pa->ids_cond, pa->len_cond, pa->ids_uncond,
+                              pa->len_uncond, &s->cache);
+    else
+        st = zp_cache_new(m, n_images, guided, pa->cond, pa->uncond, pa->mask, &s->cache);
     if (st) {
         free(s);
         return st;
@@ -383,11 +415,17 @@ static void set_slot(zp_session *s, int b, int pos, int32_t state) {
 }
 
 
+/* The sampling distribution of a grid cell: only the model's image tokens are allowed. */
+static void cell_probs(const zp_session *s, const float *lg, double *p, void *work) {
+    const zp_config *c = &s->m->cfg;
+    zp_sampling_probs_range(&s->sp, lg, s->V, c->vis_lo, c->vis_hi, p, work);
+}
+
 static void decide(zp_session *s, const intent *in, outcome *o, double *p, double *p2, void *work) {
     const float *lg = s->logits + (size_t)in->logit * s->V;
     uint32_t sid = s->sample_ids[in->image];
     int pos = cellpos(s, in->row, in->col);
-    zp_sampling_probs(&s->sp, lg, s->V, p, work);
+    cell_probs(s, lg, p, work);
     o->token2 = -1;
     o->accepted = 0;
     if (in->kind != I_VERIFY) {
@@ -404,7 +442,7 @@ static void decide(zp_session *s, const intent *in, outcome *o, double *p, doubl
     if (o->accepted) {
         o->token = x;
         if (in->pipe >= 0) {
-            zp_sampling_probs(&s->sp, s->logits + (size_t)in->pipe * s->V, s->V, p2, work);
+            cell_probs(s, s->logits + (size_t)in->pipe * s->V, p2, work);
             o->token2 = zp_draw(p2, s->V, zp_uniform(s->sp.seed, sid, (uint32_t)cellpos(s, in->row, 1), 0));
         }
         return;

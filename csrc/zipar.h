@@ -63,7 +63,17 @@ typedef struct {
     int eor;           /* E: 1 when a fixed end-of-row token follows each row, else 0 */
     int eor_token;     /* the end-of-row token id (used when eor = 1) */
     float norm_eps;    /* RMSNorm epsilon (LlamaGen: 1e-5) */
-    float rope_base;   /* rotary base (LlamaGen: 10000) */
+    float rope_base;   /* rotary base, theta (LlamaGen: 10000, Emu3: 1e6, Chameleon: 1e4) */
+    /* Model families (families.md); zero keeps LlamaGen's behaviour. */
+    int rope_1d;       /* 0: LlamaGen's 2-D layout (pairs (2i, 2i+1), row/col angles, none on the
+                          conditioning positions); 1: 1-D rotate_half (element i pairs with
+                          i + head_dim/2) over sequence positions, the prefix included */
+    int qk_norm;       /* 1: per-head LayerNorm of q and k (over head_dim, no affine, eps
+                          qk_norm_eps) then * weight[h] + bias[h], before the rotary (Chameleon) */
+    float qk_norm_eps; /* Chameleon: 1e-5 */
+    int swin_norm;     /* 1: x + norm(attn(x)), h + norm(mlp(h)) (Chameleon swin_norm) */
+    int vis_lo, vis_hi;/* grid cells are sampled from tokens [vis_lo, vis_hi) only (the image
+                          tokens of a shared text+image vocabulary); 0, 0: the whole vocabulary */
 } zp_config;
 
 /* Size limits, checked by zp_config_check / zp_cache_new before any arithmetic on the sizes, so
@@ -94,6 +104,9 @@ typedef struct {
     const void *w1;              /* (hidden, dim) */
     const void *w3;              /* (hidden, dim) */
     const void *w2;              /* (dim, hidden) */
+    /* qk_norm only (else ignored, may be NULL): per-head rows of the q/k LayerNorm affine */
+    const float *q_norm_w, *q_norm_b; /* (n_head, head_dim) */
+    const float *k_norm_w, *k_norm_b; /* (n_kv_head, head_dim) */
 } zp_layer_weights;
 
 typedef struct {
@@ -129,6 +142,16 @@ typedef struct zp_cache zp_cache;
  * uint8, 1 = valid key, 0 = padded; NULL means all valid. */
 zp_status zp_cache_new(const zp_model *m, int n_images, int guided, const float *prefix_cond,
                        const float *prefix_uncond, const uint8_t *prefix_mask, zp_cache **out);
+/* Conditioning given as token ids, embedded with tok_embeddings: one prefix per stream, each of
+ * its own length (the guided stream's negative prompt may be shorter or longer than the prompt).
+ * ids_*: (n_images, P) with the len_*[b] ids of image b RIGHT-aligned (slots P - len .. P - 1;
+ * entries before them are ignored); len_*: (n_images,) in [1, P]. A stream never attends to the
+ * slots before its prefix, and its positions (rotary) count from its own first token: slot p is
+ * at position p - (P - len). So a grid cell's slot is shared by both streams while each stream
+ * sees it at its own position (families.md 4.3). ids_uncond/len_uncond: NULL when guided == 0. */
+zp_status zp_cache_new_ids(const zp_model *m, int n_images, int guided, const int32_t *ids_cond,
+                           const int32_t *len_cond, const int32_t *ids_uncond,
+                           const int32_t *len_uncond, zp_cache **out);
 void zp_cache_free(zp_cache *c);
 /* (n_images, seq_len) slot states, OWNED by the cache; callers may read and (between passes)
  * commit (>0 -> 0) or discard (-> ZP_SLOT_UNWRITTEN) tentative slots. */
@@ -199,6 +222,10 @@ zp_status zp_sampling_check(const zp_sampling *sp);
 size_t zp_sampling_work_size(int vocab);
 void zp_sampling_probs(const zp_sampling *sp, const float *logits, int vocab, double *probs,
                        void *work);
+/* zp_sampling_probs restricted to the tokens [lo, hi) (the others get probability 0): the
+ * allowed-token mask applied before temperature/top-k/top-p. lo = hi = 0: the whole vocab. */
+void zp_sampling_probs_range(const zp_sampling *sp, const float *logits, int vocab, int lo, int hi,
+                             double *probs, void *work);
 /* Inverse-CDF draw from probs with uniform u in [0,1). Never returns a zero-probability token. */
 int zp_draw(const double *probs, int vocab, double u);
 
@@ -255,6 +282,12 @@ zp_status zp_session_new(const zp_model *m, int n_images, const float *prefix_co
                          const float *prefix_uncond, const uint8_t *prefix_mask,
                          const uint32_t *sample_ids, const zp_sampling *sp, const zp_policy *pol,
                          int record_trace, zp_session **out);
+/* The same with token-id prefixes (see zp_cache_new_ids); guided when sp->cfg_scale != 1. */
+zp_status zp_session_new_ids(const zp_model *m, int n_images, const int32_t *ids_cond,
+                             const int32_t *len_cond, const int32_t *ids_uncond,
+                             const int32_t *len_uncond, const uint32_t *sample_ids,
+                             const zp_sampling *sp, const zp_policy *pol, int record_trace,
+                             zp_session **out);
 void zp_session_free(zp_session *s);
 int zp_session_done(const zp_session *s);
 /* One pass of the session's built-in policy. */

@@ -13,3 +13,23 @@ except ImportError:  # no build, or an older install without zipar._ext: forget 
         del sys.modules[name]
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def families_tiny(tmp_path_factory):
+    """(folder, fixtures, module) of the tiny Emu3 / Chameleon checkpoints that
+    tests/families_tiny.py builds with transformers, once per session (about 20 s); skips
+    without torch, transformers or safetensors."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    try:
+        import families_tiny
+    finally:
+        sys.path.remove(here)
+    out = str(tmp_path_factory.mktemp("families_tiny"))
+    return out, families_tiny.build(out), families_tiny

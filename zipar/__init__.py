@@ -25,7 +25,11 @@ from .sampling import Sampling
 __all__ = ["ModelConfig", "Model", "GenerationResult", "RawSession", "Raster", "ZipAR",  # noqa: F822
            "AdaptiveZipAR", "Policy", "PolicyState", "ROLES", "Sampling", "show_config",
            "set_num_threads", "get_num_threads", "build_info", "load_default", "load_llamagen",
+           "load_emu3", "load_chameleon", "load", "Emu3Model", "ChameleonModel", "FamilyResult",
            "random_model", "__version__"]
+
+# Classes of the model families, reachable lazily as zipar.<name>
+_FAMILY_CLASSES = {"Emu3Model": "emu3", "ChameleonModel": "chameleon", "FamilyResult": "decoder"}
 
 # Submodules reachable as attributes without an explicit import (``zipar.sweep(...)``,
 # ``zipar.vq.VQDecoder``): imported on first access.
@@ -40,6 +44,9 @@ def __getattr__(name):
         return ROLES
     if name in _SUBMODULES:
         return _importlib.import_module(f".{name}", __name__)
+    if name in _FAMILY_CLASSES:
+        mod = _importlib.import_module(f".families.{_FAMILY_CLASSES[name]}", __name__)
+        return getattr(mod, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -60,3 +67,42 @@ def load_llamagen(path, **kwargs):
     from .families.llamagen import load_llamagen as _ll
 
     return _ll(path, **kwargs)
+
+
+def load_emu3(path, **kwargs):
+    """Load an Emu3-Gen Hugging Face folder or cached repo id (see zipar.families.emu3)."""
+    from .families.emu3 import load_emu3 as _le
+
+    return _le(path, **kwargs)
+
+
+def load_chameleon(path, **kwargs):
+    """Load a Chameleon / Lumina-mGPT Hugging Face folder or cached repo id
+    (see zipar.families.chameleon)."""
+    from .families.chameleon import load_chameleon as _lc
+
+    return _lc(path, **kwargs)
+
+
+def load(path, **kwargs):
+    """Load any supported checkpoint: a Hugging Face folder (or a repo id in the huggingface_hub
+    cache) whose config.json names Emu3 or Chameleon / Lumina-mGPT, else a LlamaGen file."""
+    import os
+
+    from .families import hf
+    from .families.chameleon import is_chameleon_config
+    from .families.emu3 import is_emu3_config
+    from .io.errors import CheckpointError
+
+    p = os.fspath(path)
+    if os.path.isfile(p):
+        return load_llamagen(p, **kwargs)
+    folder = hf.resolve_folder(p, cache_dir=kwargs.pop("cache_dir", None))
+    cfg = hf.read_config(folder)
+    if is_emu3_config(cfg):
+        return load_emu3(folder, **kwargs)
+    if is_chameleon_config(cfg):
+        return load_chameleon(folder, **kwargs)
+    raise CheckpointError(f"{folder}: config.json describes model_type {cfg.get('model_type')!r} "
+                          f"(architectures {cfg.get('architectures')!r}); zipar reads Emu3, "
+                          "Chameleon / Lumina-mGPT folders and LlamaGen checkpoint files")

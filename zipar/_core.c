@@ -135,23 +135,60 @@ static void Model_dealloc(ModelObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* Pops an optional int or float keyword from a dict (a copy of the caller's kwargs). */
+static int pop_number(PyObject *kw, const char *key, int is_float, void *out) {
+    PyObject *v = kw ? PyDict_GetItemString(kw, key) : NULL;
+    if (!v) return 1;
+    if (is_float) {
+        double d = PyFloat_AsDouble(v);
+        if (d == -1.0 && PyErr_Occurred()) return 0;
+        *(float *)out = (float)d;
+    } else {
+        long l = PyLong_AsLong(v);
+        if (l == -1 && PyErr_Occurred()) return 0;
+        if (l < INT32_MIN || l > INT32_MAX) {
+            PyErr_Format(PyExc_OverflowError, "%s out of range", key);
+            return 0;
+        }
+        *(int *)out = (int)l;
+    }
+    return PyDict_DelItemString(kw, key) == 0;
+}
+
 /* Model(weights, *, dim, n_layer, n_head, n_kv_head, head_dim, hidden, vocab, cls_token_num,
- *       grid_h, grid_w, eor, eor_token, norm_eps, rope_base, wtype=ZP_WTYPE_F32): the zp_config
- * fields by name; weights: a sequence of arrays ordered as tok_embeddings, norm, output, then per
- * layer the zp_layer_weights fields in their declaration order (zipar.model.LAYER_KEYS). The
- * norms are float32; the matrices are float32, uint16 (bfloat16 bit patterns) or float16 as
- * wtype says. */
+ *       grid_h, grid_w, eor, eor_token, norm_eps, rope_base,
+ *       rope_1d=0, qk_norm=0, qk_norm_eps=0, swin_norm=0, vis_lo=0, vis_hi=0, wtype=ZP_WTYPE_F32):
+ * the zp_config
+ * fields by name (the last six are the model-family fields, optional: 0 keeps LlamaGen's
+ * behaviour; wtype: the matrices' storage type); weights: a sequence of arrays ordered as
+ * tok_embeddings, norm, output,
+ * then per layer the zp_layer_weights fields in their declaration order
+ * (zipar.model.LAYER_KEYS, then with qk_norm the q/k-norm weight and bias rows). The norms are
+ * float32; the matrices are float32, uint16 (bfloat16 bit patterns) or float16 as wtype says. */
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"weights", "dim", "n_layer", "n_head", "n_kv_head", "head_dim",
                              "hidden", "vocab", "cls_token_num", "grid_h", "grid_w", "eor",
-                             "eor_token", "norm_eps", "rope_base", "wtype", NULL};
-    zp_config c;
+                             "eor_token", "norm_eps", "rope_base", NULL};
+    zp_config c = {0};
     PyObject *arrays;
     int wtype = ZP_WTYPE_F32;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$iiiiiiiiiiiiffi", kwlist, &arrays, &c.dim,
-                                     &c.n_layer, &c.n_head, &c.n_kv_head, &c.head_dim, &c.hidden,
-                                     &c.vocab, &c.cls_token_num, &c.grid_h, &c.grid_w, &c.eor,
-                                     &c.eor_token, &c.norm_eps, &c.rope_base, &wtype)) {
+    PyObject *kw2 = kw ? PyDict_Copy(kw) : NULL;
+    if (kw && !kw2) return -1;
+    if (!pop_number(kw2, "rope_1d", 0, &c.rope_1d) || !pop_number(kw2, "qk_norm", 0, &c.qk_norm) ||
+        !pop_number(kw2, "qk_norm_eps", 1, &c.qk_norm_eps) ||
+        !pop_number(kw2, "swin_norm", 0, &c.swin_norm) || !pop_number(kw2, "vis_lo", 0, &c.vis_lo) ||
+        !pop_number(kw2, "vis_hi", 0, &c.vis_hi) || !pop_number(kw2, "wtype", 0, &wtype)) {
+        Py_XDECREF(kw2);
+        parse_failed();
+        return -1;
+    }
+    int ok = PyArg_ParseTupleAndKeywords(args, kw2, "O$iiiiiiiiiiiiff", kwlist, &arrays, &c.dim,
+                                         &c.n_layer, &c.n_head, &c.n_kv_head, &c.head_dim,
+                                         &c.hidden, &c.vocab, &c.cls_token_num, &c.grid_h,
+                                         &c.grid_w, &c.eor, &c.eor_token, &c.norm_eps,
+                                         &c.rope_base);
+    Py_XDECREF(kw2);
+    if (!ok) {
         parse_failed();
         return -1;
     }
@@ -187,7 +224,8 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
     }
     PyObject *t = PySequence_Tuple(arrays);
     if (!t) return -1;
-    if (c.n_layer < 1 || PyTuple_GET_SIZE(t) != 3 + 7 * (Py_ssize_t)c.n_layer) {
+    const int per = c.qk_norm ? 11 : 7; /* zp_layer_weights fields this config reads */
+    if (c.n_layer < 1 || PyTuple_GET_SIZE(t) != 3 + per * (Py_ssize_t)c.n_layer) {
         Py_DECREF(t);
         PyErr_SetString(PyExc_ValueError, "wrong number of weight arrays");
         return -1;
@@ -206,13 +244,15 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
         PyErr_NoMemory();
         return -1;
     }
-    npy_intp sizes[7] = {D, QKV * D, D * c.n_head * HD, D, F * D, F * D, D * F};
-    const char *names[7] = {"attention_norm", "wqkv", "wo", "ffn_norm", "w1", "w3", "w2"};
+    npy_intp NQ = (npy_intp)c.n_head * HD, NK = (npy_intp)c.n_kv_head * HD;
+    npy_intp sizes[11] = {D, QKV * D, D * c.n_head * HD, D, F * D, F * D, D * F, NQ, NQ, NK, NK};
+    const char *names[11] = {"attention_norm", "wqkv", "wo", "ffn_norm", "w1", "w3", "w2",
+                             "q_norm_w", "q_norm_b", "k_norm_w", "k_norm_b"};
     for (int l = 0; l < c.n_layer; l++) {
-        const void *ptrs[7];
-        for (int j = 0; j < 7; j++) {
-            PyObject *a = PyTuple_GET_ITEM(t, 3 + 7 * l + j);
-            int norm = j == 0 || j == 3; /* attention_norm, ffn_norm */
+        const void *ptrs[11] = {0};
+        for (int j = 0; j < per; j++) {
+            PyObject *a = PyTuple_GET_ITEM(t, 3 + per * l + j);
+            int norm = j == 0 || j == 3 || j >= 7; /* attention_norm, ffn_norm, q/k-norm rows */
             if (!check_array(a, norm ? NPY_FLOAT32 : mtype, sizes[j], names[j])) {
                 PyMem_Free(L);
                 Py_DECREF(t);
@@ -220,7 +260,8 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
             }
             ptrs[j] = DATA(a);
         }
-        L[l] = (zp_layer_weights){ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], ptrs[6]};
+        L[l] = (zp_layer_weights){ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], ptrs[6],
+                                  ptrs[7], ptrs[8], ptrs[9], ptrs[10]};
     }
     zp_weights w = {.tok_embeddings = DATA(PyTuple_GET_ITEM(t, 0)), .layers = L,
                     .norm = DATA(PyTuple_GET_ITEM(t, 1)), .output = DATA(PyTuple_GET_ITEM(t, 2)),
@@ -272,15 +313,41 @@ static int prefix_args(const zp_config *cfg, int n, int guided, PyObject *cond, 
     return 1;
 }
 
-/* Cache(model, n_images, guided, prefix_cond, prefix_uncond=None, prefix_mask=None) */
+/* Token-id prefixes (zp_cache_new_ids): ids (n, P) int32, right-aligned, and lengths (n,) int32
+ * per stream; the unconditional pair only when guided. Fills the pointers. */
+static int ids_args(const zp_config *cfg, int n, int guided, PyObject *ids, PyObject *len,
+                    PyObject *uids, PyObject *ulen, const int32_t **pi, const int32_t **pl,
+                    const int32_t **pui, const int32_t **pul) {
+    npy_intp need = (npy_intp)n * cfg->cls_token_num;
+    if (!check_array(ids, NPY_INT32, need, "prefix_ids") ||
+        !check_array(len, NPY_INT32, n, "prefix_len"))
+        return 0;
+    *pi = DATA(ids);
+    *pl = DATA(len);
+    *pui = *pul = NULL;
+    if (guided) {
+        if (!check_array(uids, NPY_INT32, need, "uncond_ids") ||
+            !check_array(ulen, NPY_INT32, n, "uncond_len"))
+            return 0;
+        *pui = DATA(uids);
+        *pul = DATA(ulen);
+    }
+    return 1;
+}
+
+/* Cache(model, n_images, guided, prefix_cond, prefix_uncond=None, prefix_mask=None, *,
+ *       prefix_ids=None, prefix_len=None, uncond_ids=None, uncond_len=None): conditioning as
+ * embeddings, or (prefix_cond None) as token ids of each stream's own length. */
 static int Cache_init(CacheObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"model", "n_images", "guided", "prefix_cond", "prefix_uncond",
-                             "prefix_mask", NULL};
+                             "prefix_mask", "prefix_ids", "prefix_len", "uncond_ids",
+                             "uncond_len", NULL};
     ModelObject *model;
     int n, guided;
     PyObject *cond, *unc = Py_None, *mask = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!ipO|OO", kwlist, &ModelType, &model, &n,
-                                     &guided, &cond, &unc, &mask)) {
+    PyObject *ids = Py_None, *len = Py_None, *uids = Py_None, *ulen = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!ipO|OO$OOOO", kwlist, &ModelType, &model, &n,
+                                     &guided, &cond, &unc, &mask, &ids, &len, &uids, &ulen)) {
         parse_failed();
         return -1;
     }
@@ -294,11 +361,26 @@ static int Cache_init(CacheObject *self, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_ValueError, "n_images must be >= 1");
         return -1;
     }
-    if (!prefix_args(zp_model_config(model->m), n, guided, cond, unc, mask, &pc, &pu, &pm)) return -1;
     zp_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = zp_cache_new(model->m, n, guided, pc, pu, pm, &self->c);
-    Py_END_ALLOW_THREADS
+    if (ids != Py_None) {
+        const int32_t *pi, *pl, *pui, *pul;
+        if (cond != Py_None || unc != Py_None || mask != Py_None) {
+            PyErr_SetString(PyExc_ValueError, "give prefix embeddings or prefix_ids, not both");
+            return -1;
+        }
+        if (!ids_args(zp_model_config(model->m), n, guided, ids, len, uids, ulen, &pi, &pl, &pui,
+                      &pul))
+            return -1;
+        Py_BEGIN_ALLOW_THREADS
+        st = zp_cache_new_ids(model->m, n, guided, pi, pl, pui, pul, &self->c);
+        Py_END_ALLOW_THREADS
+    } else {
+        if (!prefix_args(zp_model_config(model->m), n, guided, cond, unc, mask, &pc, &pu, &pm))
+            return -1;
+        Py_BEGIN_ALLOW_THREADS
+        st = zp_cache_new(model->m, n, guided, pc, pu, pm, &self->c);
+        Py_END_ALLOW_THREADS
+    }
     if (st) {
         raise_status(st);
         return -1;
@@ -401,6 +483,7 @@ static void Session_dealloc(SessionObject *self) {
 }
 
 /* Session(model, n_images, prefix_cond, prefix_uncond, prefix_mask, sample_ids, *,
+ *         prefix_ids, prefix_len, uncond_ids, uncond_len,   (token-id prefixes, see Cache)
  *         cfg_scale, cfg_interval, temperature, top_k, top_p, seed,   (zp_sampling, by name)
  *         kind, window, schedule, proxy, min_window, max_window, threshold,   (zp_policy)
  *         trace=False)
@@ -408,18 +491,21 @@ static void Session_dealloc(SessionObject *self) {
  * (a kind ignores the fields it does not read, see zipar.h). */
 static int Session_init(SessionObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"model", "n_images", "prefix_cond", "prefix_uncond", "prefix_mask",
-                             "sample_ids", "cfg_scale", "cfg_interval", "temperature", "top_k",
+                             "sample_ids", "prefix_ids", "prefix_len", "uncond_ids",
+                             "uncond_len", "cfg_scale", "cfg_interval", "temperature", "top_k",
                              "top_p", "seed", "kind", "window", "schedule", "proxy",
                              "min_window", "max_window", "threshold", "trace", NULL};
     ModelObject *model;
     int n, trace = 0;
     PyObject *cond, *unc = Py_None, *mask = Py_None, *sids = Py_None;
+    PyObject *pids = Py_None, *plen = Py_None, *uids = Py_None, *ulen = Py_None;
     zp_sampling sp = zp_sampling_default();
     zp_policy pol = {0};
     unsigned long long seed = sp.seed;
     PyObject *seed_obj = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!iO|OOO$fififOiiiiiidp", kwlist, &ModelType,
-                                     &model, &n, &cond, &unc, &mask, &sids, &sp.cfg_scale,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!iO|OOO$OOOOfififOiiiiiidp", kwlist, &ModelType,
+                                     &model, &n, &cond, &unc, &mask, &sids, &pids, &plen, &uids,
+                                     &ulen, &sp.cfg_scale,
                                      &sp.cfg_interval, &sp.temperature, &sp.top_k, &sp.top_p,
                                      &seed_obj, &pol.kind, &pol.window, &pol.schedule, &pol.proxy,
                                      &pol.min_window, &pol.max_window, &pol.threshold, &trace)) {
@@ -437,9 +523,18 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw) {
         return -1;
     }
     const zp_config *cfg = zp_model_config(model->m);
-    const float *pc, *pu;
-    const uint8_t *pm;
-    if (!prefix_args(cfg, n, zp_sampling_guided(&sp), cond, unc, mask, &pc, &pu, &pm)) return -1;
+    const float *pc = NULL, *pu = NULL;
+    const uint8_t *pm = NULL;
+    const int32_t *pi = NULL, *pl = NULL, *pui = NULL, *pul = NULL;
+    int guided = zp_sampling_guided(&sp);
+    if (pids != Py_None) {
+        if (cond != Py_None || unc != Py_None || mask != Py_None) {
+            PyErr_SetString(PyExc_ValueError, "give prefix embeddings or prefix_ids, not both");
+            return -1;
+        }
+        if (!ids_args(cfg, n, guided, pids, plen, uids, ulen, &pi, &pl, &pui, &pul)) return -1;
+    } else if (!prefix_args(cfg, n, guided, cond, unc, mask, &pc, &pu, &pm))
+        return -1;
     const uint32_t *ids = NULL;
     if (sids != Py_None) {
         if (!check_array(sids, NPY_UINT32, n, "sample_ids")) return -1;
@@ -447,7 +542,10 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw) {
     }
     zp_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = zp_session_new(model->m, n, pc, pu, pm, ids, &sp, &pol, trace, &self->s);
+    if (pi)
+        st = zp_session_new_ids(model->m, n, pi, pl, pui, pul, ids, &sp, &pol, trace, &self->s);
+    else
+        st = zp_session_new(model->m, n, pc, pu, pm, ids, &sp, &pol, trace, &self->s);
     Py_END_ALLOW_THREADS
     if (st) {
         raise_status(st);

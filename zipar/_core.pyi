@@ -37,12 +37,16 @@ class Model:
     def __init__(self, weights: object, *, dim: int, n_layer: int, n_head: int, n_kv_head: int,
                  head_dim: int, hidden: int, vocab: int, cls_token_num: int, grid_h: int,
                  grid_w: int, eor: int, eor_token: int, norm_eps: float,
-                 rope_base: float, wtype: int = ...) -> None: ...
+                 rope_base: float, rope_1d: int = ..., qk_norm: int = ...,
+                 qk_norm_eps: float = ..., swin_norm: int = ..., vis_lo: int = ...,
+                 vis_hi: int = ..., wtype: int = ...) -> None: ...
 
 @final
 class Cache:
-    def __init__(self, model: Model, n_images: int, guided: bool, prefix_cond: _F32,
-                 prefix_uncond: Optional[_F32] = ..., prefix_mask: Optional[np.ndarray] = ...
+    def __init__(self, model: Model, n_images: int, guided: bool, prefix_cond: Optional[_F32],
+                 prefix_uncond: Optional[_F32] = ..., prefix_mask: Optional[np.ndarray] = ...,
+                 *, prefix_ids: Optional[_I32] = ..., prefix_len: Optional[_I32] = ...,
+                 uncond_ids: Optional[_I32] = ..., uncond_len: Optional[_I32] = ...
                  ) -> None: ...
     @property
     def slots(self) -> _I32: ...
@@ -51,9 +55,12 @@ class Cache:
 
 @final
 class Session:
-    def __init__(self, model: Model, n_images: int, prefix_cond: _F32,
+    def __init__(self, model: Model, n_images: int, prefix_cond: Optional[_F32],
                  prefix_uncond: Optional[_F32] = ..., prefix_mask: Optional[np.ndarray] = ...,
-                 sample_ids: Optional[npt.NDArray[np.uint32]] = ..., *, cfg_scale: float = ...,
+                 sample_ids: Optional[npt.NDArray[np.uint32]] = ..., *,
+                 prefix_ids: Optional[_I32] = ..., prefix_len: Optional[_I32] = ...,
+                 uncond_ids: Optional[_I32] = ..., uncond_len: Optional[_I32] = ...,
+                 cfg_scale: float = ...,
                  cfg_interval: int = ..., temperature: float = ..., top_k: int = ...,
                  top_p: float = ..., seed: int = ..., kind: int = ..., window: int = ...,
                  schedule: int = ..., proxy: int = ..., min_window: int = ...,

@@ -5,7 +5,9 @@
   ``sampling_probs``, ``draw``, ``philox4x32_10``, ``uniform``, ``reference_attention``);
 - :mod:`zipar.reference.policy`: ZipAR's scheduling rule as a Python policy (``ReferenceZipAR``);
 - :mod:`zipar.reference.sjd`: speculative Jacobi decoding on the low-level session API
-  (``sjd_generate``).
+  (``sjd_generate``);
+- :mod:`zipar.reference.families`: the float64 NumPy forward of the Emu3 and Chameleon
+  (Lumina-mGPT) decoders, their token rules and the slot-by-slot forward primitive.
 
 Nothing here is fast, and the runtime package never imports it.
 """
