@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, sys.argv[1])
 import zipar
 zipar.set_num_threads(1)
-m = zipar.load_default()
+m = zipar.load_default("pixels")
 labels = np.arange(int(sys.argv[2])) % 10
 out = {}
 for name, pol in (("raster", zipar.Raster()), ("ZipAR-4", zipar.ZipAR(4))):

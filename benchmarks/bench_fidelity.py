@@ -101,13 +101,13 @@ def _load_chunk(path, key):
 
 def _chunk_key(cell, first, last, args):
     return dict(settings=_full_settings(cell, args), first=first, last=last, batch=args.batch,
-                model="builtin")
+                model="builtin:pixels")
 
 
 def run_chunk(cell, first, last, args):
     """Generate samples first..last-1 of one setting in this process and write their file."""
     zipar.set_num_threads(1)
-    model = zipar.load_default()
+    model = zipar.load_default("pixels")
     full = _full_settings(cell, args)
     labels = np.arange(first, last) % model.config.num_classes
     tokens, passes, queries, totals, seconds = zsweep.generate_cell(
@@ -233,7 +233,7 @@ def _time_one(cell, args):
     """Seconds per image of the setting's first batch (sample ids 0..batch-1), one engine
     thread, and its tokens."""
     zipar.set_num_threads(1)
-    model = zipar.load_default()
+    model = zipar.load_default("pixels")
     full = _full_settings(cell, args)
     labels = np.arange(args.batch) % model.config.num_classes
     tokens, _, _, _, seconds = zsweep.generate_cell(model, full, labels, args.batch)

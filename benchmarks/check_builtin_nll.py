@@ -27,7 +27,7 @@ def main():
     ap.add_argument("--n", type=int, default=10000, help="first n test images")
     ap.add_argument("--batch", type=int, default=16)
     args = ap.parse_args()
-    model = zipar.load_default()
+    model = zipar.load_default("pixels")
     tok = builtin.default_tokenizer()
     images, labels = zeval.test_set()
     n = min(args.n, len(images))
@@ -42,7 +42,7 @@ def main():
     out = dict(images=n, engine_bits_per_pixel=bits(ours), pytorch_bits_per_pixel=bits(torch_nats),
                relative_difference=rel, max_per_image_relative_difference=per_image,
                target_met=rel <= 1e-3, seconds=dt,
-               builtin_json_test_nll_bpp=builtin.builtin_info()["test_nll_bpp"])
+               builtin_json_test_nll_bpp=builtin.builtin_info("pixels")["test_nll_bpp"])
     print(json.dumps(out, indent=1))
     with open(os.path.join(HERE, "results", "builtin_nll_check.json"), "w") as f:
         json.dump(out, f, indent=1)

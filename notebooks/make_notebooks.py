@@ -89,7 +89,7 @@ QUICKSTART = [
     ("code", SETUP),
     ("code", HELPERS),
     ("code", '''
-        model = zipar.load_default()
+        model = zipar.load_default("pixels")  # the VQ model is the default
         print(model)
         zipar.show_config()
         cfg = model.config
@@ -271,7 +271,7 @@ SWEEP = [
                   f"{rec['seconds']:.1f} s")
 
         t0 = time.perf_counter()
-        res = zsweep.sweep("builtin", grid, n_samples=N_SAMPLES, metrics=metrics,
+        res = zsweep.sweep("builtin:pixels", grid, n_samples=N_SAMPLES, metrics=metrics,
                            executor=EXECUTOR, out=OUT, progress=False, callback=report)
         print(res, f"in {time.perf_counter() - t0:.1f} s")
     '''),
@@ -368,7 +368,7 @@ LOCALITY = [
     ("code", SETUP),
     ("code", HELPERS),
     ("code", '''
-        model = zipar.load_default()
+        model = zipar.load_default("pixels")  # the VQ model is the default
         cfg = model.config
         H, W, P = cfg.H, cfg.W, cfg.cls_token_num
         assert cfg.eor == 0  # slot p >= P is grid cell divmod(p - P, W)
@@ -508,7 +508,7 @@ CUSTOM = [
     ("code", SETUP),
     ("code", HELPERS),
     ("code", '''
-        model = zipar.load_default()
+        model = zipar.load_default("pixels")  # the VQ model is the default
         cfg = model.config
         H, W = cfg.H, cfg.W
         LABELS = [0, 1] if SMALL else list(range(10))

@@ -14,11 +14,11 @@ from zipar import builtin, png
 
 @pytest.fixture(scope="module")
 def model():
-    return zipar.load_default()
+    return zipar.load_default("pixels")
 
 
 def test_logits_equal_stored_pytorch_reference(model):
-    ref = builtin.reference()
+    ref = builtin.reference("pixels")
     got = model.logits(ref["labels"][:2], ref["tokens"][:2])
     want = ref["logits"].reshape(got.shape)
     assert np.abs(got - want).max() <= 2e-4, np.abs(got - want).max()
@@ -44,7 +44,8 @@ def test_main_job_small(tmp_path):
     env["PYTHONPATH"] = os.path.dirname(os.path.dirname(zipar.__file__)) + os.pathsep + \
         env.get("PYTHONPATH", "")
     out = tmp_path / "grid.png"
-    proc = subprocess.run([sys.executable, "-m", "zipar", "generate", "--labels", "1", "7",
+    proc = subprocess.run([sys.executable, "-m", "zipar", "generate", "--builtin", "pixels",
+                           "--labels", "1", "7",
                            "--window", "7", "--out", str(out), "--quiet"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr

@@ -88,7 +88,7 @@ def test_frechet_rejects_bad_shapes():
 def test_numpy_classifier_matches_pytorch_features():
     from zipar.builtin import reference
 
-    ref = reference()
+    ref = reference("pixels")
     if "classifier_features" not in ref:
         pytest.skip("builtin_reference.npz has no classifier features")
     if not _have_dataset():

@@ -1,7 +1,7 @@
 """zipar: autoregressive image generation with exact ZipAR parallel decoding on a C core.
 
     >>> import zipar
-    >>> model = zipar.load_default()                      # built-in Fashion-MNIST model
+    >>> model = zipar.load_default()                      # built-in Fashion-MNIST VQ model
     >>> res = model.generate([0, 1, 2], policy=zipar.ZipAR(4), seed=0)
     >>> res.tokens.shape, res.stats["forward_passes"]
 
@@ -54,11 +54,12 @@ def __dir__():
     return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))
 
 
-def load_default():
-    """The built-in Fashion-MNIST model (see zipar.fmnist.builtin)."""
+def load_default(name: str = "vq"):
+    """A built-in Fashion-MNIST model (see zipar.fmnist.builtin): "vq" (default), the miniature
+    LlamaGen on 16x16 VQ tokens; "pixels", the GPT on 28x28 grey-level tokens."""
     from .fmnist.builtin import load_default as _ld
 
-    return _ld()
+    return _ld(name)
 
 
 def load_llamagen(path, **kwargs):

@@ -1,7 +1,8 @@
 """Command line: ``python -m zipar {generate,convert,info,sweep}``.
 
-``python -m zipar generate`` with no arguments loads the built-in Fashion-MNIST model and writes a
-PNG grid (raster beside ZipAR, one row per class) with passes and seconds for each.
+``python -m zipar generate`` with no arguments loads the built-in Fashion-MNIST model (the
+miniature LlamaGen: 16x16 VQ tokens; ``--builtin pixels`` for the 28x28 grey-level one) and writes
+a PNG grid (raster beside ZipAR, one row per class) with passes and seconds for each.
 """
 
 from __future__ import annotations
@@ -110,11 +111,9 @@ def cmd_generate(a):
         cfg = a.cfg_scale if a.cfg_scale is not None else Sampling.cfg_scale
         top_k = a.top_k if a.top_k is not None else 2000
     else:
-        from .fmnist.builtin import load_default
+        from .fmnist.builtin import CLASS_NAMES, load_default
 
-        from .fmnist.builtin import CLASS_NAMES
-
-        model = load_default()
+        model = load_default(a.builtin)
         default_labels = list(range(model.config.num_classes))
         class_names = CLASS_NAMES
         cfg = a.cfg_scale if a.cfg_scale is not None else 2.0
@@ -290,6 +289,9 @@ def main(argv=None):
                        "ZipAR (or one --policy), one row per label.")
     g.add_argument("--checkpoint", help="LlamaGen .pt/.npz/.safetensors (default: built-in)")
     g.add_argument("--vq", help="VQ-16 decoder checkpoint, for pixels")
+    g.add_argument("--builtin", default="vq", choices=["vq", "pixels"],
+                   help="built-in model without --checkpoint: vq (16x16 VQ tokens) or pixels "
+                        "(28x28 grey-level tokens)")
     g.add_argument("--grid", type=int, default=None,
                    help="grid side (default: stored, file name tag, or 16)")
     g.add_argument("--n-head", type=int, default=None, help="heads, for non-LlamaGen sizes")

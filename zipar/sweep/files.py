@@ -32,10 +32,11 @@ def run_sweep_file(path, out=None, executor=None, workers=None, scheduler=None,
     """Run the sweep a TOML file describes, print its records and write out/records.csv and
     out/records.json (when there is an out directory).
 
-    [model]: ``spec = "builtin"`` (default) or a checkpoint path (relative paths are relative
-    to the TOML file), or ``checkpoint = path`` with load_llamagen options beside it, or a
-    ``random`` table of zipar.random_model arguments. [sweep]: n_samples (required),
-    batch_size, seeds, labels, executor, workers, scheduler, out (relative to the TOML file).
+    [model]: ``spec = "builtin"`` (default; ``"builtin:pixels"`` for the pixel model) or a
+    checkpoint path (relative paths are relative to the TOML file), or ``checkpoint = path``
+    with load_llamagen options beside it, or a ``random`` table of zipar.random_model
+    arguments. [sweep]: n_samples (required), batch_size, seeds, labels, executor, workers,
+    scheduler, out (relative to the TOML file).
     [grid]: lists per setting (see :func:`expand_grid`). Arguments given here override [sweep].
     """
     cfg = _read_toml(path)
@@ -53,7 +54,7 @@ def run_sweep_file(path, out=None, executor=None, workers=None, scheduler=None,
         model = {}
     else:
         spec = model.pop("spec", "builtin")
-        if spec != "builtin":
+        if spec not in ("builtin", "builtin:vq", "builtin:pixels"):
             spec = os.path.join(base, spec)
     if model:
         raise ValueError(f"{path}: unknown [model] key(s) {', '.join(sorted(model))}")

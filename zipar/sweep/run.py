@@ -24,7 +24,8 @@ def sweep(model_spec, grid: Mapping[str, Any], *, n_samples: int, batch_size: in
           callback: Optional[Callable[[int, dict], None]] = None) -> SweepResult:
     """Run every cell of ``grid`` and return a :class:`SweepResult` (records in grid order).
 
-    model_spec: ``"builtin"`` (zipar.load_default), a checkpoint path (.npz, .safetensors, .pt:
+    model_spec: ``"builtin"`` (zipar.load_default(), the VQ model), ``"builtin:pixels"``
+    (zipar.load_default("pixels")), a checkpoint path (.npz, .safetensors, .pt:
     zipar.load_llamagen), ``{"checkpoint": path, **load_llamagen kwargs}`` or
     ``{"random": {zipar.random_model kwargs}}``; each worker loads it once.
     grid: see :func:`expand_grid`; ``seeds`` is its seed axis unless it has ``seed``.

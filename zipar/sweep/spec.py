@@ -16,16 +16,20 @@ __all__ = ["normalize_spec", "spec_label", "get_model"]
 def _normalize_spec(spec) -> dict:
     """A JSON-able description of how to obtain the model (also what the cell hash covers).
 
-    "builtin" -> {"builtin": True}; a path -> {"checkpoint": realpath, "bytes": size};
+    "builtin" -> {"builtin": "vq"} (zipar.load_default()); "builtin:pixels" -> {"builtin": True}
+    (the pixel model; the spec it had when it was the only built-in model, so the cells
+    computed then keep their hashes); a path -> {"checkpoint": realpath, "bytes": size};
     {"checkpoint": path, **load_llamagen kwargs}; {"random": {random_model kwargs}}.
     """
-    if isinstance(spec, str) and spec == "builtin":
+    if isinstance(spec, str) and spec in ("builtin", "builtin:vq"):
+        return {"builtin": "vq"}
+    if isinstance(spec, str) and spec == "builtin:pixels":
         return {"builtin": True}
     if isinstance(spec, (str, os.PathLike)):
         spec = {"checkpoint": os.fspath(spec)}
     if not isinstance(spec, Mapping):
-        raise TypeError("model_spec must be 'builtin', a checkpoint path, {'random': {...}} or "
-                        "{'checkpoint': path, ...}")
+        raise TypeError("model_spec must be 'builtin', 'builtin:pixels', a checkpoint path, "
+                        "{'random': {...}} or {'checkpoint': path, ...}")
     spec = dict(spec)
     if "random" in spec:
         if len(spec) != 1 or not isinstance(spec["random"], Mapping):
@@ -38,14 +42,16 @@ def _normalize_spec(spec) -> dict:
             raise FileNotFoundError(f"checkpoint {path!r} not found")
         return {"checkpoint": path, "bytes": os.path.getsize(path),
                 "kwargs": json.loads(json.dumps(spec))}
-    if spec.get("builtin"):
+    if spec.get("builtin") in (True, "pixels"):
         return {"builtin": True}
+    if spec.get("builtin") == "vq":
+        return {"builtin": "vq"}
     raise ValueError(f"cannot read model_spec {spec!r}")
 
 
 def _spec_label(spec: dict) -> str:
     if "builtin" in spec:
-        return "builtin"
+        return "builtin" if spec["builtin"] == "vq" else "builtin:pixels"
     if "checkpoint" in spec:
         return spec["checkpoint"]
     return "random:" + json.dumps(spec["random"], sort_keys=True, separators=(",", ":"))
@@ -60,7 +66,7 @@ def _get_model(spec: dict):
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()
         if "builtin" in spec:
-            model = load_default()
+            model = load_default("vq" if spec["builtin"] == "vq" else "pixels")
         elif "checkpoint" in spec:
             model = load_llamagen(spec["checkpoint"], **spec["kwargs"])
         else:
