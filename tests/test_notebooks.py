@@ -19,7 +19,7 @@ import zipar
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NB_DIR = os.path.join(ROOT, "notebooks")
 NOTEBOOKS = ["01_quickstart.ipynb", "02_ablation_sweep.ipynb", "03_spatial_locality.ipynb",
-             "04_custom_policy.ipynb"]
+             "04_custom_policy.ipynb", "05_families.ipynb"]
 CELL_TIMEOUT = 300
 
 
