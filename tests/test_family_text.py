@@ -126,3 +126,23 @@ def test_tokens_only_and_errors(folders):
         m.generate(prompt="a fox")  # the default 90x90 grid does not fit a 512-position model
     with pytest.raises(ValueError, match="even"):
         zipar.load(folders["lumina"]).generate(prompt="a fox", grid=(3, 4))
+
+
+def test_meta_chameleon_files_in_a_tokenizer_subfolder(tmp_path):
+    """Lumina-mGPT folders with Meta's files copied under tokenizer/: text_tokenizer.json and
+    vqgan.safetensors are found there."""
+    import os
+    import shutil
+
+    d = write_tiny_lumina(tmp_path / "lumina")
+    os.makedirs(os.path.join(d, "tokenizer"))
+    shutil.move(os.path.join(d, "tokenizer.json"),
+                os.path.join(d, "tokenizer", "text_tokenizer.json"))
+    shutil.move(os.path.join(d, "vqgan.safetensors"), os.path.join(d, "tokenizer"))
+    m = zipar.load(d)
+    assert m.tokenizer_path.endswith(os.path.join("tokenizer", "text_tokenizer.json"))
+    ref = zipar.load(write_tiny_lumina(tmp_path / "ref"))
+    a = m.generate(prompt="a red fox", grid=GRID, seed=4)
+    b = ref.generate(prompt="a red fox", grid=GRID, seed=4)
+    _same(a, b)
+    np.testing.assert_array_equal(a.images, b.images)

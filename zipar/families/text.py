@@ -9,7 +9,8 @@ file and loads the VQ decoder when its weights are there:
 - Emu3: ``vqmodel.decoder.*`` tensors in the checkpoint's shards (the ``*-hf`` folders), or a
   ``vision_tokenizer/`` subfolder (BAAI/Emu3-VisionTokenizer);
 - Lumina-mGPT / Chameleon: ``vqgan.safetensors`` or ``vqgan.ckpt`` (with ``vqgan.yaml``) in the
-  folder or in ``tokenizer/`` / ``vqgan/`` under it.
+  folder or in ``tokenizer/`` / ``vqgan/`` under it (Meta's Chameleon files; the tokenizer file
+  may be ``text_tokenizer.json`` there too).
 
 Generated image tokens become codebook indices through the vocabulary's own names
 (:mod:`zipar.families.image_tokens`), not through an id offset.
@@ -23,15 +24,20 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from ..io.errors import CheckpointError
+
 __all__ = ["attach_folder_extras", "text_prompt_ids", "decode_images", "tokenizer_file",
            "find_vq"]
 
 
 def tokenizer_file(folder: str) -> Optional[str]:
-    for name in ("tokenizer.json", "text_tokenizer.json"):
-        p = os.path.join(folder, name)
-        if os.path.isfile(p):
-            return p
+    """tokenizer.json or text_tokenizer.json (Meta's Chameleon name) in the folder or in its
+    ``tokenizer/`` subfolder, or None."""
+    for d in (folder, os.path.join(folder, "tokenizer")):
+        for name in ("tokenizer.json", "text_tokenizer.json"):
+            p = os.path.join(d, name)
+            if os.path.isfile(p):
+                return p
     return None
 
 
@@ -87,7 +93,14 @@ def attach_folder_extras(model, folder: str):
             from .chameleon_vq import load_chameleon_vq
 
             model.vq_decoder = load_chameleon_vq(vq)
-        vocab = read_vocabulary(folder)
+        try:
+            vocab = read_vocabulary(folder)
+        except CheckpointError:
+            if model.tokenizer_path is None:
+                raise CheckpointError(f"{folder}: VQ weights found ({vq}) but no vocabulary to "
+                                      "map image tokens to codes (config.json vocabulary_map or "
+                                      "a tokenizer file)") from None
+            vocab = read_vocabulary(model.tokenizer_path)
         model.image_tokens = (emu3_image_tokens if family == "emu3"
                               else chameleon_image_tokens)(vocab)
     return model
