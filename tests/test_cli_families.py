@@ -66,6 +66,19 @@ def test_generate_default_policies_annotated_and_token_ids(tmp_path, folders):
     assert meta["runs"][0]["config"]["cfg_scale"] == 1.0
 
 
+def test_generate_no_decode_writes_code_grids(tmp_path, folders):
+    proc = run_cli(tmp_path, "generate", "--model", folders["emu3"], "--prompt", "a fox",
+                   "--grid", 4, "--policy", "raster", "--no-decode", "--plain", "--scale", 1,
+                   "--quiet", "--seed", 1, "--out", "codes.png")
+    assert "--no-decode: writing token grids as grey images" in proc.stdout
+    image = png.read_png(tmp_path / "codes.png")
+    codes = zipar.load(folders["emu3"]).generate(prompt="a fox", grid=(4, 4), seed=1,
+                                                 decode_images=False).tokens[0]
+    grey = image[2:6, 2:6]
+    want = np.round(codes * 255.0 / 31).astype(np.uint8)
+    np.testing.assert_array_equal(grey if grey.ndim == 2 else grey[..., 0], want)
+
+
 def test_generate_llamagen_through_model(tmp_path):
     args = ["--n-head", 4, "--grid", 3, "--labels", 1, 2, "--policy", "zipar", "--window", 1,
             "--plain", "--scale", 1, "--quiet", "--seed", 2]

@@ -269,7 +269,7 @@ def _generate_family(a, path):
 
         grid = default_grid(fam)
     kw = dict(grid=grid, temperature=a.temperature, top_p=a.top_p, seed=a.seed,
-              progress=not a.quiet)
+              progress=not a.quiet, decode_images=not a.no_decode)
     if a.cfg_scale is not None:
         kw["cfg_scale"] = a.cfg_scale
     if a.top_k is not None:
@@ -298,7 +298,8 @@ def _generate_family(a, path):
                             config=res.config))
         results.append(res)
     if any(r.images is None for r in results):
-        print("no VQ decoder weights in the folder: writing token grids as grey images")
+        print("no VQ decoder weights in the folder" if not a.no_decode else "--no-decode",
+              end=": writing token grids as grey images\n")
         K = max(1, model.config.n_codes - 1)
         imgs = [(r.tokens.astype(np.float64) * 255.0 / K).round().astype(np.uint8)
                 for r in results]
@@ -541,6 +542,9 @@ def main(argv=None):
     g.add_argument("--scale", type=int, default=0, help="pixel upscaling, 0 = automatic")
     g.add_argument("--plain", action="store_true", help="tiles only: no labels in the PNG")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--no-decode", action="store_true",
+                   help="Emu3 / Lumina-mGPT: skip the VQ decoder (slow on a CPU at full size), "
+                        "write the code grids as grey images")
     _policy_args(g)
     _sampling_args(g, None)
     g.set_defaults(fn=cmd_generate)
