@@ -246,7 +246,7 @@ def _parse_ids(text: str):
 
 def _generate_family(a, path):
     """Emu3-Gen / Lumina-mGPT: one row per prompt, one column per policy."""
-    from . import load
+    from .families.auto import load_family
     from .io import png
 
     for flag, bad in (("--labels", a.labels), ("--captions", a.captions), ("--vq", a.vq),
@@ -260,7 +260,7 @@ def _generate_family(a, path):
     if bool(a.prompt) == bool(a.prompt_ids):
         raise ValueError("an Emu3 / Lumina-mGPT folder needs --prompt TEXT (with its "
                          "tokenizer.json) or --prompt-ids IDS, one of the two")
-    model = load(path)
+    model = load_family(path)
     fam = model.config.family
     if a.grid:
         grid = (a.grid, a.grid)

@@ -11,5 +11,6 @@
 - :mod:`zipar.families.prompts`: Emu3 / Lumina-mGPT prompt templates from a tokenizer.json;
 - :mod:`zipar.families.text`: a loaded folder's tokenizer file and VQ decoder
   (``generate(prompt="...")``, ``result.images``);
-- :mod:`zipar.families.tiny`: tiny random Emu3 / Lumina-mGPT folders (tests, notebooks).
+- :mod:`zipar.families.tiny`: tiny random Emu3 / Lumina-mGPT folders (tests, notebooks);
+- :mod:`zipar.families.auto`: a folder loaded by what its config.json names.
 """

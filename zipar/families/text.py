@@ -175,3 +175,4 @@ def decode_images(model, codes: np.ndarray) -> Optional[np.ndarray]:
         return None
     ids = codes.astype(np.int64) + model.config.image_lo
     return dec.decode(tmap.codes(ids))
+
