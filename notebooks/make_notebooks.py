@@ -684,7 +684,9 @@ FAMILIES = [
 
         One image per family and policy. The first row is identical under both policies (same
         random stream); later rows differ because ZipAR predicts them from a partial row above.
-        The pass counts are the engine's; `Raster()` needs one pass per code.
+        The pass counts are the engine's; `Raster()` needs one pass per code. On models this
+        small the seconds measure per-pass overhead, not speed (BENCHMARKS.md has the measured
+        figures at real sizes).
     """),
     ("code", """
         PROMPT = "a red fox in the snow"

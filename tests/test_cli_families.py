@@ -128,3 +128,21 @@ def test_info_families_and_llamagen(tmp_path, folders):
     assert "family:   llamagen (c2i)" in out and "grid:     3x3" in out
     assert_one_line_error(run_cli(tmp_path, "info", tmp_path / "missing", check=False),
                           "no such folder")
+
+
+def test_repo_id_through_the_hub_cache(tmp_path, monkeypatch):
+    """--model / info PATH take a repo id found in $HF_HUB_CACHE (nothing is downloaded)."""
+    pytest.importorskip("huggingface_hub")
+    cache = tmp_path / "hub"
+    repo = cache / "models--acme--tiny-lumina"
+    write_tiny_lumina(repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = run_cli(tmp_path, "info", "acme/tiny-lumina").stdout
+    assert "family:   chameleon" in out and "snapshots" in out
+    run_cli(tmp_path, "generate", "--model", "acme/tiny-lumina", "--prompt", "a cat", "--grid", 4,
+            "--policy", "raster", "--quiet", "--out", "cat.png")
+    assert (tmp_path / "cat.png").exists()
+    assert_one_line_error(run_cli(tmp_path, "info", "acme/absent", check=False), "cache")
