@@ -24,6 +24,8 @@ Image generation with exact ZipAR parallel decoding.
 zipar generate            built-in Fashion-MNIST model: raster beside ZipAR, one row per class,
                           written to zipar_samples.png with passes and seconds per policy
 zipar generate --checkpoint c2i_B_256.pt --vq vq_ds16_c2i.pt     a LlamaGen checkpoint
+zipar generate --model BAAI/Emu3-Gen-hf --prompt "a red fox" --policy zipar --window 7
+zipar info PATH           a checkpoint's family, size, dtype, grid and prompt template
 zipar <command> --help    the options of a command
 """
 
@@ -64,13 +66,13 @@ def _policy_args(p):
 
 def _sampling_args(p, cfg_default):
     p.add_argument("--cfg-scale", type=float, default=cfg_default,
-                   help="guidance scale, 1 = off (default: 4, built-in 2)")
+                   help="guidance scale, 1 = off (default: 4, built-in 2, Emu3 / Lumina 3)")
     p.add_argument("--cfg-interval", type=int, default=Sampling.cfg_interval, metavar="N",
                    help="guided tokens, -1 = all")
     p.add_argument("--temperature", type=float, default=Sampling.temperature,
                    help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None,
-                   help="0 = off (default: 2000, built-in off)")
+                   help="0 = off (default: 2000, built-in off, Emu3 2048, Lumina 2000)")
     p.add_argument("--top-p", type=float, default=Sampling.top_p, help="1 = off")
     p.add_argument("--seed", type=int, default=Sampling.seed, help="random stream key")
 
@@ -513,7 +515,7 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", title="commands", metavar="<command>")
     g = sub.add_parser("generate", help="generate images (default: the built-in model)",
                        formatter_class=_Formatter, description="Generate images: raster beside "
-                       "ZipAR (or one --policy), one row per label.")
+                       "ZipAR (or one --policy), one row per label or prompt.")
     g.add_argument("--model", metavar="PATH",
                    help="an Emu3-Gen / Lumina-mGPT folder (or a repo id in the Hugging Face "
                         "cache), or a LlamaGen .pt/.npz/.safetensors (default: built-in)")
