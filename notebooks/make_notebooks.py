@@ -622,11 +622,148 @@ CUSTOM = [
 ]
 
 
+# ================================================================================ 05
+
+FAMILIES = [
+    ("md", """
+        # 05 · Three model families side by side: LlamaGen, Emu3-Gen, Lumina-mGPT
+
+        zipar runs three autoregressive image model families on one engine: LlamaGen
+        (class-conditional, 2-D RoPE, a VQ-16 decoder), Emu3-Gen (text prompt, 1-D RoPE, an
+        end-of-line token after every row, Emu3's vision tokenizer) and Lumina-mGPT (Chameleon:
+        q/k LayerNorm, size tokens before the grid, a VQGAN decoder). ZipAR's schedule is the
+        same for all three: a row starts once the row above holds `window` tokens.
+
+        The models here are **tiny and random** (written into a temporary folder by
+        `zipar.families.tiny`, in the same file layout as the downloaded checkpoints: config.json,
+        safetensors, tokenizer.json, VQ weights), so this runs in seconds and needs no download;
+        the pictures are noise. Point `zipar.load` at a real checkpoint folder for real images
+        (see the README's "Models" table). Needs the `tokenizers` package for the text prompts.
+    """),
+    ("code", SETUP),
+    ("code", """
+        import tempfile
+
+        from zipar.families.tiny import write_tiny_emu3, write_tiny_lumina
+        from zipar.families.vq16 import VQDecoder, random_state_dict
+
+        GRID = 8 if SMALL else 12          # codes per side for all three
+        WINDOW = 2
+        SEED = 0
+        folder = tempfile.mkdtemp(prefix="zipar_families_")
+
+        llamagen = zipar.random_model(dim=64, n_layer=2, n_head=4, vocab_size=64, grid=GRID,
+                                      num_classes=10, seed=0)
+        llamagen.decoder = VQDecoder(random_state_dict(ch=32, ch_mult=(1, 2), z_channels=32,
+                                                       codebook_size=64, embed_dim=8,
+                                                       num_res_blocks=1))
+        emu3 = zipar.load(write_tiny_emu3(os.path.join(folder, "Emu3-Gen-tiny")))
+        lumina = zipar.load(write_tiny_lumina(os.path.join(folder, "Lumina-mGPT-tiny")))
+        for name, m in (("LlamaGen", llamagen), ("Emu3-Gen", emu3), ("Lumina-mGPT", lumina)):
+            print(f"{name:>12}: {m!r}")
+    """),
+    ("md", """
+        ## The prompts
+
+        LlamaGen c2i takes class labels. Emu3 and Lumina-mGPT take text, built into each family's
+        template by the folder's tokenizer (`zipar.families.prompts`): Emu3 `BOS text BOI "H*W"
+        IMG` with its generation script's negative prompt on the unconditional stream; Lumina
+        `BOS "Generate an image of {w}x{h} according to the following prompt:\\n{text}"
+        <reserved08706>` followed by the forced image head `BOI size size`. `zipar info` prints
+        them (the tiny tokenizer knows few words: the others are `[UNK]`).
+    """),
+    ("code", """
+        from zipar.__main__ import main as zipar_cli
+
+        _ = zipar_cli(["info", emu3.source, "--grid", str(GRID)])
+        print()
+        _ = zipar_cli(["info", lumina.source, "--grid", str(GRID)])
+    """),
+    ("md", """
+        ## Raster vs ZipAR, same seed
+
+        One image per family and policy. The first row is identical under both policies (same
+        random stream); later rows differ because ZipAR predicts them from a partial row above.
+        The pass counts are the engine's; `Raster()` needs one pass per code. On models this
+        small the seconds measure per-pass overhead, not speed (BENCHMARKS.md has the measured
+        figures at real sizes).
+    """),
+    ("code", """
+        PROMPT = "a red fox in the snow"
+        runs = {}
+        for name, model, kw in (("LlamaGen", llamagen, dict(labels=[3])),
+                                ("Emu3-Gen", emu3, dict(prompt=PROMPT, grid=(GRID, GRID))),
+                                ("Lumina-mGPT", lumina, dict(prompt=PROMPT, grid=(GRID, GRID)))):
+            for policy in (zipar.Raster(), zipar.ZipAR(WINDOW)):
+                t0 = time.perf_counter()
+                res = model.generate(policy=policy, seed=SEED, **kw)
+                runs[name, type(policy).__name__] = (res, time.perf_counter() - t0)
+
+        print(f"{'family':>12} {'policy':>7} {'passes':>7} {'expected':>8} {'seconds':>8} "
+              f"{'image':>10}")
+        for (name, pol), (res, sec) in runs.items():
+            policy = zipar.Raster() if pol == "Raster" else zipar.ZipAR(WINDOW)
+            expected = policy.expected_passes(GRID, GRID)
+            assert res.stats["forward_passes"] == expected
+            print(f"{name:>12} {pol:>7} {res.stats['forward_passes']:>7} {expected:>8} "
+                  f"{sec:>8.3f} {str(res.images.shape[1:3]):>10}")
+        for name in ("LlamaGen", "Emu3-Gen", "Lumina-mGPT"):
+            a, b = runs[name, "Raster"][0].tokens[0], runs[name, "ZipAR"][0].tokens[0]
+            print(f"{name:>12}: row 0 identical {bool((a[0] == b[0]).all())}, codes shared "
+                  f"{(a == b).mean():.0%}")
+    """),
+    ("code", """
+        # columns: LlamaGen, Emu3-Gen, Lumina-mGPT; top row Raster(), bottom row ZipAR(2)
+        tiles = [runs[name, pol][0].images[0] for pol in ("Raster", "ZipAR")
+                 for name in ("LlamaGen", "Emu3-Gen", "Lumina-mGPT")]
+        side = max(t.shape[0] for t in tiles)
+        tiles = [np.repeat(np.repeat(t, side // t.shape[0], 0), side // t.shape[1], 1)
+                 for t in tiles]
+        big = image_grid(np.stack(tiles), nrow=3, pad=2, pad_value=255)
+        display(Image(data=encode_png(np.repeat(np.repeat(big, 4, 0), 4, 1))))
+    """),
+    ("md", """
+        ## ZipAR with the full row as window is raster decoding
+
+        With `window = W` a row starts only after the row above is complete: the same schedule
+        as raster order, token for token, for every family (the end-of-line tokens of Emu3 and
+        Lumina included).
+    """),
+    ("code", """
+        for name, model, kw in (("LlamaGen", llamagen, dict(labels=[3])),
+                                ("Emu3-Gen", emu3, dict(prompt=PROMPT, grid=(GRID, GRID))),
+                                ("Lumina-mGPT", lumina, dict(prompt=PROMPT, grid=(GRID, GRID)))):
+            full = model.generate(policy=zipar.ZipAR(GRID), seed=SEED, **kw)
+            same = (full.tokens == runs[name, "Raster"][0].tokens).all()
+            print(f"{name:>12}: ZipAR({GRID}) == Raster(): {bool(same)}, "
+                  f"{full.stats['forward_passes']} passes")
+            assert same
+    """),
+    ("md", """
+        ## The command line
+
+        The same from a shell: `zipar generate --model FOLDER --prompt "a red fox" --policy zipar
+        --window 7 --out fox.png` writes a PNG (one row per prompt, one column per policy) with
+        the settings in its metadata.
+    """),
+    ("code", """
+        from zipar.io.png import read_png, read_png_text
+
+        out = os.path.join(folder, "fox.png")
+        _ = zipar_cli(["generate", "--model", lumina.source, "--prompt", PROMPT, "--grid", str(GRID),
+                   "--window", str(WINDOW), "--quiet", "--out", out])
+        print(read_png_text(out)["Description"])
+        display(Image(filename=out))
+    """),
+]
+
+
 NOTEBOOKS = {
     "01_quickstart.ipynb": QUICKSTART,
     "02_ablation_sweep.ipynb": SWEEP,
     "03_spatial_locality.ipynb": LOCALITY,
     "04_custom_policy.ipynb": CUSTOM,
+    "05_families.ipynb": FAMILIES,
 }
 
 

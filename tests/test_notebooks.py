@@ -19,7 +19,7 @@ import zipar
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NB_DIR = os.path.join(ROOT, "notebooks")
 NOTEBOOKS = ["01_quickstart.ipynb", "02_ablation_sweep.ipynb", "03_spatial_locality.ipynb",
-             "04_custom_policy.ipynb"]
+             "04_custom_policy.ipynb", "05_families.ipynb"]
 CELL_TIMEOUT = 300
 
 
@@ -85,6 +85,8 @@ def test_notebook_runs(name, tmp_path):
     _need("ipykernel")
     if not _builtin_data_present():
         pytest.skip("the built-in model's data (zipar/data/fmnist_gpt.npz) are absent")
+    if name == "05_families.ipynb":
+        pytest.importorskip("tokenizers", reason="05_families' text prompts need tokenizers")
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     try:

@@ -24,6 +24,8 @@ Image generation with exact ZipAR parallel decoding.
 zipar generate            built-in Fashion-MNIST model: raster beside ZipAR, one row per class,
                           written to zipar_samples.png with passes and seconds per policy
 zipar generate --checkpoint c2i_B_256.pt --vq vq_ds16_c2i.pt     a LlamaGen checkpoint
+zipar generate --model BAAI/Emu3-Gen-hf --prompt "a red fox" --policy zipar --window 7
+zipar info PATH           a checkpoint's family, size, dtype, grid and prompt template
 zipar <command> --help    the options of a command
 """
 
@@ -64,13 +66,13 @@ def _policy_args(p):
 
 def _sampling_args(p, cfg_default):
     p.add_argument("--cfg-scale", type=float, default=cfg_default,
-                   help="guidance scale, 1 = off (default: 4, built-in 2)")
+                   help="guidance scale, 1 = off (default: 4, built-in 2, Emu3 / Lumina 3)")
     p.add_argument("--cfg-interval", type=int, default=Sampling.cfg_interval, metavar="N",
                    help="guided tokens, -1 = all")
     p.add_argument("--temperature", type=float, default=Sampling.temperature,
                    help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None,
-                   help="0 = off (default: 2000, built-in off)")
+                   help="0 = off (default: 2000, built-in off, Emu3 2048, Lumina 2000)")
     p.add_argument("--top-p", type=float, default=Sampling.top_p, help="1 = off")
     p.add_argument("--seed", type=int, default=Sampling.seed, help="random stream key")
 
@@ -91,11 +93,44 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+def _model_path(a):
+    if a.model and a.checkpoint and a.model != a.checkpoint:
+        raise ValueError("--model and --checkpoint name the same thing; give one")
+    return a.model or a.checkpoint
+
+
+def _is_family(path) -> bool:
+    """A Hugging Face folder or repo id (Emu3 / Lumina-mGPT), not a LlamaGen file (a path
+    ending in a checkpoint file suffix counts as a file even when missing)."""
+    if not path or os.path.isfile(path):
+        return False
+    return os.path.isdir(path) or not path.endswith((".pt", ".pth", ".npz", ".safetensors",
+                                                     ".bin", ".ckpt"))
+
+
+def _policies(a, W):
+    from .policies import Raster, ZipAR, policy_from_name
+
+    if a.policy:
+        return [policy_from_name(a.policy, window=a.window, schedule=a.schedule, proxy=a.proxy,
+                                 min_window=a.window, max_window=a.max_window,
+                                 threshold=a.threshold)]
+    w = a.window if a.window else max(1, W // 4)
+    return [Raster(), ZipAR(w, schedule=a.schedule, proxy=a.proxy)]
+
+
 def cmd_generate(a):
     from .io import png
     from .policies import Raster, ZipAR, policy_from_name
 
     _check_out(a.out, (".png",))
+    path = _model_path(a)
+    if a.model and _is_family(path):
+        return _generate_family(a, path)
+    if a.prompt or a.prompt_ids or a.negative_prompt:
+        raise ValueError("--prompt / --prompt-ids / --negative-prompt are for Emu3 and "
+                         "Lumina-mGPT folders; a LlamaGen c2i model takes --labels")
+    a.checkpoint = path
     class_names = None
     if a.checkpoint:
         from .families.llamagen import load_llamagen
@@ -200,6 +235,104 @@ def cmd_generate(a):
     return 0
 
 
+def _parse_ids(text: str):
+    try:
+        ids = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"--prompt-ids {text!r}: expected token ids separated by commas") \
+            from None
+    if not ids:
+        raise ValueError("--prompt-ids is empty")
+    return ids
+
+
+def _generate_family(a, path):
+    """Emu3-Gen / Lumina-mGPT: one row per prompt, one column per policy."""
+    from .families.auto import load_family
+    from .io import png
+
+    for flag, bad in (("--labels", a.labels), ("--captions", a.captions), ("--vq", a.vq),
+                      ("--n-head", a.n_head), ("--num-classes", a.num_classes)):
+        if bad:
+            raise ValueError(f"{flag} is for LlamaGen checkpoints, not a Hugging Face folder")
+    if a.samples != 1:
+        raise ValueError("--samples is for LlamaGen checkpoints; give several --prompt instead")
+    if a.cfg_interval != Sampling.cfg_interval:
+        raise ValueError("--cfg-interval is not supported for Emu3 / Lumina-mGPT")
+    if bool(a.prompt) == bool(a.prompt_ids):
+        raise ValueError("an Emu3 / Lumina-mGPT folder needs --prompt TEXT (with its "
+                         "tokenizer.json) or --prompt-ids IDS, one of the two")
+    model = load_family(path)
+    fam = model.config.family
+    if a.grid:
+        grid = (a.grid, a.grid)
+    else:
+        from .families.text import default_grid
+
+        grid = default_grid(fam)
+    kw = dict(grid=grid, temperature=a.temperature, top_p=a.top_p, seed=a.seed,
+              progress=not a.quiet, decode_images=not a.no_decode)
+    if a.cfg_scale is not None:
+        kw["cfg_scale"] = a.cfg_scale
+    if a.top_k is not None:
+        kw["top_k"] = a.top_k
+    if a.prompt:
+        kw["prompt"] = list(a.prompt)
+        if a.negative_prompt is not None:
+            kw["negative_prompt"] = a.negative_prompt
+        rows = [p if len(p) <= 24 else p[:21] + "..." for p in a.prompt]
+    else:
+        kw["prompt_ids"] = [_parse_ids(t) for t in a.prompt_ids]
+        if a.negative_prompt is not None:
+            kw["negative_prompt_ids"] = _parse_ids(a.negative_prompt)
+        rows = [f"prompt {i}" for i in range(len(a.prompt_ids))]
+    summary, results = [], []
+    for pol in _policies(a, grid[1]):
+        t0 = time.perf_counter()
+        res = model.generate(policy=pol, **kw)
+        dt = time.perf_counter() - t0
+        st = res.stats
+        n = res.tokens.shape[0]
+        print(f"{json.dumps(pol.to_dict())}: {st['forward_passes']} passes "
+              f"(raster {st['raster_passes']}, {st['step_reduction']:.0%} fewer), "
+              f"{dt:.2f} s for {_plural(n, 'image')}")
+        summary.append(dict(policy=pol.to_dict(), passes=st["forward_passes"], seconds=dt,
+                            config=res.config))
+        results.append(res)
+    if any(r.images is None for r in results):
+        print("no VQ decoder weights in the folder" if not a.no_decode else "--no-decode",
+              end=": writing token grids as grey images\n")
+        K = max(1, model.config.n_codes - 1)
+        imgs = [(r.tokens.astype(np.float64) * 255.0 / K).round().astype(np.uint8)
+                for r in results]
+    else:
+        imgs = [r.images for r in results]
+    tiles = np.stack([im[i] for i in range(len(rows)) for im in imgs])
+    side = tiles.shape[1]
+    scale = a.scale if a.scale else max(1, -(-112 // side))
+    if a.plain:
+        grid_img = png.image_grid(tiles, nrow=len(imgs), pad=2, pad_value=255)
+        if scale > 1:
+            grid_img = grid_img.repeat(scale, axis=0).repeat(scale, axis=1)
+    else:
+        tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
+        heads = [[_policy_title(s["policy"]),
+                  f"{s['passes']} pass" + ("" if s["passes"] == 1 else "es"),
+                  f"{s['seconds']:.2f} s"] for s in summary]
+        grid_img = _annotated_grid(tiles, len(imgs), 1, heads, rows)
+    meta = dict(model=os.fspath(path), family=fam, prompt=a.prompt or None,
+                prompt_ids=kw.get("prompt_ids"), negative_prompt=a.negative_prompt,
+                runs=summary)
+    caption = "; ".join(f"{_policy_title(s['policy'])}: {s['passes']} passes, "
+                        f"{s['seconds']:.2f} seconds" for s in summary)
+    png.write_png(a.out, grid_img, text={
+        "zipar": json.dumps(meta), "Title": f"zipar {fam} samples",
+        "Description": f"columns: {caption}. rows: " + " | ".join(a.prompt or rows)})
+    print(f"wrote {a.out} ({grid_img.shape[1]}x{grid_img.shape[0]}): one row per prompt, "
+          "columns: " + ", ".join(s["policy"]["policy"] for s in summary))
+    return 0
+
+
 def _policy_title(p: dict) -> str:
     name = p["policy"]
     if name == "ZipAR":
@@ -265,7 +398,103 @@ def cmd_convert(a):
 def cmd_info(a):
     from .runtime import show_config
 
-    show_config()
+    if a.path is None:
+        show_config()
+        return 0
+    if os.path.isfile(a.path):
+        return _info_llamagen(a.path, grid=a.grid, n_head=a.n_head)
+    if a.n_head is not None:
+        raise ValueError("--n-head is for LlamaGen files")
+    return _info_family(a.path, a.grid)
+
+
+def _dtype_names(arrays) -> str:
+    names = sorted({"bfloat16" if v.dtype == np.uint16 else str(v.dtype) for v in arrays})
+    return ", ".join(names) if names else "-"
+
+
+def _info_llamagen(path, grid=None, n_head=None):
+    from .families.llamagen import load_llamagen
+    from .io.formats import load_state_dict
+
+    sd = load_state_dict(path, keep_bfloat16=True)
+    stored = _dtype_names(v for v in sd.values() if isinstance(v, np.ndarray)
+                          and v.dtype.kind in "fu" and v.dtype != np.uint8)
+    del sd
+    model = load_llamagen(path, grid=grid, n_head=n_head)
+    c = model.config
+    print(f"path:     {path}")
+    print("family:   llamagen (" + ("t2i" if getattr(c, "caption_dim", 0) else "c2i") + ")")
+    print(f"size:     {_count(model.n_params)} parameters (dim {c.dim}, {c.n_layer} layers, "
+          f"{c.n_head} heads, vocabulary {c.vocab_size})")
+    print(f"dtype:    {stored} on disk, float32 in memory")
+    print(f"grid:     {c.H}x{c.W} tokens")
+    print("prompt:   class labels (c2i) or caption embeddings (t2i); no text template")
+    return 0
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+
+def _info_family(path, grid=None):
+    """Reads config.json, the tensor headers (memory-mapped, nothing converted) and the
+    tokenizer file; the weights are not loaded."""
+    from .families import hf
+    from .families.chameleon import (chameleon_config, chameleon_weight_names,
+                                     is_chameleon_config)
+    from .families.emu3 import emu3_config, emu3_weight_names, is_emu3_config
+    from .families.text import default_grid, find_vq, tokenizer_file
+    from .io.errors import CheckpointError
+
+    folder = hf.resolve_folder(path)
+    raw = hf.read_config(folder)
+    if is_emu3_config(raw):
+        cfg, names = emu3_config(raw, f"{folder}/config.json"), emu3_weight_names
+        label = "emu3 (Emu3-Gen)"
+    elif is_chameleon_config(raw):
+        cfg, names = chameleon_config(raw, f"{folder}/config.json"), chameleon_weight_names
+        label = "chameleon (Lumina-mGPT / Chameleon)"
+    else:
+        raise CheckpointError(f"{folder}: config.json describes model_type "
+                              f"{raw.get('model_type')!r}, not Emu3 or Chameleon")
+    tensors = hf.read_folder_tensors(folder)
+    dec = names(tensors)
+    n_dec = sum(int(tensors[k].size) for k in dec)
+    n_other = sum(int(v.size) for k, v in tensors.items() if k not in dec)
+    stored = _dtype_names(tensors[k] for k in dec)
+    H, W = (grid, grid) if grid else default_grid(cfg.family)
+    print(f"path:     {folder}")
+    print(f"family:   {label}")
+    print(f"size:     {_count(n_dec)} decoder parameters (dim {cfg.dim}, {cfg.n_layer} "
+          f"layers, {cfg.n_head}/{cfg.n_kv_head} heads, vocabulary {cfg.vocab_size})"
+          + (f" + {_count(n_other)} other (VQ) tensors in the shards" if n_other else ""))
+    print(f"dtype:    {stored} on disk ({raw.get('torch_dtype', raw.get('dtype', '?'))} in "
+          "config.json), float32 in memory")
+    print(f"grid:     {H}x{W} codes" + ("" if grid else " by default")
+          + f" ({cfg.n_codes} image tokens, ids {cfg.image_lo}..{cfg.image_hi - 1}, EOL {cfg.eol})")
+    vq = find_vq(cfg.family, folder)
+    print(f"vq:       {vq if vq else 'none in the folder (tokens only)'}")
+    tok_path = tokenizer_file(folder)
+    if tok_path is None:
+        print("template: no tokenizer.json (prompts as token ids: --prompt-ids)")
+        return 0
+    from .families import prompts as pr
+
+    tok = pr.load_tokenizer(tok_path)
+    example = "a red fox"
+    try:
+        if cfg.family == "emu3":
+            ids, neg = pr.emu3_prompt_ids(tok, example, (H, W))
+        else:
+            ids, neg = pr.lumina_prompt_ids(tok, example, (16 * H, 16 * W))
+    except ValueError as e:
+        print(f"template: {tok_path}: not available at {H}x{W} ({e}); try --grid")
+        return 0
+    show = lambda seq: " ".join(f"{tok.id_to_token(i)}={i}" for i in seq)  # noqa: E731
+    print(f"template: {tok_path}, prompt {example!r} at {H}x{W}:")
+    print(f"  prompt ({len(ids)} tokens): {show(ids)}")
+    print(f"  unconditional ({len(neg)} tokens): {show(neg)}")
     return 0
 
 
@@ -284,13 +513,24 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", title="commands", metavar="<command>")
     g = sub.add_parser("generate", help="generate images (default: the built-in model)",
                        formatter_class=_Formatter, description="Generate images: raster beside "
-                       "ZipAR (or one --policy), one row per label.")
-    g.add_argument("--checkpoint", help="LlamaGen .pt/.npz/.safetensors (default: built-in)")
+                       "ZipAR (or one --policy), one row per label or prompt.")
+    g.add_argument("--model", metavar="PATH",
+                   help="an Emu3-Gen / Lumina-mGPT folder (or a repo id in the Hugging Face "
+                        "cache), or a LlamaGen .pt/.npz/.safetensors (default: built-in)")
+    g.add_argument("--checkpoint", help="LlamaGen .pt/.npz/.safetensors (same as --model)")
+    g.add_argument("--prompt", action="append", metavar="TEXT",
+                   help="Emu3 / Lumina-mGPT: text prompt (repeat for several; needs the "
+                        "folder's tokenizer.json and the tokenizers package)")
+    g.add_argument("--prompt-ids", action="append", metavar="IDS",
+                   help="Emu3 / Lumina-mGPT: a prompt as comma-separated token ids (repeatable)")
+    g.add_argument("--negative-prompt", metavar="TEXT",
+                   help="Emu3 / Lumina-mGPT: text (ids with --prompt-ids) for the unconditional "
+                        "stream (default: Emu3's negative prompt; Lumina: none)")
     g.add_argument("--vq", help="VQ-16 decoder checkpoint, for pixels")
     g.add_argument("--builtin", default="vq", choices=["vq", "pixels"],
                    help="built-in model: vq (16x16 VQ tokens), pixels (28x28 grey)")
     g.add_argument("--grid", type=int, default=None,
-                   help="grid side (default: stored, file name tag, or 16)")
+                   help="grid side (default: stored, file name tag, or 16; Emu3 90, Lumina 48)")
     g.add_argument("--n-head", type=int, default=None, help="heads, for non-LlamaGen sizes")
     g.add_argument("--num-classes", type=int, default=None, metavar="N",
                    help="classes (default: inferred)")
@@ -301,6 +541,9 @@ def main(argv=None):
     g.add_argument("--scale", type=int, default=0, help="pixel upscaling, 0 = automatic")
     g.add_argument("--plain", action="store_true", help="tiles only: no labels in the PNG")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--no-decode", action="store_true",
+                   help="Emu3 / Lumina-mGPT: skip the VQ decoder (slow on a CPU at full size), "
+                        "write the code grids as grey images")
     _policy_args(g)
     _sampling_args(g, None)
     g.set_defaults(fn=cmd_generate)
@@ -317,8 +560,18 @@ def main(argv=None):
     c.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="weight type to write (default: the checkpoint's own)")
     c.set_defaults(fn=cmd_convert)
-    i = sub.add_parser("info", help="BLAS, OpenMP and kernel facts", formatter_class=_Formatter,
-                       description="Print the BLAS, OpenMP and matrix kernel in use.")
+    i = sub.add_parser("info", help="a checkpoint's facts, or BLAS, OpenMP and kernel facts",
+                       formatter_class=_Formatter,
+                       description="With PATH: the checkpoint's family, size, dtype, grid and "
+                       "prompt template tokens. Without: the BLAS, OpenMP and matrix kernel in "
+                       "use.")
+    i.add_argument("path", nargs="?", default=None,
+                   help="a LlamaGen file, an Emu3 / Lumina-mGPT folder or a cached repo id")
+    i.add_argument("--grid", type=int, default=None,
+                   help="grid side (LlamaGen: default stored or file name tag; Emu3 / Lumina: "
+                        "the grid of the template shown, default 90 / 48)")
+    i.add_argument("--n-head", type=int, default=None, help="LlamaGen: heads, for non-LlamaGen "
+                   "sizes")
     i.set_defaults(fn=cmd_info)
     s = sub.add_parser("sweep", help="ablation sweep from a TOML file", formatter_class=_Formatter,
                        description="Run an ablation sweep described by a TOML file.")

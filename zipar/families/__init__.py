@@ -8,5 +8,9 @@
 - :mod:`zipar.families.emu3_vq`: Emu3's vision tokenizer decoder (Emu3VQVAE, single images);
 - :mod:`zipar.families.chameleon_vq`: Chameleon's VQGAN decoder (Lumina-mGPT's vqgan.ckpt);
 - :mod:`zipar.families.image_tokens`: image token id <-> codebook index from a vocabulary;
-- :mod:`zipar.families.prompts`: Emu3 / Lumina-mGPT prompt templates from a tokenizer.json.
+- :mod:`zipar.families.prompts`: Emu3 / Lumina-mGPT prompt templates from a tokenizer.json;
+- :mod:`zipar.families.text`: a loaded folder's tokenizer file and VQ decoder
+  (``generate(prompt="...")``, ``result.images``);
+- :mod:`zipar.families.tiny`: tiny random Emu3 / Lumina-mGPT folders (tests, notebooks);
+- :mod:`zipar.families.auto`: a folder loaded by what its config.json names.
 """

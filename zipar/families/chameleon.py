@@ -134,4 +134,6 @@ def load_chameleon(path, *, cache_dir=None, size_token_base: Optional[int] = Non
     names = chameleon_weight_names(tensors)
     weights = canonical_layer_names({names[k]: v for k, v in tensors.items() if k in names},
                                     cfg, folder)
-    return ChameleonModel(cfg, weights, source=folder)
+    from .text import attach_folder_extras
+
+    return attach_folder_extras(ChameleonModel(cfg, weights, source=folder), folder)

@@ -170,6 +170,11 @@ class FamilyModel:
 
     #: the family's sampling defaults (families.md 4)
     default_top_k = 0
+    #: set by the loaders from the checkpoint folder (zipar.families.text.attach_folder_extras)
+    tokenizer_path: Optional[str] = None
+    vq_decoder: Any = None
+    image_tokens: Any = None
+    _tokenizer: Any = None
 
     def __init__(self, config: FamilyConfig, weights: Mapping[str, np.ndarray], *,
                  source: Optional[str] = None, dtype: str = "float32"):
@@ -281,7 +286,8 @@ class FamilyModel:
     def generate(self, prompt_ids=None, *, negative_prompt_ids=None, grid=None, policy=None,
                  cfg_scale: float = 3.0, temperature: float = 1.0, top_k: Optional[int] = None,
                  top_p: float = 1.0, seed: int = 0, sample_ids=None, trace: bool = False,
-                 progress=False, sampling: Optional[Sampling] = None) -> FamilyResult:
+                 progress=False, sampling: Optional[Sampling] = None, prompt=None,
+                 negative_prompt=None, decode_images: bool = True) -> FamilyResult:
         """Generate H x W images after the given prompt(s).
 
         ``prompt_ids``: one id sequence or one per image (any lengths), as the family's
@@ -289,7 +295,27 @@ class FamilyModel:
         stream's prompt, one or one per image (guidance, ``cfg_scale != 1``). ``policy``: as for
         LlamaGen (Raster, ZipAR, AdaptiveZipAR, a Python Policy). ``top_k`` defaults to the
         family's own (Emu3 2048, Lumina 2000). Returns codes (B, H, W) in ``tokens`` and the raw
-        generated ids in ``ids``."""
+        generated ids in ``ids``.
+
+        ``prompt``: text (a str or one per image) instead of ids, built into the family's
+        template with the folder's tokenizer file (zipar.families.text; ``grid`` then defaults
+        to the family's own: Emu3 90x90, Lumina-mGPT 48x48); ``negative_prompt``: text for the
+        unconditional stream (Emu3's default: its generation script's negative prompt).
+        ``images``: pixels from the folder's VQ decoder when its weights were found."""
+        if prompt is not None or negative_prompt is not None:
+            from . import text as _text
+
+            if prompt is None:
+                raise ValueError("negative_prompt needs a text prompt=")
+            if prompt_ids is not None or negative_prompt_ids is not None:
+                raise ValueError("pass either prompt= (text) or prompt_ids= (token ids), "
+                                 "not both")
+            if grid is None:
+                grid = _text.default_grid(self.config.family)
+            guided = (sampling.guided if isinstance(sampling, Sampling)
+                      else is_guided(cfg_scale))
+            prompt_ids, negative_prompt_ids = _text.text_prompt_ids(
+                self, prompt, negative_prompt, _check_grid(grid), guided)
         if grid is None:
             raise ValueError("grid=(H, W) is required")
         H, W = _check_grid(grid)
@@ -327,7 +353,12 @@ class FamilyModel:
         finally:
             if bar is not None:
                 bar.close()
-        return self._result(sess, policy, sampling, sids, trace, t0, (H, W), P, heads, tails)
+        res = self._result(sess, policy, sampling, sids, trace, t0, (H, W), P, heads, tails)
+        if decode_images and sess.done:
+            from .text import decode_images as _decode
+
+            res.images = _decode(self, res.tokens)
+        return res
 
     def _result(self, sess, policy, sampling, sids, trace, t0, grid, P, heads, tails):
         c = self.config

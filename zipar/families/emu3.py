@@ -154,4 +154,6 @@ def load_emu3(path, *, cache_dir=None) -> Emu3Model:
     names = emu3_weight_names(tensors)
     weights = canonical_layer_names({names[k]: v for k, v in tensors.items() if k in names},
                                     cfg, folder)
-    return Emu3Model(cfg, weights, source=folder)
+    from .text import attach_folder_extras
+
+    return attach_folder_extras(Emu3Model(cfg, weights, source=folder), folder)
