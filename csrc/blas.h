@@ -19,16 +19,16 @@
 #endif
 
 #define ZP_BLAS_CAT_(a, b) a##b
-#define ZP_BLAS_CAT(a, b) ZP_BLAS_CAT_(a, b)
-#define ZP_BLAS_FN(name) ZP_BLAS_CAT(ZP_BLAS_PREFIX, name)
+#define ZP_BLAS_CAT(a, b)  ZP_BLAS_CAT_(a, b)
+#define ZP_BLAS_FN(name)   ZP_BLAS_CAT(ZP_BLAS_PREFIX, name)
 
 /* Values of CBLAS_ORDER and CBLAS_TRANSPOSE. */
 enum { ZP_BLAS_ROW_MAJOR = 101, ZP_BLAS_NO_TRANS = 111, ZP_BLAS_TRANS = 112 };
 
 /* C (M, N) = alpha * op(A) (M, K) . op(B) (K, N) + beta * C, leading dimensions in elements. */
-void ZP_BLAS_FN(cblas_sgemm)(int order, int trans_a, int trans_b, int M, int N, int K,
-                             float alpha, const float *A, int lda, const float *B, int ldb,
-                             float beta, float *C, int ldc);
+void ZP_BLAS_FN(cblas_sgemm)(int order, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                             const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                             int ldc);
 void ZP_BLAS_FN(openblas_set_num_threads)(int num_threads);
 int ZP_BLAS_FN(openblas_get_num_threads)(void);
 /* Static string such as "OpenBLAS 0.3.21 DYNAMIC_ARCH NO_AFFINITY Zen MAX_THREADS=64". */

@@ -29,16 +29,16 @@
 #include "blas.h"
 
 #define ZP_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx2,fma,f16c")))
-#define ZP_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define ZP_INLINE static inline __attribute__((always_inline))
+#define ZP_TARGET_AVX2   __attribute__((target("avx2,fma,f16c")))
+#define ZP_INLINE        static inline __attribute__((always_inline))
 
 enum {
-    ZP_LANES = 16,         /* partial sums per dot product: fixes the summation order */
-    ZP_COLS = 4,           /* rows of w (output columns) per tile */
-    ZP_WIDE = 6,           /* rows of w per wide AVX-512 tile (off by default: see matmul.h) */
+    ZP_LANES = 16, /* partial sums per dot product: fixes the summation order */
+    ZP_COLS = 4,   /* rows of w (output columns) per tile */
+    ZP_WIDE = 6,   /* rows of w per wide AVX-512 tile (off by default: see matmul.h) */
     ZP_WIDE_MIN_ROWS = 1 << 30,
-    ZP_ROWS = 4,           /* rows of x per AVX-512 tile: 4 x 4 = 16 accumulators of 32 zmm */
-    ZP_PANEL = 64,         /* rows of x whose accumulators a group keeps at once (16 tiles) */
+    ZP_ROWS = 4,   /* rows of x per AVX-512 tile: 4 x 4 = 16 accumulators of 32 zmm */
+    ZP_PANEL = 64, /* rows of x whose accumulators a group keeps at once (16 tiles) */
 };
 /* With more than 4 rows of x, K is cut into blocks of ZP_KBLOCK floats when K > 2 * ZP_KBLOCK,
  * so that a tile's 4 rows of w and 4 rows of x (2 x 8 KiB) stay in L1 while the other tiles of
@@ -56,11 +56,10 @@ enum { ZP_ISA_UNSET = 0, ZP_ISA_SCALAR = 1, ZP_ISA_AVX2 = 2, ZP_ISA_AVX512 = 3 }
 
 static int zp_isa_choice = ZP_ISA_UNSET; /* read and written with __atomic: set once, racily */
 static int zp_threads = 0;               /* 0: omp_get_max_threads() at each call */
-static int zp_blas_rows = 1 << 30;       /* m >= this goes to sgemm: off by default (see matmul.h) */
+static int zp_blas_rows = 1 << 30; /* m >= this goes to sgemm: off by default (see matmul.h) */
 static int zp_wide_rows = ZP_WIDE_MIN_ROWS; /* m >= this takes the wide AVX-512 tile */
 
-static int isa_supported(int isa)
-{
+static int isa_supported(int isa) {
     __builtin_cpu_init();
     switch (isa) {
     case ZP_ISA_AVX512:
@@ -70,15 +69,12 @@ static int isa_supported(int isa)
     case ZP_ISA_AVX2:
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                __builtin_cpu_supports("f16c");
-    case ZP_ISA_SCALAR:
-        return 1;
-    default:
-        return 0;
+    case ZP_ISA_SCALAR: return 1;
+    default: return 0;
     }
 }
 
-static int isa_current(void)
-{
+static int isa_current(void) {
     int isa = __atomic_load_n(&zp_isa_choice, __ATOMIC_RELAXED);
     if (isa == ZP_ISA_UNSET) {
         isa = isa_supported(ZP_ISA_AVX512) ? ZP_ISA_AVX512
@@ -89,20 +85,15 @@ static int isa_current(void)
     return isa;
 }
 
-const char *zp_matmul_isa(void)
-{
+const char *zp_matmul_isa(void) {
     switch (isa_current()) {
-    case ZP_ISA_AVX512:
-        return "avx512";
-    case ZP_ISA_AVX2:
-        return "avx2";
-    default:
-        return "scalar";
+    case ZP_ISA_AVX512: return "avx512";
+    case ZP_ISA_AVX2: return "avx2";
+    default: return "scalar";
     }
 }
 
-int zp_matmul_force_isa(const char *isa)
-{
+int zp_matmul_force_isa(const char *isa) {
     int want;
     if (isa == NULL) {
         __atomic_store_n(&zp_isa_choice, ZP_ISA_UNSET, __ATOMIC_RELAXED);
@@ -116,47 +107,41 @@ int zp_matmul_force_isa(const char *isa)
         want = ZP_ISA_SCALAR;
     else
         return -1;
-    if (!isa_supported(want))
-        return -1;
+    if (!isa_supported(want)) return -1;
     __atomic_store_n(&zp_isa_choice, want, __ATOMIC_RELAXED);
     return 0;
 }
 
-int zp_set_num_threads(int n)
-{
+int zp_set_num_threads(int n) {
     /* Changing thread pools from inside a parallel region is undefined for OpenBLAS and would
      * only reach the calling OpenMP thread: refuse. Huge counts crash libgomp: refuse. */
-    if (omp_in_parallel() || n < 0 || n > ZP_MAX_THREADS)
-        return -1;
+    if (omp_in_parallel() || n < 0 || n > ZP_MAX_THREADS) return -1;
     __atomic_store_n(&zp_threads, n > 0 ? n : 0, __ATOMIC_RELAXED);
-    if (n > 0)
-        omp_set_num_threads(n);
+    if (n > 0) omp_set_num_threads(n);
     ZP_BLAS_FN(openblas_set_num_threads)(n > 0 ? n : omp_get_max_threads());
     return 0;
 }
 
-int zp_get_num_threads(void)
-{
+int zp_get_num_threads(void) {
     int n = __atomic_load_n(&zp_threads, __ATOMIC_RELAXED);
     if (n <= 0)
         n = omp_get_max_threads(); /* OMP_NUM_THREADS may say anything: keep within the cap */
     return n < ZP_MAX_THREADS ? n : ZP_MAX_THREADS;
 }
 
-void zp_matmul_set_wide_min_rows(int m)
-{
+void zp_matmul_set_wide_min_rows(int m) {
     __atomic_store_n(&zp_wide_rows, m > 0 ? m : ZP_WIDE_MIN_ROWS, __ATOMIC_RELAXED);
 }
 
-void zp_set_blas_min_rows(int m)
-{
+void zp_set_blas_min_rows(int m) {
     __atomic_store_n(&zp_blas_rows, m > 1 ? m : 1, __ATOMIC_RELAXED);
 }
 
-int zp_get_blas_min_rows(void) { return __atomic_load_n(&zp_blas_rows, __ATOMIC_RELAXED); }
+int zp_get_blas_min_rows(void) {
+    return __atomic_load_n(&zp_blas_rows, __ATOMIC_RELAXED);
+}
 
-const char *zp_blas_name(void)
-{
+const char *zp_blas_name(void) {
     static _Thread_local char name[256];
     const char *config = ZP_BLAS_FN(openblas_get_config)();
     size_t len;
@@ -171,18 +156,16 @@ const char *zp_blas_name(void)
     return name;
 }
 
-int zp_blas_threads(void) { return ZP_BLAS_FN(openblas_get_num_threads)(); }
+int zp_blas_threads(void) {
+    return ZP_BLAS_FN(openblas_get_num_threads)();
+}
 
-int zp_wtype_size(int wtype)
-{
+int zp_wtype_size(int wtype) {
     switch (wtype) {
-    case ZP_WTYPE_F32:
-        return 4;
+    case ZP_WTYPE_F32: return 4;
     case ZP_WTYPE_BF16:
-    case ZP_WTYPE_F16:
-        return 2;
-    default:
-        return 0;
+    case ZP_WTYPE_F16: return 2;
+    default: return 0;
     }
 }
 
@@ -190,10 +173,8 @@ int zp_wtype_size(int wtype)
 /* 16 weights at p (element type DT, a constant after inlining) as float32. Widening bf16 (a
  * shift into the high half) and f16 (vcvtph2ps) is exact, so the products and sums that follow
  * are those of the float32 kernel on the widened weights. */
-ZP_INLINE ZP_TARGET_AVX512 __m512 wload_avx512(const char *p, const int DT)
-{
-    if (DT == ZP_WTYPE_F32)
-        return _mm512_loadu_ps((const float *)p);
+ZP_INLINE ZP_TARGET_AVX512 __m512 wload_avx512(const char *p, const int DT) {
+    if (DT == ZP_WTYPE_F32) return _mm512_loadu_ps((const float *)p);
     __m256i h = _mm256_loadu_si256((const __m256i *)p);
     if (DT == ZP_WTYPE_BF16)
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -201,10 +182,8 @@ ZP_INLINE ZP_TARGET_AVX512 __m512 wload_avx512(const char *p, const int DT)
 }
 
 /* The same for the lanes of `tail` only; the others are 0 (a masked load never touches them). */
-ZP_INLINE ZP_TARGET_AVX512 __m512 wload_tail_avx512(const char *p, __mmask16 tail, const int DT)
-{
-    if (DT == ZP_WTYPE_F32)
-        return _mm512_maskz_loadu_ps(tail, p);
+ZP_INLINE ZP_TARGET_AVX512 __m512 wload_tail_avx512(const char *p, __mmask16 tail, const int DT) {
+    if (DT == ZP_WTYPE_F32) return _mm512_maskz_loadu_ps(tail, p);
     __m256i h = _mm256_maskz_loadu_epi16(tail, p);
     if (DT == ZP_WTYPE_BF16)
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -215,32 +194,28 @@ ZP_INLINE ZP_TARGET_AVX512 __m512 wload_tail_avx512(const char *p, __mmask16 tai
  * holding twice as many dot products with half as many partial sums each, pairing exactly the
  * elements of the tree in matmul.h (s8[j] = s[j] + s[j+8], s4, s2, s1). Float addition is
  * commutative bit for bit, so only the pairing matters. */
-ZP_INLINE ZP_TARGET_AVX512 __m512 fold16_avx512(__m512 u, __m512 v)
-{
+ZP_INLINE ZP_TARGET_AVX512 __m512 fold16_avx512(__m512 u, __m512 v) {
     /* u, v: 16 sums of one dot each -> [u s8 (8) | v s8 (8)] */
     __m512 lo = _mm512_shuffle_f32x4(u, v, _MM_SHUFFLE(1, 0, 1, 0));
     __m512 hi = _mm512_shuffle_f32x4(u, v, _MM_SHUFFLE(3, 2, 3, 2));
     return _mm512_add_ps(lo, hi);
 }
 
-ZP_INLINE ZP_TARGET_AVX512 __m512 fold8_avx512(__m512 u, __m512 v)
-{
+ZP_INLINE ZP_TARGET_AVX512 __m512 fold8_avx512(__m512 u, __m512 v) {
     /* [A s8 | B s8], [C s8 | D s8] -> [A s4 | B s4 | C s4 | D s4] */
     __m512 lo = _mm512_shuffle_f32x4(u, v, _MM_SHUFFLE(2, 0, 2, 0));
     __m512 hi = _mm512_shuffle_f32x4(u, v, _MM_SHUFFLE(3, 1, 3, 1));
     return _mm512_add_ps(lo, hi);
 }
 
-ZP_INLINE ZP_TARGET_AVX512 __m512 fold4_avx512(__m512 u, __m512 v)
-{
+ZP_INLINE ZP_TARGET_AVX512 __m512 fold4_avx512(__m512 u, __m512 v) {
     /* per 128-bit block b: [u_b s4 (4)], [v_b s4 (4)] -> [u_b s2 (2), v_b s2 (2)] */
     __m512 lo = _mm512_shuffle_ps(u, v, _MM_SHUFFLE(1, 0, 1, 0));
     __m512 hi = _mm512_shuffle_ps(u, v, _MM_SHUFFLE(3, 2, 3, 2));
     return _mm512_add_ps(lo, hi);
 }
 
-ZP_INLINE ZP_TARGET_AVX512 __m512 fold2_avx512(__m512 u, __m512 v)
-{
+ZP_INLINE ZP_TARGET_AVX512 __m512 fold2_avx512(__m512 u, __m512 v) {
     /* per 128-bit block: [p s2, q s2], [r s2, t s2] -> [p, q, r, t] */
     __m512 lo = _mm512_shuffle_ps(u, v, _MM_SHUFFLE(2, 0, 2, 0));
     __m512 hi = _mm512_shuffle_ps(u, v, _MM_SHUFFLE(3, 1, 3, 1));
@@ -249,15 +224,11 @@ ZP_INLINE ZP_TARGET_AVX512 __m512 fold2_avx512(__m512 u, __m512 v)
 
 /* 16 vectors of 16 lane sums -> 1 vector of 16 dot products: input d = 4c + r (c, r < 4) comes
  * out in lane 4r + c, so that each row r of a tile stores one 128-bit group of 4 columns. */
-ZP_INLINE ZP_TARGET_AVX512 __m512 reduce16_avx512(const __m512 v[16])
-{
+ZP_INLINE ZP_TARGET_AVX512 __m512 reduce16_avx512(const __m512 v[16]) {
     __m512 f16[8], f8[4], f4[2];
-    for (int p = 0; p < 8; p++)
-        f16[p] = fold16_avx512(v[2 * p], v[2 * p + 1]);
-    for (int q = 0; q < 4; q++)
-        f8[q] = fold8_avx512(f16[2 * q], f16[2 * q + 1]);
-    for (int t = 0; t < 2; t++)
-        f4[t] = fold4_avx512(f8[2 * t], f8[2 * t + 1]);
+    for (int p = 0; p < 8; p++) f16[p] = fold16_avx512(v[2 * p], v[2 * p + 1]);
+    for (int q = 0; q < 4; q++) f8[q] = fold8_avx512(f16[2 * q], f16[2 * q + 1]);
+    for (int t = 0; t < 2; t++) f4[t] = fold4_avx512(f8[2 * t], f8[2 * t + 1]);
     return fold2_avx512(f4[0], f4[1]);
 }
 
@@ -285,8 +256,7 @@ ZP_INLINE ZP_TARGET_AVX512 void tile_avx512(float *y, int ldy, const float *x,
                                             const char *const wrow[ZP_WIDE], int kbase, int K,
                                             int k0, int k1, int nc, __m512 *state,
                                             const zp_prefetch *pf, const int MR, const int NC,
-                                            const int DT)
-{
+                                            const int DT) {
     const size_t es = DT == ZP_WTYPE_F32 ? 4 : 2;
     __m512 acc[ZP_ROWS][ZP_WIDE]; /* [x row][w row], 16 lanes of partial sums each */
     for (int r = 0; r < ZP_ROWS; r++)
@@ -300,30 +270,25 @@ ZP_INLINE ZP_TARGET_AVX512 void tile_avx512(float *y, int ldy, const float *x,
             for (int j = 0; j < pf->n; j++)
                 _mm_prefetch(pf->row[j] + (size_t)pf_off * pf->es, _MM_HINT_T0);
         __m512 xv[ZP_ROWS];
-        for (int r = 0; r < MR; r++)
-            xv[r] = _mm512_loadu_ps(x + (size_t)r * K + k);
+        for (int r = 0; r < MR; r++) xv[r] = _mm512_loadu_ps(x + (size_t)r * K + k);
         for (int c = 0; c < NC; c++) {
             __m512 wv = wload_avx512(wrow[c] + (size_t)(k - kbase) * es, DT);
-            for (int r = 0; r < MR; r++)
-                acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
+            for (int r = 0; r < MR; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
         }
     }
     if (k1 < K) { /* more K blocks to come */
         for (int r = 0; r < MR; r++)
-            for (int c = 0; c < NC; c++)
-                state[NC * r + c] = acc[r][c];
+            for (int c = 0; c < NC; c++) state[NC * r + c] = acc[r][c];
         return;
     }
     if (k < K) {
         /* K % 16 tail: masked lanes load 0 and fma(0, 0, s) = s, so each lane keeps its order */
         __mmask16 tail = (__mmask16)((1u << (K - k)) - 1u);
         __m512 xv[ZP_ROWS];
-        for (int r = 0; r < MR; r++)
-            xv[r] = _mm512_maskz_loadu_ps(tail, x + (size_t)r * K + k);
+        for (int r = 0; r < MR; r++) xv[r] = _mm512_maskz_loadu_ps(tail, x + (size_t)r * K + k);
         for (int c = 0; c < NC; c++) {
             __m512 wv = wload_tail_avx512(wrow[c] + (size_t)(k - kbase) * es, tail, DT);
-            for (int r = 0; r < MR; r++)
-                acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
+            for (int r = 0; r < MR; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
         }
     }
 
@@ -352,21 +317,18 @@ ZP_INLINE ZP_TARGET_AVX512 void tile_avx512(float *y, int ldy, const float *x,
 /* The w rows and K range that the block after (group n0, block [k0, k1)) reads: the next K block
  * of the same rows, else the first K block of the next group of NC rows (none after the last). */
 static inline void next_block(const char *w, size_t es, int K, int N, int n0, int k1, int kblock,
-                              int NC, const char *rows[ZP_WIDE], int *n_rows, int *len)
-{
+                              int NC, const char *rows[ZP_WIDE], int *n_rows, int *len) {
     int first = k1 < K ? n0 : n0 + NC, k = k1 < K ? k1 : 0;
     *n_rows = N - first < NC ? (N - first > 0 ? N - first : 0) : NC;
     *len = K - k < kblock ? K - k : kblock;
-    for (int c = 0; c < *n_rows; c++)
-        rows[c] = w + ((size_t)(first + c) * K + k) * es;
+    for (int c = 0; c < *n_rows; c++) rows[c] = w + ((size_t)(first + c) * K + k) * es;
 }
 
 /* Widens rows src[c][k0 .. k1) (c < NC, 2-byte elements of type DT) into
  * dst[c * ld + 0 .. k1 - k0); nothing else of dst is written. */
 ZP_INLINE ZP_TARGET_AVX512 void widen_block_avx512(float *dst, int ld,
                                                    const char *const src[ZP_WIDE], int k0, int k1,
-                                                   const int NC, const int DT)
-{
+                                                   const int NC, const int DT) {
     for (int c = 0; c < NC; c++) {
         float *row = dst + (size_t)c * ld;
         int k = k0;
@@ -390,8 +352,7 @@ ZP_INLINE ZP_TARGET_AVX512 void widen_block_avx512(float *dst, int ld,
  * once per tile (the tiles read the same float32 values either way: same bits). */
 ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x, const char *w,
                                                int m, int K, int N, int n0, const int NC,
-                                               const int DT)
-{
+                                               const int DT) {
     const size_t es = DT == ZP_WTYPE_F32 ? 4 : 2;
     int nc = N - n0 < NC ? N - n0 : NC;
     const char *wrow[ZP_WIDE], *srow[ZP_WIDE];
@@ -423,25 +384,44 @@ ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x
                 zp_prefetch pf = {{NULL}, 0, len, (int)es};
                 int from = tiles >= NC ? t : n_next * t / tiles;
                 int to = tiles >= NC ? t + 1 : n_next * (t + 1) / tiles;
-                for (int c = from; c < to && c < n_next; c++)
-                    pf.row[pf.n++] = next[c];
+                for (int c = from; c < to && c < n_next; c++) pf.row[pf.n++] = next[c];
                 float *yi = y + (size_t)i * ldy + n0;
                 const float *xi = x + (size_t)i * K;
                 __m512 *st = state[t];
                 int mr = m - i < ZP_ROWS ? m - i : ZP_ROWS;
                 if (widen) { /* constant MR: one loop per case */
                     switch (mr) {
-                    case 4: tile_avx512(yi, ldy, xi, srow, k0, K, k0, k1, nc, st, &pf, 4, NC, ZP_WTYPE_F32); break;
-                    case 3: tile_avx512(yi, ldy, xi, srow, k0, K, k0, k1, nc, st, &pf, 3, NC, ZP_WTYPE_F32); break;
-                    case 2: tile_avx512(yi, ldy, xi, srow, k0, K, k0, k1, nc, st, &pf, 2, NC, ZP_WTYPE_F32); break;
-                    default: tile_avx512(yi, ldy, xi, srow, k0, K, k0, k1, nc, st, &pf, 1, NC, ZP_WTYPE_F32); break;
+                    case 4:
+                        tile_avx512(yi, ldy, xi, srow, k0, K, k0, k1, nc, st, &pf, 4, NC,
+                                    ZP_WTYPE_F32);
+                        break;
+                    case 3:
+                        tile_avx512(yi, ldy, xi, srow, k0, K, k0, k1, nc, st, &pf, 3, NC,
+                                    ZP_WTYPE_F32);
+                        break;
+                    case 2:
+                        tile_avx512(yi, ldy, xi, srow, k0, K, k0, k1, nc, st, &pf, 2, NC,
+                                    ZP_WTYPE_F32);
+                        break;
+                    default:
+                        tile_avx512(yi, ldy, xi, srow, k0, K, k0, k1, nc, st, &pf, 1, NC,
+                                    ZP_WTYPE_F32);
+                        break;
                     }
                 } else {
                     switch (mr) {
-                    case 4: tile_avx512(yi, ldy, xi, wrow, 0, K, k0, k1, nc, st, &pf, 4, NC, DT); break;
-                    case 3: tile_avx512(yi, ldy, xi, wrow, 0, K, k0, k1, nc, st, &pf, 3, NC, DT); break;
-                    case 2: tile_avx512(yi, ldy, xi, wrow, 0, K, k0, k1, nc, st, &pf, 2, NC, DT); break;
-                    default: tile_avx512(yi, ldy, xi, wrow, 0, K, k0, k1, nc, st, &pf, 1, NC, DT); break;
+                    case 4:
+                        tile_avx512(yi, ldy, xi, wrow, 0, K, k0, k1, nc, st, &pf, 4, NC, DT);
+                        break;
+                    case 3:
+                        tile_avx512(yi, ldy, xi, wrow, 0, K, k0, k1, nc, st, &pf, 3, NC, DT);
+                        break;
+                    case 2:
+                        tile_avx512(yi, ldy, xi, wrow, 0, K, k0, k1, nc, st, &pf, 2, NC, DT);
+                        break;
+                    default:
+                        tile_avx512(yi, ldy, xi, wrow, 0, K, k0, k1, nc, st, &pf, 1, NC, DT);
+                        break;
                     }
                 }
             }
@@ -452,9 +432,8 @@ ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x
 
 /* One instance per (tile width, weight type). */
 #define ZP_GROUP_AVX512(name, NC, DT)                                                              \
-    static ZP_TARGET_AVX512 void name(float *y, int ldy, const float *x, const char *w, int m,    \
-                                      int K, int N, int n0)                                        \
-    {                                                                                              \
+    static ZP_TARGET_AVX512 void name(float *y, int ldy, const float *x, const char *w, int m,     \
+                                      int K, int N, int n0) {                                      \
         group_avx512_t(y, ldy, x, w, m, K, N, n0, NC, DT);                                         \
     }
 ZP_GROUP_AVX512(group_avx512_f32, ZP_COLS, ZP_WTYPE_F32)
@@ -467,10 +446,8 @@ ZP_GROUP_AVX512(group_wide_avx512_f16, ZP_WIDE, ZP_WTYPE_F16)
 
 /* ---------------------------------------------------------------- AVX2 kernel */
 /* 8 weights at p as float32 (exact, as for AVX-512). */
-ZP_INLINE ZP_TARGET_AVX2 __m256 wload_avx2(const char *p, const int DT)
-{
-    if (DT == ZP_WTYPE_F32)
-        return _mm256_loadu_ps((const float *)p);
+ZP_INLINE ZP_TARGET_AVX2 __m256 wload_avx2(const char *p, const int DT) {
+    if (DT == ZP_WTYPE_F32) return _mm256_loadu_ps((const float *)p);
     __m128i h = _mm_loadu_si128((const __m128i *)p);
     if (DT == ZP_WTYPE_BF16)
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
@@ -479,8 +456,7 @@ ZP_INLINE ZP_TARGET_AVX2 __m256 wload_avx2(const char *p, const int DT)
 
 /* The same 16 lane sums as two 8-lane halves (lanes 0-7 and 8-15); s8 = lo + hi is the first
  * level of the tree. */
-ZP_INLINE ZP_TARGET_AVX2 float reduce_avx2(__m256 lo, __m256 hi)
-{
+ZP_INLINE ZP_TARGET_AVX2 float reduce_avx2(__m256 lo, __m256 hi) {
     __m256 s8 = _mm256_add_ps(lo, hi);
     __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
     __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
@@ -491,12 +467,10 @@ ZP_INLINE ZP_TARGET_AVX2 float reduce_avx2(__m256 lo, __m256 hi)
 /* y[c] = x . w_c for c < nc: one row of x (K floats) against 4 rows of w; 8 ymm accumulators.
  * Per 16 elements of K: 8 loads of w, 2 of x, 8 fused multiply-adds. */
 ZP_INLINE ZP_TARGET_AVX2 void tile_avx2(float *y, const float *x, const char *const wrow[ZP_COLS],
-                                        int K, int nc, const int DT)
-{
+                                        int K, int nc, const int DT) {
     const size_t es = DT == ZP_WTYPE_F32 ? 4 : 2;
     __m256 lo[ZP_COLS], hi[ZP_COLS]; /* lanes 0-7 and 8-15 of each dot's partial sums */
-    for (int c = 0; c < ZP_COLS; c++)
-        lo[c] = hi[c] = _mm256_setzero_ps();
+    for (int c = 0; c < ZP_COLS; c++) lo[c] = hi[c] = _mm256_setzero_ps();
 
     int k = 0;
     for (; k + ZP_LANES <= K; k += ZP_LANES) {
@@ -521,26 +495,22 @@ ZP_INLINE ZP_TARGET_AVX2 void tile_avx2(float *y, const float *x, const char *co
             hi[c] = _mm256_fmadd_ps(xhi, wload_avx2(block + 8 * es, DT), hi[c]);
         }
     }
-    for (int c = 0; c < nc; c++)
-        y[c] = reduce_avx2(lo[c], hi[c]);
+    for (int c = 0; c < nc; c++) y[c] = reduce_avx2(lo[c], hi[c]);
 }
 
 ZP_INLINE ZP_TARGET_AVX2 void group_avx2_t(float *y, int ldy, const float *x, const char *w, int m,
-                                           int K, int N, int n0, const int DT)
-{
+                                           int K, int N, int n0, const int DT) {
     const size_t es = DT == ZP_WTYPE_F32 ? 4 : 2;
     int nc = N - n0 < ZP_COLS ? N - n0 : ZP_COLS;
     const char *wrow[ZP_COLS];
-    for (int c = 0; c < ZP_COLS; c++)
-        wrow[c] = w + (size_t)(n0 + (c < nc ? c : nc - 1)) * K * es;
+    for (int c = 0; c < ZP_COLS; c++) wrow[c] = w + (size_t)(n0 + (c < nc ? c : nc - 1)) * K * es;
     for (int i = 0; i < m; i++)
         tile_avx2(y + (size_t)i * ldy + n0, x + (size_t)i * K, wrow, K, nc, DT);
 }
 
 #define ZP_GROUP_AVX2(name, DT)                                                                    \
-    static ZP_TARGET_AVX2 void name(float *y, int ldy, const float *x, const char *w, int m,      \
-                                    int K, int N, int n0)                                          \
-    {                                                                                              \
+    static ZP_TARGET_AVX2 void name(float *y, int ldy, const float *x, const char *w, int m,       \
+                                    int K, int N, int n0) {                                        \
         group_avx2_t(y, ldy, x, w, m, K, N, n0, DT);                                               \
     }
 ZP_GROUP_AVX2(group_avx2_f32, ZP_WTYPE_F32)
@@ -551,8 +521,7 @@ ZP_GROUP_AVX2(group_avx2_f16, ZP_WTYPE_F16)
 /* ---------------------------------------------------------------- scalar kernel */
 /* IEEE binary16 bits -> float32, exactly (normals, subnormals, zeros, infinities; a NaN comes
  * out quiet, as from vcvtph2ps). */
-static float half_to_float(uint16_t h)
-{
+static float half_to_float(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
     float f;
     if (exp == 0) { /* zero or subnormal: man * 2^-24, exact in float32 */
@@ -568,8 +537,7 @@ static float half_to_float(uint16_t h)
 }
 
 /* Element k of a row of weights of type wtype, as float32 (exact). */
-static inline float widen(const char *row, int k, int wtype)
-{
+static inline float widen(const char *row, int k, int wtype) {
     float f;
     uint16_t h;
     if (wtype == ZP_WTYPE_F32) {
@@ -577,8 +545,7 @@ static inline float widen(const char *row, int k, int wtype)
         return f;
     }
     memcpy(&h, row + (size_t)k * 2, sizeof h);
-    if (wtype == ZP_WTYPE_F16)
-        return half_to_float(h);
+    if (wtype == ZP_WTYPE_F16) return half_to_float(h);
     uint32_t bits = (uint32_t)h << 16;
     memcpy(&f, &bits, sizeof f);
     return f;
@@ -586,29 +553,22 @@ static inline float widen(const char *row, int k, int wtype)
 
 /* The reference order in plain C: fmaf is one rounding, like the vector FMA. Slow without
  * hardware FMA, but only CPUs older than 2013 take this path. */
-static float dot_scalar(const float *x, const char *w, int wtype, int K)
-{
+static float dot_scalar(const float *x, const char *w, int wtype, int K) {
     float s[ZP_LANES] = {0};
     int k = 0;
     for (; k + ZP_LANES <= K; k += ZP_LANES)
-        for (int j = 0; j < ZP_LANES; j++)
-            s[j] = fmaf(x[k + j], widen(w, k + j, wtype), s[j]);
-    for (int j = 0; k + j < K; j++)
-        s[j] = fmaf(x[k + j], widen(w, k + j, wtype), s[j]);
+        for (int j = 0; j < ZP_LANES; j++) s[j] = fmaf(x[k + j], widen(w, k + j, wtype), s[j]);
+    for (int j = 0; k + j < K; j++) s[j] = fmaf(x[k + j], widen(w, k + j, wtype), s[j]);
 
     float s8[8], s4[4], s2[2];
-    for (int j = 0; j < 8; j++)
-        s8[j] = s[j] + s[j + 8];
-    for (int j = 0; j < 4; j++)
-        s4[j] = s8[j] + s8[j + 4];
-    for (int j = 0; j < 2; j++)
-        s2[j] = s4[j] + s4[j + 2];
+    for (int j = 0; j < 8; j++) s8[j] = s[j] + s[j + 8];
+    for (int j = 0; j < 4; j++) s4[j] = s8[j] + s8[j + 4];
+    for (int j = 0; j < 2; j++) s2[j] = s4[j] + s4[j + 2];
     return s2[0] + s2[1];
 }
 
 static void group_scalar(float *y, int ldy, const float *x, const char *w, int wtype, int m, int K,
-                         int N, int n0)
-{
+                         int N, int n0) {
     size_t es = (size_t)zp_wtype_size(wtype);
     int nc = N - n0 < ZP_COLS ? N - n0 : ZP_COLS;
     for (int i = 0; i < m; i++)
@@ -617,10 +577,8 @@ static void group_scalar(float *y, int ldy, const float *x, const char *w, int w
                 dot_scalar(x + (size_t)i * K, w + (size_t)(n0 + c) * K * es, wtype, K);
 }
 
-void zp_widen(float *dst, const void *src, int wtype, size_t n)
-{
-    if (zp_wtype_size(wtype) == 0)
-        return;
+void zp_widen(float *dst, const void *src, int wtype, size_t n) {
+    if (zp_wtype_size(wtype) == 0) return;
     for (size_t i = 0; i < n; i++) /* rows of a few thousand elements: plain C is enough */
         dst[i] = widen((const char *)src + i * (size_t)zp_wtype_size(wtype), 0, wtype);
 }
@@ -632,19 +590,15 @@ typedef void (*zp_group_fn)(float *y, int ldy, const float *x, const char *w, in
 /* The vector group function for (isa, wtype, m) and its width in output columns; NULL for the
  * scalar kernel. The wide AVX-512 tile serves passes of >= zp_wide_rows rows (default: none);
  * it sums in the same order, so the choice never changes a bit. */
-static zp_group_fn group_fn(int isa, int wtype, int m, int *width)
-{
+static zp_group_fn group_fn(int isa, int wtype, int m, int *width) {
     *width = ZP_COLS;
     if (isa == ZP_ISA_AVX512) {
         int wide = m >= __atomic_load_n(&zp_wide_rows, __ATOMIC_RELAXED);
         *width = wide ? ZP_WIDE : ZP_COLS;
         switch (wtype) {
-        case ZP_WTYPE_F32:
-            return wide ? group_wide_avx512_f32 : group_avx512_f32;
-        case ZP_WTYPE_BF16:
-            return wide ? group_wide_avx512_bf16 : group_avx512_bf16;
-        default:
-            return wide ? group_wide_avx512_f16 : group_avx512_f16;
+        case ZP_WTYPE_F32: return wide ? group_wide_avx512_f32 : group_avx512_f32;
+        case ZP_WTYPE_BF16: return wide ? group_wide_avx512_bf16 : group_avx512_bf16;
+        default: return wide ? group_wide_avx512_f16 : group_avx512_f16;
         }
     }
     if (isa == ZP_ISA_AVX2)
@@ -657,8 +611,7 @@ static zp_group_fn group_fn(int isa, int wtype, int m, int *width)
 /* The skinny products of one x: the groups of output columns of every product, numbered one
  * after the other, split into one contiguous block per thread (static schedule), so each thread
  * streams its own slice of the weights exactly once and the threads wake once for all of them. */
-static void matmul_skinny(const float *x, int m, int K, const zp_matmul_out *out, int n_out)
-{
+static void matmul_skinny(const float *x, int m, int K, const zp_matmul_out *out, int n_out) {
     enum { MAX_OUT = 8 };
     int isa = isa_current();
     zp_group_fn fn[MAX_OUT];
@@ -677,8 +630,7 @@ static void matmul_skinny(const float *x, int m, int K, const zp_matmul_out *out
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
     for (int g = 0; g < groups; g++) {
         int j = 0;
-        while (g >= first[j + 1])
-            j++;
+        while (g >= first[j + 1]) j++;
         const zp_matmul_out *o = &out[j];
         int n0 = (g - first[j]) * width[j];
         if (fn[j])
@@ -688,45 +640,39 @@ static void matmul_skinny(const float *x, int m, int K, const zp_matmul_out *out
     }
 }
 
-void zp_matmul_multi(const float *x, int m, int K, const zp_matmul_out *out, int n_out)
-{
+void zp_matmul_multi(const float *x, int m, int K, const zp_matmul_out *out, int n_out) {
     enum { MAX_OUT = 8 };
     zp_matmul_out valid[MAX_OUT];
-    if (m <= 0 || K < 0 || n_out <= 0 || out == NULL)
-        return;
+    if (m <= 0 || K < 0 || n_out <= 0 || out == NULL) return;
     while (n_out > 0) { /* at most MAX_OUT per parallel region */
         int n = 0, take = n_out < MAX_OUT ? n_out : MAX_OUT;
         for (int j = 0; j < take; j++)
             if (zp_wtype_size(out[j].wtype) > 0 && out[j].N > 0 && out[j].ldy >= out[j].N)
                 valid[n++] = out[j];
-        if (n > 0)
-            matmul_skinny(x, m, K, valid, n);
+        if (n > 0) matmul_skinny(x, m, K, valid, n);
         out += take;
         n_out -= take;
     }
 }
 
-void zp_matmul_w(float *y, int ldy, const float *x, const void *w, int wtype, int m, int K, int N)
-{
-    if (m <= 0 || N <= 0 || K < 0 || ldy < N || zp_wtype_size(wtype) == 0)
-        return;
+void zp_matmul_w(float *y, int ldy, const float *x, const void *w, int wtype, int m, int K, int N) {
+    if (m <= 0 || N <= 0 || K < 0 || ldy < N || zp_wtype_size(wtype) == 0) return;
     /* BLAS only for float32, with K >= 1 (its lda must be >= 1) and never from inside a parallel
      * region: there the skinny kernel runs on the calling thread (nested regions are inactive). */
     if (wtype == ZP_WTYPE_F32 && m >= zp_get_blas_min_rows() && K > 0 && !omp_in_parallel()) {
-        ZP_BLAS_FN(cblas_sgemm)(ZP_BLAS_ROW_MAJOR, ZP_BLAS_NO_TRANS, ZP_BLAS_TRANS, m, N, K, 1.0f,
-                                x, K, (const float *)w, K, 0.0f, y, ldy);
+        ZP_BLAS_FN(cblas_sgemm)
+        (ZP_BLAS_ROW_MAJOR, ZP_BLAS_NO_TRANS, ZP_BLAS_TRANS, m, N, K, 1.0f, x, K, (const float *)w,
+         K, 0.0f, y, ldy);
         return;
     }
     zp_matmul_out one = {y, ldy, w, wtype, N};
     matmul_skinny(x, m, K, &one, 1);
 }
 
-void zp_matmul_ld(float *y, int ldy, const float *x, const float *w, int m, int K, int N)
-{
+void zp_matmul_ld(float *y, int ldy, const float *x, const float *w, int m, int K, int N) {
     zp_matmul_w(y, ldy, x, w, ZP_WTYPE_F32, m, K, N);
 }
 
-void zp_matmul(float *y, const float *x, const float *w, int m, int K, int N)
-{
+void zp_matmul(float *y, const float *x, const float *w, int m, int K, int N) {
     zp_matmul_ld(y, N, x, w, m, K, N);
 }

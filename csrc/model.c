@@ -24,7 +24,9 @@ zp_status zp_fail(zp_status st, const char *fmt, ...) {
     return st;
 }
 
-const char *zp_last_error(void) { return zp_errbuf; }
+const char *zp_last_error(void) {
+    return zp_errbuf;
+}
 
 const char *zp_status_string(zp_status st) {
     switch (st) {
@@ -43,7 +45,8 @@ zp_status zp_reserve(void **buf, size_t *cap, size_t n, size_t elem) {
     size_t want = *cap ? *cap : 16, bytes;
     while (want < n) want = want > SIZE_MAX / 2 ? n : want * 2;
     if (__builtin_mul_overflow(want, elem, &bytes))
-        return zp_fail(ZP_ERR_NOMEM, "cannot allocate %zu elements of %zu bytes of scratch", n, elem);
+        return zp_fail(ZP_ERR_NOMEM, "cannot allocate %zu elements of %zu bytes of scratch", n,
+                       elem);
     void *p = realloc(*buf, bytes);
     if (!p) return zp_fail(ZP_ERR_NOMEM, "cannot allocate %zu bytes of scratch", want * elem);
     *buf = p;
@@ -53,7 +56,9 @@ zp_status zp_reserve(void **buf, size_t *cap, size_t n, size_t elem) {
 
 /* ================================================================ config and model */
 
-int zp_seq_len(const zp_config *c) { return c->cls_token_num + c->grid_h * (c->grid_w + c->eor); }
+int zp_seq_len(const zp_config *c) {
+    return c->cls_token_num + c->grid_h * (c->grid_w + c->eor);
+}
 
 int zp_cell_pos(const zp_config *c, int r, int col) {
     return c->cls_token_num + r * (c->grid_w + c->eor) + col;
@@ -64,16 +69,20 @@ zp_status zp_config_check(const zp_config *c) {
         c->vocab < 1 || c->cls_token_num < 1 || c->grid_h < 1 || c->grid_w < 1)
         return zp_fail(ZP_ERR_ARG, "config sizes must be positive");
     /* 64-bit arithmetic on 32-bit inputs: none of these products can wrap */
-    int64_t seq = (int64_t)c->cls_token_num + (int64_t)c->grid_h * ((int64_t)c->grid_w + (c->eor != 0));
+    int64_t seq =
+        (int64_t)c->cls_token_num + (int64_t)c->grid_h * ((int64_t)c->grid_w + (c->eor != 0));
     if (seq > ZP_MAX_SEQ_LEN)
-        return zp_fail(ZP_ERR_ARG, "sequence length P + H*(W+E) = %lld exceeds the limit "
-                       "ZP_MAX_SEQ_LEN = %d", (long long)seq, ZP_MAX_SEQ_LEN);
+        return zp_fail(ZP_ERR_ARG,
+                       "sequence length P + H*(W+E) = %lld exceeds the limit "
+                       "ZP_MAX_SEQ_LEN = %d",
+                       (long long)seq, ZP_MAX_SEQ_LEN);
     int64_t qkv = ((int64_t)c->n_head + 2 * (int64_t)c->n_kv_head) * c->head_dim;
     if (c->dim > ZP_MAX_WIDTH || c->hidden > ZP_MAX_WIDTH || c->vocab > ZP_MAX_WIDTH ||
         qkv > ZP_MAX_WIDTH)
-        return zp_fail(ZP_ERR_ARG, "dim %d, hidden %d, vocab %d and (n_head + 2*n_kv_head)*head_dim "
-                       "%lld must each be at most ZP_MAX_WIDTH = %d", c->dim, c->hidden, c->vocab,
-                       (long long)qkv, ZP_MAX_WIDTH);
+        return zp_fail(ZP_ERR_ARG,
+                       "dim %d, hidden %d, vocab %d and (n_head + 2*n_kv_head)*head_dim "
+                       "%lld must each be at most ZP_MAX_WIDTH = %d",
+                       c->dim, c->hidden, c->vocab, (long long)qkv, ZP_MAX_WIDTH);
     if (c->n_layer > ZP_MAX_LAYERS)
         return zp_fail(ZP_ERR_ARG, "n_layer %d exceeds the limit ZP_MAX_LAYERS = %d", c->n_layer,
                        ZP_MAX_LAYERS);
@@ -87,8 +96,8 @@ zp_status zp_config_check(const zp_config *c) {
         return zp_fail(ZP_ERR_ARG, "qk_norm_eps must be positive");
     if (c->swin_norm != 0 && c->swin_norm != 1)
         return zp_fail(ZP_ERR_ARG, "swin_norm must be 0 or 1");
-    if ((c->vis_lo || c->vis_hi) && !(0 <= c->vis_lo && c->vis_lo < c->vis_hi &&
-                                      c->vis_hi <= c->vocab))
+    if ((c->vis_lo || c->vis_hi) &&
+        !(0 <= c->vis_lo && c->vis_lo < c->vis_hi && c->vis_hi <= c->vocab))
         return zp_fail(ZP_ERR_ARG, "image tokens [%d, %d) must be a non-empty range in [0, %d)",
                        c->vis_lo, c->vis_hi, c->vocab);
     if (c->n_head % c->n_kv_head)
@@ -147,7 +156,8 @@ zp_status zp_model_new(const zp_config *cfg, const zp_weights *w, zp_model **out
     if (st) return st;
     if (!w || !w->tok_embeddings || !w->layers || !w->norm || !w->output)
         return zp_fail(ZP_ERR_ARG, "missing weight pointer");
-    if (zp_wtype_size(w->wtype) == 0) return zp_fail(ZP_ERR_ARG, "unknown weight type %d", w->wtype);
+    if (zp_wtype_size(w->wtype) == 0)
+        return zp_fail(ZP_ERR_ARG, "unknown weight type %d", w->wtype);
     for (int l = 0; l < cfg->n_layer; l++) {
         const zp_layer_weights *L = &w->layers[l];
         if (!L->attention_norm || !L->wqkv || !L->wo || !L->ffn_norm || !L->w1 || !L->w3 || !L->w2)
@@ -184,7 +194,9 @@ void zp_model_free(zp_model *m) {
     free(m);
 }
 
-const zp_config *zp_model_config(const zp_model *m) { return &m->cfg; }
+const zp_config *zp_model_config(const zp_model *m) {
+    return &m->cfg;
+}
 
 /* ================================================================ cache */
 
@@ -278,8 +290,8 @@ static zp_status embed_prefix(const zp_model *m, zp_cache *k, int stream, const 
                        len, P);
     for (int p = P - len; p < P; p++)
         if (ids[p] < 0 || ids[p] >= c->vocab)
-            return zp_fail(ZP_ERR_ARG, "image %d: %s prefix token %d outside [0, %d)", image,
-                           which, ids[p], c->vocab);
+            return zp_fail(ZP_ERR_ARG, "image %d: %s prefix token %d outside [0, %d)", image, which,
+                           ids[p], c->vocab);
     for (int p = P - len; p < P; p++) /* the embedding row, widened from its stored type */
         zp_widen(k->prefix + ((size_t)stream * P + p) * c->dim,
                  (const char *)m->w.tok_embeddings +
@@ -319,18 +331,44 @@ zp_status zp_cache_new_ids(const zp_model *m, int n_images, int guided, const in
 void zp_cache_free(zp_cache *k) {
     if (!k) return;
     zp_scratch *s = &k->s;
-    free(s->x); free(s->xb); free(s->qkv); free(s->att); free(s->h1); free(s->h3);
-    free(s->row_query); free(s->row_stream); free(s->vis); free(s->vis_n); free(s->scores);
-    free(s->xl); free(s->logits2); free(s->row_vis); free(s->row_nv); free(s->cursor);
-    free(s->grp_rows); free(s->grp_start); free(s->stream_group);
-    free(k->k); free(k->v); free(k->slots); free(k->stamp); free(k->prefix); free(k->prefix_mask);
+    free(s->x);
+    free(s->xb);
+    free(s->qkv);
+    free(s->att);
+    free(s->h1);
+    free(s->h3);
+    free(s->row_query);
+    free(s->row_stream);
+    free(s->vis);
+    free(s->vis_n);
+    free(s->scores);
+    free(s->xl);
+    free(s->logits2);
+    free(s->row_vis);
+    free(s->row_nv);
+    free(s->cursor);
+    free(s->grp_rows);
+    free(s->grp_start);
+    free(s->stream_group);
+    free(k->k);
+    free(k->v);
+    free(k->slots);
+    free(k->stamp);
+    free(k->prefix);
+    free(k->prefix_mask);
     free(k->shift);
     free(k);
 }
 
-int32_t *zp_cache_slots(zp_cache *c) { return c->slots; }
-int zp_cache_n_images(const zp_cache *c) { return c->n_images; }
-int zp_cache_guided(const zp_cache *c) { return c->guided; }
+int32_t *zp_cache_slots(zp_cache *c) {
+    return c->slots;
+}
+int zp_cache_n_images(const zp_cache *c) {
+    return c->n_images;
+}
+int zp_cache_guided(const zp_cache *c) {
+    return c->guided;
+}
 
 /* ================================================================ forward helpers */
 
@@ -341,7 +379,8 @@ static zp_status reserve_rows(zp_cache *k, size_t rows) {
     size_t cap = s->cap_rows ? s->cap_rows : 16;
     while (cap < rows) cap *= 2;
     float **bufs[] = {&s->x, &s->xb, &s->qkv, &s->att, &s->h1, &s->h3};
-    size_t widths[] = {c->dim, c->dim, k->m->qkv_dim, c->n_head * c->head_dim, c->hidden, c->hidden};
+    size_t widths[] = {c->dim,    c->dim,   k->m->qkv_dim, c->n_head * c->head_dim,
+                       c->hidden, c->hidden};
     for (int i = 0; i < 6; i++) {
         float *p = realloc(*bufs[i], sizeof(float) * cap * widths[i]);
         if (!p) return zp_fail(ZP_ERR_NOMEM, "cannot allocate scratch for %zu rows", cap);
@@ -436,7 +475,10 @@ static inline __attribute__((always_inline)) float exp_nonpos(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    union { int32_t i; float f; } two_n = {.i = ((int32_t)n + 127) << 23};
+    union {
+        int32_t i;
+        float f;
+    } two_n = {.i = ((int32_t)n + 127) << 23};
     return x <= -87.0f ? 0.0f : p * two_n.f;
 }
 
@@ -467,11 +509,10 @@ static inline __attribute__((always_inline)) void prefetch_tile(const float *til
  * q: row r's query heads at q + r*ldq; sc: row r's (nh, nv[r]) scores at sc + r*ldsc;
  * o: row r's output (nh*hd) at o + r*nh*hd; kt: the stream's tiled K; vt: its tiled V
  * (tile, n_kv_head, ZP_TILE, hd); cursor: (n,) scratch. */
-__attribute__((target_clones("avx512f", "avx2", "default")))
-static void attend_stream(const int32_t *rows, int n, const int32_t *const *vis, const int32_t *nv,
-                          const float *q, int ldq, float *sc, size_t ldsc, float *o,
-                          const float *kt, const float *vt, int nh, int group, int hd, int kvd,
-                          float scale, int32_t *cursor) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void
+attend_stream(const int32_t *rows, int n, const int32_t *const *vis, const int32_t *nv,
+              const float *q, int ldq, float *sc, size_t ldsc, float *o, const float *kt,
+              const float *vt, int nh, int group, int hd, int kvd, float scale, int32_t *cursor) {
     int last = 0;
     for (int a = 0; a < n; a++) {
         cursor[a] = 0;
@@ -603,8 +644,10 @@ static zp_status check_queries(const zp_model *m, zp_cache *k, const zp_query *q
     if (nq < 0 || nq > INT32_MAX / 2)
         return zp_fail(ZP_ERR_ARG, "query count %d outside [0, %d]", nq, INT32_MAX / 2);
     if ((int64_t)nq > (int64_t)k->n_images * k->seq_len)
-        return zp_fail(ZP_ERR_ARG, "%d queries, but a pass writes each of the %lld slots at most "
-                       "once", nq, (long long)k->n_images * k->seq_len);
+        return zp_fail(ZP_ERR_ARG,
+                       "%d queries, but a pass writes each of the %lld slots at most "
+                       "once",
+                       nq, (long long)k->n_images * k->seq_len);
     if (++k->pass_id == 0) {
         memset(k->stamp, 0, sizeof(uint32_t) * (size_t)k->n_images * k->seq_len);
         k->pass_id = 1;
@@ -624,8 +667,10 @@ static zp_status check_queries(const zp_model *m, zp_cache *k, const zp_query *q
             return zp_fail(ZP_ERR_ARG, "query %d: guided query on an unguided cache", i);
         uint32_t *st = &k->stamp[(size_t)x->image * k->seq_len + x->pos];
         if (*st == k->pass_id)
-            return zp_fail(ZP_ERR_ARG, "query %d: slot (image %d, position %d) written twice in "
-                           "one pass", i, x->image, x->pos);
+            return zp_fail(ZP_ERR_ARG,
+                           "query %d: slot (image %d, position %d) written twice in "
+                           "one pass",
+                           i, x->image, x->pos);
         *st = k->pass_id;
     }
     return ZP_OK;
@@ -654,7 +699,8 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
                 cap->layer[i] >= c->n_layer || cap->head[i] < 0 || cap->head[i] >= c->n_head)
                 return zp_fail(ZP_ERR_ARG, "attention capture request %d out of range", i);
 
-    const int D = c->dim, HD = c->head_dim, NH = c->n_head, NKV = c->n_kv_head, P = c->cls_token_num;
+    const int D = c->dim, HD = c->head_dim, NH = c->n_head, NKV = c->n_kv_head,
+              P = c->cls_token_num;
     const int QKV = m->qkv_dim, KVD = NKV * HD, S = k->seq_len, GROUP = NH / NKV;
     const int SPAD = zp_tiled_len(S);
     zp_scratch *s = &k->s;
@@ -680,15 +726,14 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
     size_t n_scores;
     if (__builtin_mul_overflow((size_t)rows, (size_t)NH * S, &n_scores))
         return zp_fail(ZP_ERR_NOMEM, "attention scores of %d rows exceed the address space", rows);
-    if ((st = zp_reserve((void **)&s->scores, &s->cap_scores, n_scores, sizeof(float))))
-        return st;
+    if ((st = zp_reserve((void **)&s->scores, &s->cap_scores, n_scores, sizeof(float)))) return st;
 
     /* ---- slot states first: visibility is fixed for the whole pass */
     for (int i = 0; i < nq; i++) {
         int32_t *slot = &k->slots[(size_t)q[i].image * S + q[i].pos];
         if (q[i].pos < P)
             *slot = k->prefix_mask[(size_t)q[i].image * P + q[i].pos] ? ZP_SLOT_COMMITTED
-                                                                       : ZP_SLOT_MASKED;
+                                                                      : ZP_SLOT_MASKED;
         else
             *slot = q[i].chain;
     }
@@ -704,8 +749,10 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
                 memcpy(s->x + (size_t)r * D, k->prefix + ((size_t)stream * P + q[i].pos) * D,
                        sizeof(float) * D);
             else
-                zp_widen(s->x + (size_t)r * D, (const char *)m->w.tok_embeddings +
-                         (size_t)q[i].token * D * zp_wtype_size(m->w.wtype), m->w.wtype, D);
+                zp_widen(s->x + (size_t)r * D,
+                         (const char *)m->w.tok_embeddings +
+                             (size_t)q[i].token * D * zp_wtype_size(m->w.wtype),
+                         m->w.wtype, D);
         }
         if (q[i].want_logits) n_logits++;
     }
@@ -719,7 +766,8 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         /* a token-id prefix: the slots before the stream's own prefix are not in its sequence
          * (a query in them, a padding row nobody reads, sees itself only) */
         int j = 0, nv = s->row_nv[i];
-        if (q[s->row_query[i]].pos < sh) j = nv - 1;
+        if (q[s->row_query[i]].pos < sh)
+            j = nv - 1;
         else
             while (j < nv && s->row_vis[i][j] < sh) j++;
         s->row_vis[i] += j;
@@ -774,8 +822,8 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
                 rope(qkv, NH, HD, cs, sn);
                 rope(qkv + NH * HD, NKV, HD, cs, sn);
             }
-            size_t tile = ((size_t)s->row_stream[i] * SPAD + (size_t)(x->pos / ZP_TILE) *
-                           ZP_TILE) * KVD;
+            size_t tile =
+                ((size_t)s->row_stream[i] * SPAD + (size_t)(x->pos / ZP_TILE) * ZP_TILE) * KVD;
             int lane = x->pos % ZP_TILE;
             float *kt = kl + tile + lane;
             for (int e = 0; e < KVD; e++) kt[(size_t)e * ZP_TILE] = qkv[NH * HD + e];
@@ -786,15 +834,15 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
 
         /* ---- softmax(q k^T / sqrt(hd)) v over the visible slots, one (row, head) per task;
          * threads only when there is enough work to pay for waking them */
-#pragma omp parallel for schedule(dynamic, 1) num_threads(zp_get_num_threads()) \
-    if (att_work >= 262144)
+#pragma omp parallel for schedule(dynamic, 1)                                                      \
+    num_threads(zp_get_num_threads()) if (att_work >= 262144)
         for (int g = 0; g < n_groups; g++) {
             int first = s->grp_start[g], n = s->grp_start[g + 1] - first;
             const int32_t *grp = s->grp_rows + first;
             size_t off = (size_t)s->row_stream[grp[0]] * SPAD * KVD;
             attend_stream(grp, n, (const int32_t *const *)s->row_vis, s->row_nv, s->qkv, QKV,
-                          s->scores, (size_t)NH * S, s->att, kl + off, vl + off, NH, GROUP, HD,
-                          KVD, scale, s->cursor + first);
+                          s->scores, (size_t)NH * S, s->att, kl + off, vl + off, NH, GROUP, HD, KVD,
+                          scale, s->cursor + first);
         }
         if (cap)
             for (int i = 0; i < rows; i++) {
@@ -803,8 +851,8 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
                 for (int rq = 0; rq < cap->n; rq++)
                     if (cap->query[rq] == qi && cap->layer[rq] == l) {
                         float *out = cap->out + (size_t)rq * S;
-                        const float *wrow = s->scores + (size_t)i * NH * S +
-                                            (size_t)cap->head[rq] * s->row_nv[i];
+                        const float *wrow =
+                            s->scores + (size_t)i * NH * S + (size_t)cap->head[rq] * s->row_nv[i];
                         memset(out, 0, sizeof(float) * S);
                         for (int j = 0; j < s->row_nv[i]; j++) out[s->row_vis[i][j]] = wrow[j];
                     }
@@ -836,14 +884,14 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
 
     /* ---- output head for the rows whose query wants logits */
     if (n_logits == 0) return ZP_OK;
-    /* the cond row of every query that wants logits, the uncond row only when it is guided */
-#define NEEDS_LOGITS(i) (q[s->row_query[i]].want_logits && \
-                         (s->row_stream[i] % nstream == 0 || q[s->row_query[i]].guided))
+        /* the cond row of every query that wants logits, the uncond row only when it is guided */
+#define NEEDS_LOGITS(i)                                                                            \
+    (q[s->row_query[i]].want_logits &&                                                             \
+     (s->row_stream[i] % nstream == 0 || q[s->row_query[i]].guided))
     int lrows = 0;
     for (int i = 0; i < rows; i++)
         if (NEEDS_LOGITS(i)) lrows++;
-    if ((st = zp_reserve((void **)&s->xl, &s->cap_xl, (size_t)lrows * D, sizeof(float))))
-        return st;
+    if ((st = zp_reserve((void **)&s->xl, &s->cap_xl, (size_t)lrows * D, sizeof(float)))) return st;
     if ((st = zp_reserve((void **)&s->logits2, &s->cap_logits2, (size_t)lrows * c->vocab,
                          sizeof(float))))
         return st;

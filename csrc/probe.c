@@ -65,7 +65,8 @@ double zp_read_bandwidth(size_t bytes, int reps) {
             nt = omp_get_num_threads();
             id = omp_get_thread_num();
 #endif
-            size_t chunk = (n / nt) & ~(size_t)63, lo = chunk * id, hi = id == nt - 1 ? n : lo + chunk;
+            size_t chunk = (n / nt) & ~(size_t)63, lo = chunk * id,
+                   hi = id == nt - 1 ? n : lo + chunk;
             total += avx512 ? sum_avx512(a + lo, hi - lo) : sum_plain(a + lo, hi - lo);
         }
         double dt = now_s() - t0;

@@ -21,11 +21,17 @@ void zp_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out
         mulhilo32(0xD2511F53u, c0, &hi0, &lo0);
         mulhilo32(0xCD9E8D57u, c2, &hi1, &lo1);
         uint32_t n0 = hi1 ^ c1 ^ k0, n1 = lo1, n2 = hi0 ^ c3 ^ k1, n3 = lo0;
-        c0 = n0; c1 = n1; c2 = n2; c3 = n3;
+        c0 = n0;
+        c1 = n1;
+        c2 = n2;
+        c3 = n3;
         k0 += 0x9E3779B9u;
         k1 += 0xBB67AE85u;
     }
-    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+    out[0] = c0;
+    out[1] = c1;
+    out[2] = c2;
+    out[3] = c3;
 }
 
 double zp_uniform(uint64_t seed, uint32_t sample_id, uint32_t pos, uint32_t draw) {
@@ -39,8 +45,12 @@ double zp_uniform(uint64_t seed, uint32_t sample_id, uint32_t pos, uint32_t draw
 /* ================================================================ sampling parameters */
 
 zp_sampling zp_sampling_default(void) {
-    zp_sampling sp = {.cfg_scale = 4.0f, .cfg_interval = -1, .temperature = 1.0f, .top_k = 0,
-                      .top_p = 1.0f, .seed = 0};
+    zp_sampling sp = {.cfg_scale = 4.0f,
+                      .cfg_interval = -1,
+                      .temperature = 1.0f,
+                      .top_k = 0,
+                      .top_p = 1.0f,
+                      .seed = 0};
     return sp;
 }
 
@@ -50,7 +60,8 @@ zp_status zp_sampling_check(const zp_sampling *sp) {
     if (!(sp->temperature >= 0.f) || !isfinite(sp->temperature))
         return zp_fail(ZP_ERR_ARG, "temperature must be finite and >= 0");
     if (sp->top_k < 0) return zp_fail(ZP_ERR_ARG, "top_k must be >= 0");
-    if (!(sp->top_p > 0.f && sp->top_p <= 1.f)) return zp_fail(ZP_ERR_ARG, "top_p must be in (0, 1]");
+    if (!(sp->top_p > 0.f && sp->top_p <= 1.f))
+        return zp_fail(ZP_ERR_ARG, "top_p must be in (0, 1]");
     return ZP_OK;
 }
 
@@ -66,18 +77,27 @@ static float kth_largest(float *a, int n, int k) {
             while (a[i] > pivot) i++;
             while (a[j] < pivot) j--;
             if (i <= j) {
-                float t = a[i]; a[i] = a[j]; a[j] = t;
-                i++; j--;
+                float t = a[i];
+                a[i] = a[j];
+                a[j] = t;
+                i++;
+                j--;
             }
         }
-        if (target <= j) hi = j;
-        else if (target >= i) lo = i;
-        else return a[target];
+        if (target <= j)
+            hi = j;
+        else if (target >= i)
+            lo = i;
+        else
+            return a[target];
     }
     return a[target];
 }
 
-typedef struct { double p; int idx; } prob_idx;
+typedef struct {
+    double p;
+    int idx;
+} prob_idx;
 
 static int by_prob_desc(const void *x, const void *y) {
     const prob_idx *a = x, *b = y;
@@ -86,7 +106,9 @@ static int by_prob_desc(const void *x, const void *y) {
     return a->idx - b->idx; /* stable: lower index first */
 }
 
-size_t zp_sampling_work_size(int vocab) { return sizeof(prob_idx) * (size_t)vocab; }
+size_t zp_sampling_work_size(int vocab) {
+    return sizeof(prob_idx) * (size_t)vocab;
+}
 
 void zp_sampling_probs(const zp_sampling *sp, const float *logits, int vocab, double *probs,
                        void *work) {
@@ -122,8 +144,10 @@ void zp_sampling_probs(const zp_sampling *sp, const float *logits, int vocab, do
     qsort(order, n, sizeof(prob_idx), by_prob_desc);
     double before = 0.0, kept = 0.0;
     for (int i = 0; i < n; i++) {
-        if (i > 0 && before > sp->top_p) probs[order[i].idx] = 0.0;
-        else kept += order[i].p;
+        if (i > 0 && before > sp->top_p)
+            probs[order[i].idx] = 0.0;
+        else
+            kept += order[i].p;
         before += order[i].p;
     }
     for (int v = 0; v < vocab; v++) probs[v] /= kept;

@@ -20,12 +20,12 @@ typedef enum {
 
 typedef struct {
     int kind, image, row, col;
-    int logit;     /* logits row of the decode (or verification) query */
-    int pipe;      /* VERIFY: logits row of the pipelined draft query, -1 if none */
-    int pipe_q;    /* VERIFY: query index of the pipelined draft feed */
-    int start_q;   /* query index of a tentative row-start query whose slot is committed on
+    int logit;   /* logits row of the decode (or verification) query */
+    int pipe;    /* VERIFY: logits row of the pipelined draft query, -1 if none */
+    int pipe_q;  /* VERIFY: query index of the pipelined draft feed */
+    int start_q; /* query index of a tentative row-start query whose slot is committed on
                       start (E = 1 end-of-row feeds in adaptive mode), -1 if none */
-    int final;     /* VERIFY: the last verification (row above complete or max_window) */
+    int final;   /* VERIFY: the last verification (row above complete or max_window) */
 } intent;
 
 struct zp_session {
@@ -34,15 +34,15 @@ struct zp_session {
     zp_sampling sp;
     zp_policy pol;
     int B, H, W, E, P, V;
-    int32_t *tokens;     /* (B, H, W) -1 = undecoded */
-    uint8_t *fed;        /* (B, H, W) 1 once the cell's real token is in its KV slot */
-    int32_t *progress;   /* (B, H) decoded cells per row (always a prefix of the row) */
-    int32_t *row_start;  /* (B, H) pass at which (r, 0) was decoded, -1 before */
-    uint32_t *sample_ids;/* (B,) */
-    int32_t *draft_row;  /* (B,) adaptive: row whose start is drafted, -1 none */
-    int32_t *draft_tok;  /* (B,) */
-    int32_t *n_verify;   /* (B,) verifications of the current draft so far */
-    double *draft_q;     /* (B, V) distribution the current draft was drawn from */
+    int32_t *tokens;      /* (B, H, W) -1 = undecoded */
+    uint8_t *fed;         /* (B, H, W) 1 once the cell's real token is in its KV slot */
+    int32_t *progress;    /* (B, H) decoded cells per row (always a prefix of the row) */
+    int32_t *row_start;   /* (B, H) pass at which (r, 0) was decoded, -1 before */
+    uint32_t *sample_ids; /* (B,) */
+    int32_t *draft_row;   /* (B,) adaptive: row whose start is drafted, -1 none */
+    int32_t *draft_tok;   /* (B,) */
+    int32_t *n_verify;    /* (B,) verifications of the current draft so far */
+    double *draft_q;      /* (B, V) distribution the current draft was drawn from */
     int32_t next_chain;
     zp_stats st;
     int32_t *pass_queries;
@@ -62,7 +62,7 @@ struct zp_session {
     int n_logits;
     float *logits;
     size_t cap_logits;
-    double *probs;       /* (threads, 2, V) */
+    double *probs; /* (threads, 2, V) */
     size_t cap_probs;
     unsigned char *work; /* (threads, work bytes) */
     size_t cap_work;
@@ -82,7 +82,9 @@ static inline int32_t *tok(zp_session *s, int b, int r, int c) {
 static inline uint8_t *fedp(zp_session *s, int b, int r, int c) {
     return &s->fed[((size_t)b * s->H + r) * s->W + c];
 }
-static inline int32_t *prog(zp_session *s, int b, int r) { return &s->progress[(size_t)b * s->H + r]; }
+static inline int32_t *prog(zp_session *s, int b, int r) {
+    return &s->progress[(size_t)b * s->H + r];
+}
 static inline int cellpos(const zp_session *s, int r, int c) {
     return s->P + r * (s->W + s->E) + c;
 }
@@ -98,8 +100,12 @@ static zp_status push_query(zp_session *s, int b, int pos, int token, int chain,
     zp_status st;
     if ((st = zp_reserve((void **)&s->q, &s->cap_q, s->nq + 1, sizeof(zp_query)))) return st;
     if ((st = zp_reserve((void **)&s->q_role, &s->cap_role, s->nq + 1, sizeof(int32_t)))) return st;
-    s->q[s->nq] = (zp_query){.image = b, .pos = pos, .token = token, .chain = chain,
-                             .want_logits = logits, .guided = guided_at(s, pos)};
+    s->q[s->nq] = (zp_query){.image = b,
+                             .pos = pos,
+                             .token = token,
+                             .chain = chain,
+                             .want_logits = logits,
+                             .guided = guided_at(s, pos)};
     s->q_role[s->nq] = role;
     s->nq++;
     if (logits && logit_row) *logit_row = s->n_logits;
@@ -154,7 +160,9 @@ zp_status zp_session_new_ids(const zp_model *m, int n_images, const int32_t *ids
                              const int32_t *len_uncond, const uint32_t *sample_ids,
                              const zp_sampling *sp, const zp_policy *pol, int record_trace,
                              zp_session **out) {
-    prefix_args pa = {.ids_cond = ids_cond, .len_cond = len_cond, .ids_uncond = ids_uncond,
+    prefix_args pa = {.ids_cond = ids_cond,
+                      .len_cond = len_cond,
+                      .ids_uncond = ids_uncond,
                       .len_uncond = len_uncond};
     return session_new(m, n_images, &pa, sample_ids, sp, pol, record_trace, out);
 }
@@ -172,7 +180,8 @@ static zp_status session_new(const zp_model *m, int n_images, const prefix_args 
         return zp_fail(ZP_ERR_ARG, "window %d outside [1, W=%d]", pol->window, c->grid_w);
     if (pol->kind == ZP_POLICY_ADAPTIVE) {
         if (pol->min_window < 1 || pol->min_window > c->grid_w)
-            return zp_fail(ZP_ERR_ARG, "min_window %d outside [1, W=%d]", pol->min_window, c->grid_w);
+            return zp_fail(ZP_ERR_ARG, "min_window %d outside [1, W=%d]", pol->min_window,
+                           c->grid_w);
         if (pol->max_window < pol->min_window || pol->max_window > c->grid_w)
             return zp_fail(ZP_ERR_ARG, "max_window %d outside [min_window=%d, W=%d]",
                            pol->max_window, pol->min_window, c->grid_w);
@@ -219,8 +228,8 @@ static zp_status session_new(const zp_model *m, int n_images, const prefix_args 
     s->draft_q = pol->kind == ZP_POLICY_ADAPTIVE ? malloc(sizeof(double) * n_images * s->V) : NULL;
     s->image_passes = calloc(n_images, sizeof(int64_t));
     s->image_queries = calloc(n_images, sizeof(int64_t));
-    if (!s->tokens || !s->fed || !s->progress || !s->row_start || !s->sample_ids ||
-        !s->draft_row || !s->draft_tok || !s->n_verify || !s->image_passes || !s->image_queries ||
+    if (!s->tokens || !s->fed || !s->progress || !s->row_start || !s->sample_ids || !s->draft_row ||
+        !s->draft_tok || !s->n_verify || !s->image_passes || !s->image_queries ||
         (pol->kind == ZP_POLICY_ADAPTIVE && !s->draft_q)) {
         zp_session_free(s);
         return zp_fail(ZP_ERR_NOMEM, "cannot allocate session state");
@@ -238,11 +247,25 @@ static zp_status session_new(const zp_model *m, int n_images, const prefix_args 
 void zp_session_free(zp_session *s) {
     if (!s) return;
     zp_cache_free(s->cache);
-    free(s->tokens); free(s->fed); free(s->progress); free(s->row_start); free(s->sample_ids);
-    free(s->draft_row); free(s->draft_tok); free(s->n_verify); free(s->draft_q);
-    free(s->pass_queries); free(s->trace); free(s->q); free(s->q_role); free(s->it);
-    free(s->logits); free(s->probs); free(s->work);
-    free(s->image_passes); free(s->image_queries);
+    free(s->tokens);
+    free(s->fed);
+    free(s->progress);
+    free(s->row_start);
+    free(s->sample_ids);
+    free(s->draft_row);
+    free(s->draft_tok);
+    free(s->n_verify);
+    free(s->draft_q);
+    free(s->pass_queries);
+    free(s->trace);
+    free(s->q);
+    free(s->q_role);
+    free(s->it);
+    free(s->logits);
+    free(s->probs);
+    free(s->work);
+    free(s->image_passes);
+    free(s->image_queries);
     free(s);
 }
 
@@ -252,13 +275,27 @@ int zp_session_done(const zp_session *s) {
     return 1;
 }
 
-const int32_t *zp_session_tokens(const zp_session *s) { return s->tokens; }
-const int32_t *zp_session_progress(const zp_session *s) { return s->progress; }
-const int32_t *zp_session_row_start(const zp_session *s) { return s->row_start; }
-const zp_stats *zp_session_stats(const zp_session *s) { return &s->st; }
-const int32_t *zp_session_pass_queries(const zp_session *s) { return s->pass_queries; }
-const int64_t *zp_session_image_passes(const zp_session *s) { return s->image_passes; }
-const int64_t *zp_session_image_queries(const zp_session *s) { return s->image_queries; }
+const int32_t *zp_session_tokens(const zp_session *s) {
+    return s->tokens;
+}
+const int32_t *zp_session_progress(const zp_session *s) {
+    return s->progress;
+}
+const int32_t *zp_session_row_start(const zp_session *s) {
+    return s->row_start;
+}
+const zp_stats *zp_session_stats(const zp_session *s) {
+    return &s->st;
+}
+const int32_t *zp_session_pass_queries(const zp_session *s) {
+    return s->pass_queries;
+}
+const int64_t *zp_session_image_passes(const zp_session *s) {
+    return s->image_passes;
+}
+const int64_t *zp_session_image_queries(const zp_session *s) {
+    return s->image_queries;
+}
 const int32_t *zp_session_trace(const zp_session *s, int64_t *n) {
     *n = (int64_t)s->n_trace;
     return s->trace;
@@ -269,11 +306,19 @@ const int32_t *zp_session_trace(const zp_session *s, int64_t *n) {
 /* Queries that decode cell (r, c) of image b (or draft / verify its row start). */
 static zp_status plan_decode(zp_session *s, int b, int r, int c, int kind, int final) {
     zp_status st;
-    intent in = {.kind = kind, .image = b, .row = r, .col = c, .logit = -1, .pipe = -1,
-                 .pipe_q = -1, .start_q = -1, .final = final};
+    intent in = {.kind = kind,
+                 .image = b,
+                 .row = r,
+                 .col = c,
+                 .logit = -1,
+                 .pipe = -1,
+                 .pipe_q = -1,
+                 .start_q = -1,
+                 .final = final};
     if (r == 0 && c == 0) { /* prefill: every conditioning position, logits from the last */
         for (int p = 0; p < s->P; p++)
-            if ((st = push_query(s, b, p, 0, 0, p == s->P - 1, ZP_ROLE_PREFIX, &in.logit))) return st;
+            if ((st = push_query(s, b, p, 0, 0, p == s->P - 1, ZP_ROLE_PREFIX, &in.logit)))
+                return st;
     } else if (c > 0) {
         *fedp(s, b, r, c - 1) = 1;
         if ((st = push_query(s, b, cellpos(s, r, c - 1), *tok(s, b, r, c - 1), 0, 1, ZP_ROLE_SAMPLE,
@@ -301,8 +346,8 @@ static zp_status plan_decode(zp_session *s, int b, int r, int c, int kind, int f
     if (kind == I_VERIFY && s->W > 1 &&
         *prog(s, b, r - 1) >= (1 + s->pol.min_window < s->W ? 1 + s->pol.min_window : s->W)) {
         in.pipe_q = (int)s->nq;
-        if ((st = push_query(s, b, cellpos(s, r, 0), s->draft_tok[b], new_chain(s), 1, ZP_ROLE_DRAFT,
-                             &in.pipe)))
+        if ((st = push_query(s, b, cellpos(s, r, 0), s->draft_tok[b], new_chain(s), 1,
+                             ZP_ROLE_DRAFT, &in.pipe)))
             return st;
     }
     return push_intent(s, in);
@@ -317,13 +362,15 @@ static zp_status plan_refeeds(zp_session *s, int b) {
         for (int c = 0; c < n; c++) {
             if (*fedp(s, b, r, c) || (r == s->H - 1 && c == s->W - 1)) continue;
             int succ_decoded;
-            if (c < s->W - 1) succ_decoded = c + 1 < n;
-            else succ_decoded = s->E ? 1 : *prog(s, b, r + 1) > 0;
+            if (c < s->W - 1)
+                succ_decoded = c + 1 < n;
+            else
+                succ_decoded = s->E ? 1 : *prog(s, b, r + 1) > 0;
             if (!succ_decoded) continue;
             *fedp(s, b, r, c) = 1;
             if (!(s->E && c == s->W - 1)) s->st.refeeds++;
-            zp_status st = push_query(s, b, cellpos(s, r, c), *tok(s, b, r, c), 0, 0,
-                                      ZP_ROLE_REFEED, NULL);
+            zp_status st =
+                push_query(s, b, cellpos(s, r, c), *tok(s, b, r, c), 0, 0, ZP_ROLE_REFEED, NULL);
             if (st) return st;
         }
     }
@@ -340,8 +387,9 @@ static int window_ok(const zp_session *s, int b, int r, int c, int window) {
 /* The built-in policies' choice for image b in this pass. */
 static zp_status plan_builtin(zp_session *s, int b) {
     const zp_policy *pol = &s->pol;
-    int window = pol->kind == ZP_POLICY_ZIPAR ? pol->window
-               : pol->kind == ZP_POLICY_ADAPTIVE ? pol->min_window : s->W;
+    int window = pol->kind == ZP_POLICY_ZIPAR      ? pol->window
+                 : pol->kind == ZP_POLICY_ADAPTIVE ? pol->min_window
+                                                   : s->W;
     zp_status st;
     for (int r = 0; r < s->H; r++) {
         int c = *prog(s, b, r);
@@ -385,7 +433,9 @@ static zp_status plan_builtin(zp_session *s, int b) {
 /* ================================================================ running one pass */
 
 /* Draws for intent i; results are applied serially afterwards (no shared writes here). */
-typedef struct { int token, token2, accepted; } outcome;
+typedef struct {
+    int token, token2, accepted;
+} outcome;
 
 /* Room for this pass: logits, per-thread probability rows, and in `work` the intents' outcomes
  * followed by per-thread sampling scratch (returned offset, rounded up for 16-byte alignment).
@@ -414,7 +464,6 @@ static void set_slot(zp_session *s, int b, int pos, int32_t state) {
     s->cache->slots[(size_t)b * s->cache->seq_len + pos] = state;
 }
 
-
 /* The sampling distribution of a grid cell: only the model's image tokens are allowed. */
 static void cell_probs(const zp_session *s, const float *lg, double *p, void *work) {
     const zp_config *c = &s->m->cfg;
@@ -430,7 +479,8 @@ static void decide(zp_session *s, const intent *in, outcome *o, double *p, doubl
     o->accepted = 0;
     if (in->kind != I_VERIFY) {
         o->token = zp_draw(p, s->V, zp_uniform(s->sp.seed, sid, (uint32_t)pos, 0));
-        if (in->kind == I_DRAFT) memcpy(s->draft_q + (size_t)in->image * s->V, p, sizeof(double) * s->V);
+        if (in->kind == I_DRAFT)
+            memcpy(s->draft_q + (size_t)in->image * s->V, p, sizeof(double) * s->V);
         return;
     }
     /* rejection test of draft x ~ q against p: accept when u < min(1, p(x)/q(x) / (1 - tau)) */
@@ -443,7 +493,8 @@ static void decide(zp_session *s, const intent *in, outcome *o, double *p, doubl
         o->token = x;
         if (in->pipe >= 0) {
             cell_probs(s, s->logits + (size_t)in->pipe * s->V, p2, work);
-            o->token2 = zp_draw(p2, s->V, zp_uniform(s->sp.seed, sid, (uint32_t)cellpos(s, in->row, 1), 0));
+            o->token2 =
+                zp_draw(p2, s->V, zp_uniform(s->sp.seed, sid, (uint32_t)cellpos(s, in->row, 1), 0));
         }
         return;
     }
@@ -496,8 +547,8 @@ static zp_status execute(zp_session *s) {
     unsigned char *wbase = s->work + scratch_offset;
     size_t wsz = zp_sampling_work_size(s->V);
     double t_sample = now_s();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) \
-    if ((size_t)s->nit * s->V >= 65536)
+#pragma omp parallel for schedule(dynamic, 1)                                                      \
+    num_threads(nthreads) if ((size_t)s->nit * s->V >= 65536)
     for (int i = 0; i < (int)s->nit; i++) {
         int tid = 0;
 #ifdef _OPENMP
@@ -522,8 +573,10 @@ static zp_status execute(zp_session *s) {
             s->st.drafts_proposed++;
         } else {
             s->n_verify[b]++;
-            if (o->accepted) s->st.drafts_accepted++;
-            else s->st.drafts_rejected++;
+            if (o->accepted)
+                s->st.drafts_accepted++;
+            else
+                s->st.drafts_rejected++;
             if (o->accepted || in->final) {
                 commit_cell(s, b, in->row, 0, o->token);
                 s->draft_row[b] = -1;
@@ -615,11 +668,13 @@ static zp_status step(zp_session *s, const int32_t *cells, int n) {
         if (*tok(s, b, r, c) >= 0)
             return zp_fail(ZP_ERR_ARG, "cell (%d, %d, %d) is already decoded", b, r, c);
         if (c != *prog(s, b, r))
-            return zp_fail(ZP_ERR_ARG, "cell (%d, %d, %d) cannot be fed: (%d, %d) is not decoded "
-                           "(rows are decoded left to right)", b, r, c, r, c - 1);
+            return zp_fail(ZP_ERR_ARG,
+                           "cell (%d, %d, %d) cannot be fed: (%d, %d) is not decoded "
+                           "(rows are decoded left to right)",
+                           b, r, c, r, c - 1);
         if (!(r == 0 && c == 0) && *prog(s, b, 0) == 0)
-            return zp_fail(ZP_ERR_ARG, "cell (%d, %d, %d): image %d must decode (0, 0) first", b,
-                           r, c, b);
+            return zp_fail(ZP_ERR_ARG, "cell (%d, %d, %d): image %d must decode (0, 0) first", b, r,
+                           c, b);
         for (int j = 0; j < i; j++)
             if (cells[3 * j] == b && cells[3 * j + 1] == r)
                 return zp_fail(ZP_ERR_ARG, "row %d of image %d appears twice in one pass", r, b);

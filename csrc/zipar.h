@@ -51,37 +51,37 @@ const char *zp_last_error(void);
 
 /* ---------------------------------------------------------------- configuration */
 typedef struct {
-    int dim;           /* model width */
-    int n_layer;       /* transformer blocks */
-    int n_head;        /* query heads */
-    int n_kv_head;     /* key/value heads (grouped-query attention when < n_head) */
-    int head_dim;      /* dim / n_head, even; multiple of 4 for the 2-D rotary layout */
-    int hidden;        /* FFN hidden size */
-    int vocab;         /* image-token vocabulary */
-    int cls_token_num; /* P: conditioning positions before the grid */
-    int grid_h, grid_w;/* H, W */
-    int eor;           /* E: 1 when a fixed end-of-row token follows each row, else 0 */
-    int eor_token;     /* the end-of-row token id (used when eor = 1) */
-    float norm_eps;    /* RMSNorm epsilon (LlamaGen: 1e-5) */
-    float rope_base;   /* rotary base, theta (LlamaGen: 10000, Emu3: 1e6, Chameleon: 1e4) */
+    int dim;            /* model width */
+    int n_layer;        /* transformer blocks */
+    int n_head;         /* query heads */
+    int n_kv_head;      /* key/value heads (grouped-query attention when < n_head) */
+    int head_dim;       /* dim / n_head, even; multiple of 4 for the 2-D rotary layout */
+    int hidden;         /* FFN hidden size */
+    int vocab;          /* image-token vocabulary */
+    int cls_token_num;  /* P: conditioning positions before the grid */
+    int grid_h, grid_w; /* H, W */
+    int eor;            /* E: 1 when a fixed end-of-row token follows each row, else 0 */
+    int eor_token;      /* the end-of-row token id (used when eor = 1) */
+    float norm_eps;     /* RMSNorm epsilon (LlamaGen: 1e-5) */
+    float rope_base;    /* rotary base, theta (LlamaGen: 10000, Emu3: 1e6, Chameleon: 1e4) */
     /* Model families (families.md); zero keeps LlamaGen's behaviour. */
-    int rope_1d;       /* 0: LlamaGen's 2-D layout (pairs (2i, 2i+1), row/col angles, none on the
+    int rope_1d;        /* 0: LlamaGen's 2-D layout (pairs (2i, 2i+1), row/col angles, none on the
                           conditioning positions); 1: 1-D rotate_half (element i pairs with
                           i + head_dim/2) over sequence positions, the prefix included */
-    int qk_norm;       /* 1: per-head LayerNorm of q and k (over head_dim, no affine, eps
+    int qk_norm;        /* 1: per-head LayerNorm of q and k (over head_dim, no affine, eps
                           qk_norm_eps) then * weight[h] + bias[h], before the rotary (Chameleon) */
-    float qk_norm_eps; /* Chameleon: 1e-5 */
-    int swin_norm;     /* 1: x + norm(attn(x)), h + norm(mlp(h)) (Chameleon swin_norm) */
-    int vis_lo, vis_hi;/* grid cells are sampled from tokens [vis_lo, vis_hi) only (the image
+    float qk_norm_eps;  /* Chameleon: 1e-5 */
+    int swin_norm;      /* 1: x + norm(attn(x)), h + norm(mlp(h)) (Chameleon swin_norm) */
+    int vis_lo, vis_hi; /* grid cells are sampled from tokens [vis_lo, vis_hi) only (the image
                           tokens of a shared text+image vocabulary); 0, 0: the whole vocabulary */
 } zp_config;
 
 /* Size limits, checked by zp_config_check / zp_cache_new before any arithmetic on the sizes, so
  * that every product the core forms fits in 64 bits and every position or index fits in 32. */
 #define ZP_MAX_SEQ_LEN (1 << 24) /* P + H*(W+E) */
-#define ZP_MAX_WIDTH (1 << 24)   /* dim, hidden, vocab and (n_head + 2*n_kv_head)*head_dim */
-#define ZP_MAX_LAYERS 4096       /* n_layer */
-#define ZP_MAX_IMAGES (1 << 20)  /* images of one cache or session */
+#define ZP_MAX_WIDTH   (1 << 24) /* dim, hidden, vocab and (n_head + 2*n_kv_head)*head_dim */
+#define ZP_MAX_LAYERS  4096      /* n_layer */
+#define ZP_MAX_IMAGES  (1 << 20) /* images of one cache or session */
 
 /* Checks a config: sizes positive and within the limits above (computed in 64 bits), head_dim a
  * multiple of 4, n_kv_head dividing n_head, eor in {0, 1}, eor_token in the vocabulary, norm_eps
@@ -189,11 +189,11 @@ zp_status zp_forward(const zp_model *m, zp_cache *c, const zp_query *q, int nq, 
 /* Attention capture: for query index `query` (in the pass), layer, head, the softmax weights over
  * every slot 0..seq_len-1 (invisible slots get 0) of the conditional stream. */
 struct zp_capture {
-    int n;                 /* number of requests */
-    const int32_t *query;  /* (n,) query index within the pass */
-    const int32_t *layer;  /* (n,) */
-    const int32_t *head;   /* (n,) */
-    float *out;            /* (n, seq_len), borrowed */
+    int n;                /* number of requests */
+    const int32_t *query; /* (n,) query index within the pass */
+    const int32_t *layer; /* (n,) */
+    const int32_t *head;  /* (n,) */
+    float *out;           /* (n, seq_len), borrowed */
 };
 
 /* ---------------------------------------------------------------- Philox4x32-10 */
@@ -204,16 +204,18 @@ double zp_uniform(uint64_t seed, uint32_t sample_id, uint32_t pos, uint32_t draw
 
 /* ---------------------------------------------------------------- sampling */
 typedef struct {
-    float cfg_scale;    /* 1.0: no guidance */
-    int cfg_interval;   /* -1: guidance for every token; else guidance stops after that many */
-    float temperature;  /* 0: greedy (argmax, lowest index on ties) */
-    int top_k;          /* 0: off; keeps every logit >= the k-th largest */
-    float top_p;        /* 1.0: off; keeps the smallest prefix whose cumulative prob exceeds p */
+    float cfg_scale;   /* 1.0: no guidance */
+    int cfg_interval;  /* -1: guidance for every token; else guidance stops after that many */
+    float temperature; /* 0: greedy (argmax, lowest index on ties) */
+    int top_k;         /* 0: off; keeps every logit >= the k-th largest */
+    float top_p;       /* 1.0: off; keeps the smallest prefix whose cumulative prob exceeds p */
     uint64_t seed;
 } zp_sampling;
 zp_sampling zp_sampling_default(void);
 /* The guidance rule: queries combine a second, unconditional stream exactly when this holds. */
-static inline int zp_sampling_guided(const zp_sampling *sp) { return sp->cfg_scale != 1.0f; }
+static inline int zp_sampling_guided(const zp_sampling *sp) {
+    return sp->cfg_scale != 1.0f;
+}
 zp_status zp_sampling_check(const zp_sampling *sp);
 
 /* The sampling distribution of one logits row after temperature/top-k/top-p, as normalised

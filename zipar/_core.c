@@ -57,11 +57,13 @@ static int check_array(PyObject *o, int typenum, npy_intp count, const char *wha
     PyArrayObject *a = (PyArrayObject *)o;
     if (PyArray_TYPE(a) != typenum || !PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
         PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous array of %s", what,
-                     typenum == NPY_FLOAT32 ? "float32" : typenum == NPY_INT32 ? "int32"
-                     : typenum == NPY_UINT16 ? "uint16 (bfloat16 bits)"
+                     typenum == NPY_FLOAT32   ? "float32"
+                     : typenum == NPY_INT32   ? "int32"
+                     : typenum == NPY_UINT16  ? "uint16 (bfloat16 bits)"
                      : typenum == NPY_FLOAT16 ? "float16"
-                     : typenum == NPY_UINT8 ? "uint8" : typenum == NPY_UINT32 ? "uint32"
-                     : "the expected dtype");
+                     : typenum == NPY_UINT8   ? "uint8"
+                     : typenum == NPY_UINT32  ? "uint32"
+                                              : "the expected dtype");
         return 0;
     }
     if (count >= 0 && PyArray_SIZE(a) != count) {
@@ -124,8 +126,7 @@ static int get_u64(PyObject *o, const char *what, unsigned long long hi, unsigne
 /* ================================================================ Model */
 
 typedef struct {
-    PyObject_HEAD
-    zp_model *m;
+    PyObject_HEAD zp_model *m;
     PyObject *keep; /* tuple of the weight arrays: the model borrows their memory */
 } ModelObject;
 
@@ -166,9 +167,10 @@ static int pop_number(PyObject *kw, const char *key, int is_float, void *out) {
  * (zipar.model.LAYER_KEYS, then with qk_norm the q/k-norm weight and bias rows). The norms are
  * float32; the matrices are float32, uint16 (bfloat16 bit patterns) or float16 as wtype says. */
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"weights", "dim", "n_layer", "n_head", "n_kv_head", "head_dim",
-                             "hidden", "vocab", "cls_token_num", "grid_h", "grid_w", "eor",
-                             "eor_token", "norm_eps", "rope_base", NULL};
+    static char *kwlist[] = {"weights",       "dim",      "n_layer",   "n_head",
+                             "n_kv_head",     "head_dim", "hidden",    "vocab",
+                             "cls_token_num", "grid_h",   "grid_w",    "eor",
+                             "eor_token",     "norm_eps", "rope_base", NULL};
     zp_config c = {0};
     PyObject *arrays;
     int wtype = ZP_WTYPE_F32;
@@ -176,17 +178,17 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
     if (kw && !kw2) return -1;
     if (!pop_number(kw2, "rope_1d", 0, &c.rope_1d) || !pop_number(kw2, "qk_norm", 0, &c.qk_norm) ||
         !pop_number(kw2, "qk_norm_eps", 1, &c.qk_norm_eps) ||
-        !pop_number(kw2, "swin_norm", 0, &c.swin_norm) || !pop_number(kw2, "vis_lo", 0, &c.vis_lo) ||
-        !pop_number(kw2, "vis_hi", 0, &c.vis_hi) || !pop_number(kw2, "wtype", 0, &wtype)) {
+        !pop_number(kw2, "swin_norm", 0, &c.swin_norm) ||
+        !pop_number(kw2, "vis_lo", 0, &c.vis_lo) || !pop_number(kw2, "vis_hi", 0, &c.vis_hi) ||
+        !pop_number(kw2, "wtype", 0, &wtype)) {
         Py_XDECREF(kw2);
         parse_failed();
         return -1;
     }
-    int ok = PyArg_ParseTupleAndKeywords(args, kw2, "O$iiiiiiiiiiiiff", kwlist, &arrays, &c.dim,
-                                         &c.n_layer, &c.n_head, &c.n_kv_head, &c.head_dim,
-                                         &c.hidden, &c.vocab, &c.cls_token_num, &c.grid_h,
-                                         &c.grid_w, &c.eor, &c.eor_token, &c.norm_eps,
-                                         &c.rope_base);
+    int ok = PyArg_ParseTupleAndKeywords(
+        args, kw2, "O$iiiiiiiiiiiiff", kwlist, &arrays, &c.dim, &c.n_layer, &c.n_head, &c.n_kv_head,
+        &c.head_dim, &c.hidden, &c.vocab, &c.cls_token_num, &c.grid_h, &c.grid_w, &c.eor,
+        &c.eor_token, &c.norm_eps, &c.rope_base);
     Py_XDECREF(kw2);
     if (!ok) {
         parse_failed();
@@ -194,9 +196,9 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
     }
     /* every zp_config field is required (the format makes them optional only so that wtype
      * can be) */
-    static const char *required[] = {"dim", "n_layer", "n_head", "n_kv_head", "head_dim",
-                                      "hidden", "vocab", "cls_token_num", "grid_h", "grid_w",
-                                      "eor", "eor_token", "norm_eps", "rope_base"};
+    static const char *required[] = {
+        "dim",           "n_layer", "n_head", "n_kv_head", "head_dim",  "hidden",   "vocab",
+        "cls_token_num", "grid_h",  "grid_w", "eor",       "eor_token", "norm_eps", "rope_base"};
     for (size_t i = 0; i < sizeof required / sizeof required[0]; i++) {
         PyObject *v = kw ? PyDict_GetItemString(kw, required[i]) : NULL;
         if (!v) {
@@ -246,8 +248,8 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
     }
     npy_intp NQ = (npy_intp)c.n_head * HD, NK = (npy_intp)c.n_kv_head * HD;
     npy_intp sizes[11] = {D, QKV * D, D * c.n_head * HD, D, F * D, F * D, D * F, NQ, NQ, NK, NK};
-    const char *names[11] = {"attention_norm", "wqkv", "wo", "ffn_norm", "w1", "w3", "w2",
-                             "q_norm_w", "q_norm_b", "k_norm_w", "k_norm_b"};
+    const char *names[11] = {"attention_norm", "wqkv",     "wo",       "ffn_norm", "w1", "w3", "w2",
+                             "q_norm_w",       "q_norm_b", "k_norm_w", "k_norm_b"};
     for (int l = 0; l < c.n_layer; l++) {
         const void *ptrs[11] = {0};
         for (int j = 0; j < per; j++) {
@@ -260,11 +262,13 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
             }
             ptrs[j] = DATA(a);
         }
-        L[l] = (zp_layer_weights){ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], ptrs[6],
-                                  ptrs[7], ptrs[8], ptrs[9], ptrs[10]};
+        L[l] = (zp_layer_weights){ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5],
+                                  ptrs[6], ptrs[7], ptrs[8], ptrs[9], ptrs[10]};
     }
-    zp_weights w = {.tok_embeddings = DATA(PyTuple_GET_ITEM(t, 0)), .layers = L,
-                    .norm = DATA(PyTuple_GET_ITEM(t, 1)), .output = DATA(PyTuple_GET_ITEM(t, 2)),
+    zp_weights w = {.tok_embeddings = DATA(PyTuple_GET_ITEM(t, 0)),
+                    .layers = L,
+                    .norm = DATA(PyTuple_GET_ITEM(t, 1)),
+                    .output = DATA(PyTuple_GET_ITEM(t, 2)),
                     .wtype = wtype};
     zp_status st = zp_model_new(&c, &w, &self->m);
     PyMem_Free(L);
@@ -282,8 +286,7 @@ static PyTypeObject ModelType;
 /* ================================================================ Cache */
 
 typedef struct {
-    PyObject_HEAD
-    zp_cache *c;
+    PyObject_HEAD zp_cache *c;
     ModelObject *model;
     int busy;
 } CacheObject;
@@ -307,7 +310,8 @@ static int prefix_args(const zp_config *cfg, int n, int guided, PyObject *cond, 
         *pu = DATA(unc);
     }
     if (mask != Py_None) {
-        if (!check_array(mask, NPY_UINT8, (npy_intp)n * cfg->cls_token_num, "prefix_mask")) return 0;
+        if (!check_array(mask, NPY_UINT8, (npy_intp)n * cfg->cls_token_num, "prefix_mask"))
+            return 0;
         *pm = DATA(mask);
     }
     return 1;
@@ -339,9 +343,9 @@ static int ids_args(const zp_config *cfg, int n, int guided, PyObject *ids, PyOb
  *       prefix_ids=None, prefix_len=None, uncond_ids=None, uncond_len=None): conditioning as
  * embeddings, or (prefix_cond None) as token ids of each stream's own length. */
 static int Cache_init(CacheObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"model", "n_images", "guided", "prefix_cond", "prefix_uncond",
-                             "prefix_mask", "prefix_ids", "prefix_len", "uncond_ids",
-                             "uncond_len", NULL};
+    static char *kwlist[] = {"model",         "n_images",    "guided",     "prefix_cond",
+                             "prefix_uncond", "prefix_mask", "prefix_ids", "prefix_len",
+                             "uncond_ids",    "uncond_len",  NULL};
     ModelObject *model;
     int n, guided;
     PyObject *cond, *unc = Py_None, *mask = Py_None;
@@ -371,14 +375,13 @@ static int Cache_init(CacheObject *self, PyObject *args, PyObject *kw) {
         if (!ids_args(zp_model_config(model->m), n, guided, ids, len, uids, ulen, &pi, &pl, &pui,
                       &pul))
             return -1;
-        Py_BEGIN_ALLOW_THREADS
-        st = zp_cache_new_ids(model->m, n, guided, pi, pl, pui, pul, &self->c);
+        Py_BEGIN_ALLOW_THREADS st =
+            zp_cache_new_ids(model->m, n, guided, pi, pl, pui, pul, &self->c);
         Py_END_ALLOW_THREADS
     } else {
         if (!prefix_args(zp_model_config(model->m), n, guided, cond, unc, mask, &pc, &pu, &pm))
             return -1;
-        Py_BEGIN_ALLOW_THREADS
-        st = zp_cache_new(model->m, n, guided, pc, pu, pm, &self->c);
+        Py_BEGIN_ALLOW_THREADS st = zp_cache_new(model->m, n, guided, pc, pu, pm, &self->c);
         Py_END_ALLOW_THREADS
     }
     if (st) {
@@ -446,10 +449,9 @@ static PyObject *Cache_forward(CacheObject *self, PyObject *args, PyObject *kw) 
     self->busy = 1;
     Py_INCREF(qa);
     zp_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = zp_forward(self->model->m, self->c, q, nq, cfg_scale, DATA(out), capp);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(qa);
+    Py_BEGIN_ALLOW_THREADS st =
+        zp_forward(self->model->m, self->c, q, nq, cfg_scale, DATA(out), capp);
+    Py_END_ALLOW_THREADS Py_DECREF(qa);
     self->busy = 0;
     if (st) {
         Py_DECREF(out);
@@ -458,19 +460,19 @@ static PyObject *Cache_forward(CacheObject *self, PyObject *args, PyObject *kw) 
     return out;
 }
 
-static PyMethodDef Cache_methods[] = {
-    {"forward", (PyCFunction)(void (*)(void))Cache_forward, METH_VARARGS | METH_KEYWORDS, "One pass over a batch of queries."},
-    {NULL, NULL, 0, NULL}};
-static PyGetSetDef Cache_getset[] = {
-    {"slots", (getter)Cache_slots, NULL, "(n_images, seq_len) int32 slot states (writable view)",
-     NULL},
-    {NULL, NULL, NULL, NULL, NULL}};
+static PyMethodDef Cache_methods[] = {{"forward", (PyCFunction)(void (*)(void))Cache_forward,
+                                       METH_VARARGS | METH_KEYWORDS,
+                                       "One pass over a batch of queries."},
+                                      {NULL, NULL, 0, NULL}};
+static PyGetSetDef Cache_getset[] = {{"slots", (getter)Cache_slots, NULL,
+                                      "(n_images, seq_len) int32 slot states (writable view)",
+                                      NULL},
+                                     {NULL, NULL, NULL, NULL, NULL}};
 
 /* ================================================================ Session */
 
 typedef struct {
-    PyObject_HEAD
-    zp_session *s;
+    PyObject_HEAD zp_session *s;
     ModelObject *model;
     int n_images, H, W;
     int busy;
@@ -490,11 +492,12 @@ static void Session_dealloc(SessionObject *self) {
  * Sampling fields left out take zp_sampling_default()'s values; policy fields left out are 0
  * (a kind ignores the fields it does not read, see zipar.h). */
 static int Session_init(SessionObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"model", "n_images", "prefix_cond", "prefix_uncond", "prefix_mask",
-                             "sample_ids", "prefix_ids", "prefix_len", "uncond_ids",
-                             "uncond_len", "cfg_scale", "cfg_interval", "temperature", "top_k",
-                             "top_p", "seed", "kind", "window", "schedule", "proxy",
-                             "min_window", "max_window", "threshold", "trace", NULL};
+    static char *kwlist[] = {
+        "model",      "n_images",     "prefix_cond", "prefix_uncond", "prefix_mask",
+        "sample_ids", "prefix_ids",   "prefix_len",  "uncond_ids",    "uncond_len",
+        "cfg_scale",  "cfg_interval", "temperature", "top_k",         "top_p",
+        "seed",       "kind",         "window",      "schedule",      "proxy",
+        "min_window", "max_window",   "threshold",   "trace",         NULL};
     ModelObject *model;
     int n, trace = 0;
     PyObject *cond, *unc = Py_None, *mask = Py_None, *sids = Py_None;
@@ -503,12 +506,11 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw) {
     zp_policy pol = {0};
     unsigned long long seed = sp.seed;
     PyObject *seed_obj = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!iO|OOO$OOOOfififOiiiiiidp", kwlist, &ModelType,
-                                     &model, &n, &cond, &unc, &mask, &sids, &pids, &plen, &uids,
-                                     &ulen, &sp.cfg_scale,
-                                     &sp.cfg_interval, &sp.temperature, &sp.top_k, &sp.top_p,
-                                     &seed_obj, &pol.kind, &pol.window, &pol.schedule, &pol.proxy,
-                                     &pol.min_window, &pol.max_window, &pol.threshold, &trace)) {
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kw, "O!iO|OOO$OOOOfififOiiiiiidp", kwlist, &ModelType, &model, &n, &cond, &unc,
+            &mask, &sids, &pids, &plen, &uids, &ulen, &sp.cfg_scale, &sp.cfg_interval,
+            &sp.temperature, &sp.top_k, &sp.top_p, &seed_obj, &pol.kind, &pol.window, &pol.schedule,
+            &pol.proxy, &pol.min_window, &pol.max_window, &pol.threshold, &trace)) {
         parse_failed();
         return -1;
     }
@@ -541,13 +543,10 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw) {
         ids = DATA(sids);
     }
     zp_status st;
-    Py_BEGIN_ALLOW_THREADS
-    if (pi)
-        st = zp_session_new_ids(model->m, n, pi, pl, pui, pul, ids, &sp, &pol, trace, &self->s);
-    else
-        st = zp_session_new(model->m, n, pc, pu, pm, ids, &sp, &pol, trace, &self->s);
-    Py_END_ALLOW_THREADS
-    if (st) {
+    Py_BEGIN_ALLOW_THREADS if (pi) st =
+        zp_session_new_ids(model->m, n, pi, pl, pui, pul, ids, &sp, &pol, trace, &self->s);
+    else st = zp_session_new(model->m, n, pc, pu, pm, ids, &sp, &pol, trace, &self->s);
+    Py_END_ALLOW_THREADS if (st) {
         raise_status(st);
         return -1;
     }
@@ -585,10 +584,8 @@ static PyObject *Session_run(SessionObject *self, PyObject *args, PyObject *kw) 
     long long done = 0;
     zp_status st = ZP_OK;
     while (!zp_session_done(self->s) && (max_passes < 0 || done < max_passes)) {
-        Py_BEGIN_ALLOW_THREADS
-        st = zp_session_run_pass(self->s);
-        Py_END_ALLOW_THREADS
-        if (st) break;
+        Py_BEGIN_ALLOW_THREADS st = zp_session_run_pass(self->s);
+        Py_END_ALLOW_THREADS if (st) break;
         done++;
         if (PyErr_CheckSignals() < 0) {
             self->busy = 0;
@@ -621,10 +618,8 @@ static PyObject *Session_step(SessionObject *self, PyObject *args) {
     if (!enter(self)) return NULL;
     Py_INCREF(cells);
     zp_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = zp_session_step(self->s, DATA(cells), (int)PyArray_DIM(ca, 0));
-    Py_END_ALLOW_THREADS
-    Py_DECREF(cells);
+    Py_BEGIN_ALLOW_THREADS st = zp_session_step(self->s, DATA(cells), (int)PyArray_DIM(ca, 0));
+    Py_END_ALLOW_THREADS Py_DECREF(cells);
     self->busy = 0;
     if (st) return raise_status(st);
     Py_RETURN_NONE;
@@ -686,19 +681,19 @@ static PyObject *Session_trace(SessionObject *self, void *c) {
 static PyObject *Session_stats(SessionObject *self, void *c) {
     (void)c;
     const zp_stats *s = zp_session_stats(self->s);
-    return Py_BuildValue("{sLsLsLsLsLsLsLsLsLsdsdsd}", "forward_passes", (long long)s->passes,
-                         "queries", (long long)s->queries, "proxies", (long long)s->proxies,
-                         "refeeds", (long long)s->refeeds, "drafts_proposed",
-                         (long long)s->drafts_proposed, "drafts_accepted",
-                         (long long)s->drafts_accepted, "drafts_rejected",
-                         (long long)s->drafts_rejected, "resamples", (long long)s->resamples,
-                         "tokens_decoded", (long long)s->tokens_decoded, "forward_seconds",
-                         s->forward_seconds, "sample_seconds", s->sample_seconds,
-                         "engine_seconds", s->total_seconds);
+    return Py_BuildValue(
+        "{sLsLsLsLsLsLsLsLsLsdsdsd}", "forward_passes", (long long)s->passes, "queries",
+        (long long)s->queries, "proxies", (long long)s->proxies, "refeeds", (long long)s->refeeds,
+        "drafts_proposed", (long long)s->drafts_proposed, "drafts_accepted",
+        (long long)s->drafts_accepted, "drafts_rejected", (long long)s->drafts_rejected,
+        "resamples", (long long)s->resamples, "tokens_decoded", (long long)s->tokens_decoded,
+        "forward_seconds", s->forward_seconds, "sample_seconds", s->sample_seconds,
+        "engine_seconds", s->total_seconds);
 }
 
 static PyMethodDef Session_methods[] = {
-    {"run", (PyCFunction)(void (*)(void))Session_run, METH_VARARGS | METH_KEYWORDS, "Run passes of the built-in policy."},
+    {"run", (PyCFunction)(void (*)(void))Session_run, METH_VARARGS | METH_KEYWORDS,
+     "Run passes of the built-in policy."},
     {"step", (PyCFunction)Session_step, METH_VARARGS, "One pass decoding the given cells."},
     {NULL, NULL, 0, NULL}};
 static PyGetSetDef Session_getset[] = {
@@ -707,8 +702,10 @@ static PyGetSetDef Session_getset[] = {
     {"row_start", (getter)Session_row_start, NULL, "(n, H) pass of each row start", NULL},
     {"done", (getter)Session_done, NULL, "all cells decoded", NULL},
     {"pass_queries", (getter)Session_pass_queries, NULL, "queries per pass", NULL},
-    {"image_passes", (getter)Session_image_passes, NULL, "(n,) passes until each image's last "
-     "query", NULL},
+    {"image_passes", (getter)Session_image_passes, NULL,
+     "(n,) passes until each image's last "
+     "query",
+     NULL},
     {"image_queries", (getter)Session_image_queries, NULL, "(n,) queries of each image", NULL},
     {"trace", (getter)Session_trace, NULL, "(n, 6) pass, image, row, col, role, token", NULL},
     {"stats", (getter)Session_stats, NULL, "counters", NULL},
@@ -756,7 +753,8 @@ static PyObject *py_sampling_probs(PyObject *mod, PyObject *args, PyObject *kw) 
     }
     npy_intp n = PyArray_DIM(la, 0), V = PyArray_DIM(la, 1);
     if (V > ZP_MAX_WIDTH) {
-        PyErr_Format(PyExc_ValueError, "vocab %zd exceeds the limit %d", (Py_ssize_t)V, ZP_MAX_WIDTH);
+        PyErr_Format(PyExc_ValueError, "vocab %zd exceeds the limit %d", (Py_ssize_t)V,
+                     ZP_MAX_WIDTH);
         return NULL;
     }
     /* NaN or +inf logits have no distribution; a row needs at least one finite logit
@@ -798,9 +796,8 @@ static PyObject *py_sampling_default(PyObject *mod, PyObject *noargs) {
     (void)noargs;
     zp_sampling sp = zp_sampling_default();
     return Py_BuildValue("{sdsisdsisdsK}", "cfg_scale", (double)sp.cfg_scale, "cfg_interval",
-                         sp.cfg_interval, "temperature", (double)sp.temperature, "top_k",
-                         sp.top_k, "top_p", (double)sp.top_p, "seed",
-                         (unsigned long long)sp.seed);
+                         sp.cfg_interval, "temperature", (double)sp.temperature, "top_k", sp.top_k,
+                         "top_p", (double)sp.top_p, "seed", (unsigned long long)sp.seed);
 }
 
 static PyObject *py_draw(PyObject *mod, PyObject *args) {
@@ -841,7 +838,8 @@ static PyObject *py_set_num_threads(PyObject *mod, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O", &o)) return NULL;
     if (!get_u64(o, "number of threads (0: the default)", ZP_MAX_THREADS, &n)) return NULL;
     if (zp_set_num_threads((int)n)) {
-        PyErr_SetString(PyExc_RuntimeError, "set_num_threads cannot be called inside a parallel region");
+        PyErr_SetString(PyExc_RuntimeError,
+                        "set_num_threads cannot be called inside a parallel region");
         return NULL;
     }
     Py_RETURN_NONE;
@@ -884,10 +882,8 @@ static PyObject *py_read_bandwidth(PyObject *mod, PyObject *args) {
         return NULL;
     }
     double g;
-    Py_BEGIN_ALLOW_THREADS
-    g = zp_read_bandwidth((size_t)bytes, reps);
-    Py_END_ALLOW_THREADS
-    if (g < 0) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS g = zp_read_bandwidth((size_t)bytes, reps);
+    Py_END_ALLOW_THREADS if (g < 0) return PyErr_NoMemory();
     return PyFloat_FromDouble(g);
 }
 
@@ -895,8 +891,8 @@ static PyMethodDef module_methods[] = {
     {"read_bandwidth", py_read_bandwidth, METH_VARARGS, "read_bandwidth(bytes, reps) -> GB/s"},
     {"philox4x32_10", py_philox, METH_VARARGS, "Philox4x32-10(counter4, key2) -> 4 words."},
     {"uniform", py_uniform, METH_VARARGS, "uniform(seed, sample_id, pos, draw) in [0, 1)."},
-    {"sampling_probs", (PyCFunction)(void (*)(void))py_sampling_probs,
-     METH_VARARGS | METH_KEYWORDS, "Sampling distribution of logits rows."},
+    {"sampling_probs", (PyCFunction)(void (*)(void))py_sampling_probs, METH_VARARGS | METH_KEYWORDS,
+     "Sampling distribution of logits rows."},
     {"sampling_default", py_sampling_default, METH_NOARGS, "zp_sampling_default() as a dict."},
     {"draw", py_draw, METH_VARARGS, "Inverse-CDF draw."},
     {"set_num_threads", py_set_num_threads, METH_VARARGS, "Threads for OpenMP and OpenBLAS."},
@@ -905,9 +901,15 @@ static PyMethodDef module_methods[] = {
     {"build_info", py_build_info, METH_NOARGS, "Kernel, BLAS and OpenMP facts."},
     {NULL, NULL, 0, NULL}};
 
-static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "zipar._core",
-                                       "C core of zipar (see csrc/zipar.h).", -1, module_methods,
-                                       NULL, NULL, NULL, NULL};
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT,
+                                       "zipar._core",
+                                       "C core of zipar (see csrc/zipar.h).",
+                                       -1,
+                                       module_methods,
+                                       NULL,
+                                       NULL,
+                                       NULL,
+                                       NULL};
 
 static PyTypeObject ModelType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zipar._core.Model",
@@ -955,12 +957,11 @@ PyMODINIT_FUNC PyInit__core(void) {
         ADD_CONST(ZP_ROLE_EOR) || ADD_CONST(ZP_WTYPE_F32) || ADD_CONST(ZP_WTYPE_BF16) ||
         ADD_CONST(ZP_WTYPE_F16) || ADD_CONST(ZP_POLICY_RASTER) || ADD_CONST(ZP_POLICY_ZIPAR) ||
         ADD_CONST(ZP_POLICY_ADAPTIVE) || ADD_CONST(ZP_POLICY_EXTERNAL) ||
-        ADD_CONST(ZP_SCHEDULE_EAGER) || ADD_CONST(ZP_SCHEDULE_PAPER) ||
-        ADD_CONST(ZP_PROXY_ABOVE) || ADD_CONST(ZP_PROXY_LEFT) || ADD_CONST(ZP_SLOT_UNWRITTEN) ||
-        ADD_CONST(ZP_SLOT_MASKED) || ADD_CONST(ZP_SLOT_COMMITTED) ||
-        ADD_CONST(ZP_QUERY_FIELDS) || ADD_CONST(ZP_CELL_FIELDS) || ADD_CONST(ZP_TRACE_FIELDS) ||
-        ADD_CONST(ZP_MAX_THREADS) || ADD_CONST(ZP_MAX_SEQ_LEN) || ADD_CONST(ZP_MAX_WIDTH) ||
-        ADD_CONST(ZP_MAX_LAYERS) || ADD_CONST(ZP_MAX_IMAGES)) {
+        ADD_CONST(ZP_SCHEDULE_EAGER) || ADD_CONST(ZP_SCHEDULE_PAPER) || ADD_CONST(ZP_PROXY_ABOVE) ||
+        ADD_CONST(ZP_PROXY_LEFT) || ADD_CONST(ZP_SLOT_UNWRITTEN) || ADD_CONST(ZP_SLOT_MASKED) ||
+        ADD_CONST(ZP_SLOT_COMMITTED) || ADD_CONST(ZP_QUERY_FIELDS) || ADD_CONST(ZP_CELL_FIELDS) ||
+        ADD_CONST(ZP_TRACE_FIELDS) || ADD_CONST(ZP_MAX_THREADS) || ADD_CONST(ZP_MAX_SEQ_LEN) ||
+        ADD_CONST(ZP_MAX_WIDTH) || ADD_CONST(ZP_MAX_LAYERS) || ADD_CONST(ZP_MAX_IMAGES)) {
         Py_DECREF(m);
         return NULL;
     }

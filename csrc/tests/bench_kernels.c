@@ -123,15 +123,15 @@ static double read_bandwidth(int threads, size_t mib) {
 /* 12 independent multiply-add chains per thread, in registers the compiler cannot spill (inline
  * asm operands): s_j += a * b. */
 #define ZP_FMA12(insn, r)                                                                          \
-    __asm__ volatile(insn " %[b], %[a], %[s0]\n\t" insn " %[b], %[a], %[s1]\n\t" insn            \
-                          " %[b], %[a], %[s2]\n\t" insn " %[b], %[a], %[s3]\n\t" insn                \
-                          " %[b], %[a], %[s4]\n\t" insn " %[b], %[a], %[s5]\n\t" insn                \
-                          " %[b], %[a], %[s6]\n\t" insn " %[b], %[a], %[s7]\n\t" insn                \
-                          " %[b], %[a], %[s8]\n\t" insn " %[b], %[a], %[s9]\n\t" insn                \
-                          " %[b], %[a], %[s10]\n\t" insn " %[b], %[a], %[s11]\n\t"                  \
-                     : [s0] "+" r(s[0]), [s1] "+" r(s[1]), [s2] "+" r(s[2]), [s3] "+" r(s[3]),      \
-                       [s4] "+" r(s[4]), [s5] "+" r(s[5]), [s6] "+" r(s[6]), [s7] "+" r(s[7]),      \
-                       [s8] "+" r(s[8]), [s9] "+" r(s[9]), [s10] "+" r(s[10]), [s11] "+" r(s[11])   \
+    __asm__ volatile(insn " %[b], %[a], %[s0]\n\t" insn " %[b], %[a], %[s1]\n\t" insn              \
+                          " %[b], %[a], %[s2]\n\t" insn " %[b], %[a], %[s3]\n\t" insn              \
+                          " %[b], %[a], %[s4]\n\t" insn " %[b], %[a], %[s5]\n\t" insn              \
+                          " %[b], %[a], %[s6]\n\t" insn " %[b], %[a], %[s7]\n\t" insn              \
+                          " %[b], %[a], %[s8]\n\t" insn " %[b], %[a], %[s9]\n\t" insn              \
+                          " %[b], %[a], %[s10]\n\t" insn " %[b], %[a], %[s11]\n\t"                 \
+                     : [s0] "+" r(s[0]), [s1] "+" r(s[1]), [s2] "+" r(s[2]), [s3] "+" r(s[3]),     \
+                       [s4] "+" r(s[4]), [s5] "+" r(s[5]), [s6] "+" r(s[6]), [s7] "+" r(s[7]),     \
+                       [s8] "+" r(s[8]), [s9] "+" r(s[9]), [s10] "+" r(s[10]), [s11] "+" r(s[11])  \
                      : [a] r(a), [b] r(b))
 
 __attribute__((target("avx512f,fma"))) static double fma_avx512(long iters) {

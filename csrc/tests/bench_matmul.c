@@ -23,15 +23,13 @@
 
 #define AVX512 __attribute__((target("avx512f")))
 
-static double now(void)
-{
+static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static float *alloc_floats(size_t n)
-{
+static float *alloc_floats(size_t n) {
     size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
     float *a = aligned_alloc(64, bytes);
     if (!a) {
@@ -48,11 +46,9 @@ static float *alloc_floats(size_t n)
 
 /* ---------------------------------------------------------------- machine limits */
 /* Sum of a[0 .. n) with AVX-512 loads and 8 independent accumulators (one thread's share). */
-static AVX512 float stream_sum(const float *a, size_t n)
-{
+static AVX512 float stream_sum(const float *a, size_t n) {
     __m512 s[8];
-    for (int j = 0; j < 8; j++)
-        s[j] = _mm512_setzero_ps();
+    for (int j = 0; j < 8; j++) s[j] = _mm512_setzero_ps();
     for (size_t i = 0; i + 128 <= n; i += 128) {
         /* 4 KiB ahead: more than the hardware prefetcher alone reaches on Zen 5 */
         for (int j = 0; j < 8; j++) {
@@ -60,14 +56,12 @@ static AVX512 float stream_sum(const float *a, size_t n)
             s[j] = _mm512_add_ps(s[j], _mm512_load_ps(a + i + 16 * j));
         }
     }
-    for (int j = 1; j < 8; j++)
-        s[0] = _mm512_add_ps(s[0], s[j]);
+    for (int j = 1; j < 8; j++) s[0] = _mm512_add_ps(s[0], s[j]);
     return _mm512_reduce_add_ps(s[0]);
 }
 
 /* Best of 10 passes over 512 MiB, split between the threads: bytes per second. */
-static double read_bandwidth(int threads)
-{
+static double read_bandwidth(int threads) {
     const size_t n = (size_t)512 << 18; /* floats in 512 MiB */
     float *a = alloc_floats(n);
     double best = 0.0, sink = 0.0;
@@ -82,28 +76,22 @@ static double read_bandwidth(int threads)
         best = bw > best ? bw : best;
     }
     free(a);
-    if (sink == 12345.0)
-        printf("(sink)\n");
+    if (sink == 12345.0) printf("(sink)\n");
     return best;
 }
 
 /* Register-only FMA throughput with 12 independent chains per thread: multiply-adds per second
  * over all threads (one 512-bit FMA = 16). */
-static AVX512 __attribute__((target("fma"))) double fma_peak_thread(long iters)
-{
+static AVX512 __attribute__((target("fma"))) double fma_peak_thread(long iters) {
     __m512 s[12], a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(1e-3f);
-    for (int j = 0; j < 12; j++)
-        s[j] = _mm512_set1_ps((float)j);
+    for (int j = 0; j < 12; j++) s[j] = _mm512_set1_ps((float)j);
     for (long i = 0; i < iters; i++)
-        for (int j = 0; j < 12; j++)
-            s[j] = _mm512_fmadd_ps(s[j], a, b);
-    for (int j = 1; j < 12; j++)
-        s[0] = _mm512_add_ps(s[0], s[j]);
+        for (int j = 0; j < 12; j++) s[j] = _mm512_fmadd_ps(s[j], a, b);
+    for (int j = 1; j < 12; j++) s[0] = _mm512_add_ps(s[0], s[j]);
     return (double)_mm512_reduce_add_ps(s[0]);
 }
 
-static double fma_peak(int threads)
-{
+static double fma_peak(int threads) {
     const long iters = 20 * 1000 * 1000;
     double best = 0.0, sink = 0.0;
     for (int rep = 0; rep < 3; rep++) {
@@ -113,8 +101,7 @@ static double fma_peak(int threads)
         double rate = (double)threads * iters * 12 * 16 / (now() - t0);
         best = rate > best ? rate : best;
     }
-    if (sink == 12345.0)
-        printf("(sink)\n");
+    if (sink == 12345.0) printf("(sink)\n");
     return best;
 }
 
@@ -124,8 +111,7 @@ static double fma_peak(int threads)
  * product reads its w from memory. blas_min_rows picks the path. About `budget` seconds. */
 static void time_products(double *best, const int *ms, int n_ms, float *y, const float *x,
                           float *const *w, int copies, int K, int N, int blas_min_rows,
-                          double budget)
-{
+                          double budget) {
     int saved = zp_get_blas_min_rows(), next = 0;
     zp_set_blas_min_rows(blas_min_rows);
     double t0 = now();
@@ -134,8 +120,7 @@ static void time_products(double *best, const int *ms, int n_ms, float *y, const
     double round = now() - t0;
     int rounds = (int)(budget / (round > 1e-6 ? round : 1e-6));
     rounds = rounds < 2 * copies ? 2 * copies : rounds > 1000 ? 1000 : rounds;
-    for (int i = 0; i < n_ms; i++)
-        best[i] = 1e30;
+    for (int i = 0; i < n_ms; i++) best[i] = 1e30;
     for (int r = 0; r < rounds; r++)
         for (int i = 0; i < n_ms; i++) {
             const float *wr = w[next++ % copies];
@@ -147,8 +132,7 @@ static void time_products(double *best, const int *ms, int n_ms, float *y, const
     zp_set_blas_min_rows(saved);
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     static const int shapes[][2] = {{768, 2304}, {768, 16384}, {2048, 768}, {4096, 11008}};
     static const int ms[] = {1, 2, 4, 8, 16, 32, 64};
     const int n_ms = (int)(sizeof ms / sizeof ms[0]);
@@ -168,8 +152,7 @@ int main(int argc, char **argv)
         int copies = (int)((rotation_bytes + w_bytes - 1) / w_bytes);
         copies = copies < 2 ? 2 : copies;
         float **w = malloc(sizeof(float *) * (size_t)copies);
-        for (int c = 0; c < copies; c++)
-            w[c] = alloc_floats((size_t)K * N);
+        for (int c = 0; c < copies; c++) w[c] = alloc_floats((size_t)K * N);
         float *x = alloc_floats((size_t)64 * K), *y = alloc_floats((size_t)64 * N);
         double bw = read_bandwidth(threads); /* just before, so that both see the same machine */
 
@@ -188,8 +171,7 @@ int main(int argc, char **argv)
                    w_bytes / t * 1e-9, 100.0 * w_bytes / t / bw, t / t_skinny[0],
                    2.0 * ms[i] * K * N / t * 1e-9, tb * 1e3, tb / t);
         }
-        for (int c = 0; c < copies; c++)
-            free(w[c]);
+        for (int c = 0; c < copies; c++) free(w[c]);
         free(w), free(x), free(y);
     }
     return 0;

@@ -163,7 +163,8 @@ static void naive_logits(const tiny *t, const int *ids, int L, double *logits) {
     double *att = malloc(sizeof(double) * L * NH * HD), *tmp = malloc(sizeof(double) * L * FF * 2);
     double *o = malloc(sizeof(double) * D), *sc = malloc(sizeof(double) * L);
     for (int p = 0; p < L; p++)
-        for (int i = 0; i < D; i++) x[p * D + i] = ((const float *)t->w.tok_embeddings)[(size_t)ids[p] * D + i];
+        for (int i = 0; i < D; i++)
+            x[p * D + i] = ((const float *)t->w.tok_embeddings)[(size_t)ids[p] * D + i];
     const int QKV = (NH + 2 * NKV) * HD;
     for (int l = 0; l < NL; l++) {
         const zp_layer_weights *W = &t->layers[l];

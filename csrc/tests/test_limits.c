@@ -8,8 +8,8 @@
  *
  * Run: make -C csrc/tests   (exit status 0 when every check passes)
  */
-#include <pthread.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,9 +35,20 @@ static long checks = 0;
     } while (0)
 
 static zp_config base_config(void) {
-    zp_config c = {.dim = 32, .n_layer = 1, .n_head = 2, .n_kv_head = 2, .head_dim = 16,
-                   .hidden = 64, .vocab = 100, .cls_token_num = 1, .grid_h = 4, .grid_w = 4,
-                   .eor = 0, .eor_token = 0, .norm_eps = 1e-5f, .rope_base = 10000.f};
+    zp_config c = {.dim = 32,
+                   .n_layer = 1,
+                   .n_head = 2,
+                   .n_kv_head = 2,
+                   .head_dim = 16,
+                   .hidden = 64,
+                   .vocab = 100,
+                   .cls_token_num = 1,
+                   .grid_h = 4,
+                   .grid_w = 4,
+                   .eor = 0,
+                   .eor_token = 0,
+                   .norm_eps = 1e-5f,
+                   .rope_base = 10000.f};
     return c;
 }
 
@@ -181,9 +192,12 @@ static void test_thread_race(void) {
     c.grid_w = 6;
     const int n = 8, D = c.dim, F = c.hidden, V = c.vocab;
     const int QKV = (c.n_head + 2 * c.n_kv_head) * c.head_dim;
-    zp_layer_weights L = {ones(D), random_floats((size_t)QKV * D, 0.3f),
-                          random_floats((size_t)D * c.n_head * c.head_dim, 0.3f), ones(D),
-                          random_floats((size_t)F * D, 0.3f), random_floats((size_t)F * D, 0.3f),
+    zp_layer_weights L = {ones(D),
+                          random_floats((size_t)QKV * D, 0.3f),
+                          random_floats((size_t)D * c.n_head * c.head_dim, 0.3f),
+                          ones(D),
+                          random_floats((size_t)F * D, 0.3f),
+                          random_floats((size_t)F * D, 0.3f),
                           random_floats((size_t)D * F, 0.3f)};
     zp_weights w = {random_floats((size_t)V * D, 1.f), &L, ones(D),
                     random_floats((size_t)V * D, 1.f), ZP_WTYPE_F32};
@@ -210,10 +224,19 @@ static void test_thread_race(void) {
     CHECK(same == runs, "%d of %d runs with a toggling thread count gave different tokens",
           runs - same, runs);
     zp_model_free(m);
-    free(prefix); free(want); free(got);
-    free((void *)L.attention_norm); free((void *)L.wqkv); free((void *)L.wo);
-    free((void *)L.ffn_norm); free((void *)L.w1); free((void *)L.w3); free((void *)L.w2);
-    free((void *)w.tok_embeddings); free((void *)w.norm); free((void *)w.output);
+    free(prefix);
+    free(want);
+    free(got);
+    free((void *)L.attention_norm);
+    free((void *)L.wqkv);
+    free((void *)L.wo);
+    free((void *)L.ffn_norm);
+    free((void *)L.w1);
+    free((void *)L.w3);
+    free((void *)L.w2);
+    free((void *)w.tok_embeddings);
+    free((void *)w.norm);
+    free((void *)w.output);
 }
 
 int main(void) {

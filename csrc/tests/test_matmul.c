@@ -34,24 +34,20 @@ static long checks = 0;
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
 /* Uniform in [-1, 1), from a 64-bit LCG: the test data are the same on every run. */
-static float uniform(void)
-{
+static float uniform(void) {
     rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
     return (float)((double)(rng_state >> 40) / (double)(1ull << 23) - 1.0);
 }
 
-static float *random_floats(size_t n)
-{
+static float *random_floats(size_t n) {
     float *a = malloc((n ? n : 1) * sizeof *a);
-    for (size_t i = 0; i < n; i++)
-        a[i] = uniform();
+    for (size_t i = 0; i < n; i++) a[i] = uniform();
     return a;
 }
 
 /* The obviously correct product: ref (m, N) and abs_sum (m, N) = sum_k |x w|, in double. */
 static void matmul_ref(double *ref, double *abs_sum, const float *x, const float *w, int m, int K,
-                       int N)
-{
+                       int N) {
     for (int i = 0; i < m; i++)
         for (int n = 0; n < N; n++) {
             double s = 0.0, a = 0.0;
@@ -68,8 +64,7 @@ static void matmul_ref(double *ref, double *abs_sum, const float *x, const float
 /* Worst-case float32 error of a sum of K products in `depth` sequential roundings:
  * depth * 2^-24 * sum |x w| (plus a margin). Our order: K/16 + 4 roundings per dot; BLAS's order
  * is unknown, so K. */
-static int close_enough(float got, double ref, double abs_sum, int depth)
-{
+static int close_enough(float got, double ref, double abs_sum, int depth) {
     double bound = (depth + 2) * ldexp(1.0, -24) * abs_sum * 1.01 + 1e-30;
     return fabs((double)got - ref) <= bound;
 }
@@ -80,8 +75,7 @@ static const char *isa_names[] = {"avx512", "avx2", "scalar"};
 /* All shapes for one (K, N) with every m: each available skinny kernel (for every m, also those
  * past the BLAS threshold and past one 64-row panel) and BLAS (m >= 64) against the reference,
  * and the kernels against each other, bitwise. */
-static void check_shapes(int K, int N)
-{
+static void check_shapes(int K, int N) {
     static const int ms[] = {1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 33, 63, 64, 65, 70, 130};
     const int n_ms = (int)(sizeof ms / sizeof ms[0]);
     const int m_max = 130;
@@ -96,13 +90,10 @@ static void check_shapes(int K, int N)
         int have_first = 0;
         for (int s = -1; s < 3; s++) { /* -1: BLAS */
             int blas = s < 0;
-            if (blas && m < saved_rows)
-                continue;
-            if (!blas && zp_matmul_force_isa(isa_names[s]) != 0)
-                continue;
+            if (blas && m < saved_rows) continue;
+            if (!blas && zp_matmul_force_isa(isa_names[s]) != 0) continue;
             /* the scalar kernel calls fmaf per product: keep its share of the run short */
-            if (s == 2 && (double)m * K * N > 4e7)
-                continue;
+            if (s == 2 && (double)m * K * N > 4e7) continue;
             zp_set_blas_min_rows(blas ? 1 : 1 << 30);
             zp_matmul(y, x, w, m, K, N);
             const char *name = blas ? "blas" : isa_names[s];
@@ -131,15 +122,13 @@ static void check_shapes(int K, int N)
 /* ---------------------------------------------------------------- determinism */
 /* For one kernel: a batch of m rows gives the same bits with 1 and 2 threads; each row alone,
  * or placed among other rows at another index of another batch size, gives the same bits. */
-static void check_determinism(const char *isa, int K, int N)
-{
+static void check_determinism(const char *isa, int K, int N) {
     const int m = 63; /* the largest batch below the default BLAS threshold */
     float *x = random_floats((size_t)m * K), *w = random_floats((size_t)N * K);
     float *other = random_floats((size_t)m * K);
     float *y1 = malloc(sizeof(float) * m * N), *y2 = malloc(sizeof(float) * m * N);
     float *alone = malloc(sizeof(float) * N), *mixed = malloc(sizeof(float) * m * K);
-    if (zp_matmul_force_isa(isa) != 0)
-        goto out;
+    if (zp_matmul_force_isa(isa) != 0) goto out;
 
     zp_set_num_threads(1);
     zp_matmul(y1, x, w, m, K, N);
@@ -168,8 +157,7 @@ out:
 /* ---------------------------------------------------------------- ldy, inputs, settings */
 /* Writes into the left N columns of an (m + 2, ldy) buffer full of a sentinel: everything outside
  * the m x N region keeps the sentinel, and x and w are unchanged. */
-static void check_ldy(const char *isa, int m, int K, int N)
-{
+static void check_ldy(const char *isa, int m, int K, int N) {
     const int ldy = N + 5, rows = m + 2;
     const uint32_t sentinel = 0x7fc0dead; /* a quiet NaN no product produces */
     float *x = random_floats((size_t)m * K), *w = random_floats((size_t)N * K);
@@ -178,10 +166,8 @@ static void check_ldy(const char *isa, int m, int K, int N)
     uint32_t *bits = (uint32_t *)y;
     memcpy(x_copy, x, sizeof(float) * m * K);
     memcpy(w_copy, w, sizeof(float) * N * K);
-    if (isa && zp_matmul_force_isa(isa) != 0)
-        goto out;
-    for (size_t j = 0; j < (size_t)rows * ldy; j++)
-        bits[j] = sentinel;
+    if (isa && zp_matmul_force_isa(isa) != 0) goto out;
+    for (size_t j = 0; j < (size_t)rows * ldy; j++) bits[j] = sentinel;
 
     zp_matmul_ld(y, ldy, x, w, m, K, N);
     zp_matmul(dense, x, w, m, K, N);
@@ -206,8 +192,7 @@ out:
     free(x), free(w), free(x_copy), free(w_copy), free(y), free(dense);
 }
 
-static void check_settings(void)
-{
+static void check_settings(void) {
     int saved = zp_get_blas_min_rows();
     zp_set_blas_min_rows(8);
     CHECK(zp_get_blas_min_rows() == 8, "blas_min_rows round trip");
@@ -239,15 +224,13 @@ static void check_settings(void)
 
 /* ---------------------------------------------------------------- bf16 / f16 weights */
 /* float32 -> bfloat16 bits, rounded to nearest even (finite inputs). */
-static uint16_t to_bf16(float f)
-{
+static uint16_t to_bf16(float f) {
     uint32_t b;
     memcpy(&b, &f, sizeof b);
     return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
 }
 
-static float from_bf16(uint16_t h)
-{
+static float from_bf16(uint16_t h) {
     uint32_t b = (uint32_t)h << 16;
     float f;
     memcpy(&f, &b, sizeof f);
@@ -256,8 +239,7 @@ static float from_bf16(uint16_t h)
 
 /* IEEE binary16 bits -> float, written independently of the core's version: sign * 2^(e-15) *
  * (1 + man/1024), or 2^-14 * man/1024 for subnormals (finite inputs only). */
-static float from_f16(uint16_t h)
-{
+static float from_f16(uint16_t h) {
     int e = (h >> 10) & 0x1f, man = h & 0x3ff;
     double v = e ? ldexp(1.0 + man / 1024.0, e - 15) : ldexp(man / 1024.0, -14);
     return (float)((h & 0x8000) ? -v : v);
@@ -266,8 +248,7 @@ static float from_f16(uint16_t h)
 /* n random weights of type wtype (bits in *bits, 2 bytes each) and their exact float32 values;
  * f16 draws include subnormals, zeros of both signs and values up to 2^3; bf16 rounds uniform
  * [-1, 1) values and includes a few zeros and float32-subnormal patterns. */
-static void random_half(int wtype, size_t n, uint16_t **bits, float **wide)
-{
+static void random_half(int wtype, size_t n, uint16_t **bits, float **wide) {
     *bits = malloc((n ? n : 1) * sizeof **bits);
     *wide = malloc((n ? n : 1) * sizeof **wide);
     for (size_t i = 0; i < n; i++) {
@@ -275,10 +256,8 @@ static void random_half(int wtype, size_t n, uint16_t **bits, float **wide)
         float u = uniform();
         if (wtype == ZP_WTYPE_BF16) {
             h = to_bf16(u);
-            if (i % 97 == 5)
-                h = (uint16_t)(i % 2 ? 0x8000u : 0x0000u);
-            if (i % 89 == 7)
-                h = (uint16_t)(0x0001u + (i % 127)); /* a float32 subnormal */
+            if (i % 97 == 5) h = (uint16_t)(i % 2 ? 0x8000u : 0x0000u);
+            if (i % 89 == 7) h = (uint16_t)(0x0001u + (i % 127)); /* a float32 subnormal */
             (*wide)[i] = from_bf16(h);
         } else {
             uint32_t r = (uint32_t)((u + 1.0f) * 32768.0f);
@@ -294,8 +273,7 @@ static void random_half(int wtype, size_t n, uint16_t **bits, float **wide)
  * bitwise the float32 product with the exactly widened weights (the kernels widen in registers)
  * and within float32 error of the float64 reference; threads, batch company and the fused
  * zp_matmul_multi change no bit. */
-static void check_half(int wtype, int K, int N)
-{
+static void check_half(int wtype, int K, int N) {
     static const int ms[] = {1, 2, 5, 7, 8, 9, 13, 33, 64, 70};
     const int m_max = 70;
     const char *tname = wtype == ZP_WTYPE_BF16 ? "bf16" : "f16";
@@ -309,10 +287,8 @@ static void check_half(int wtype, int K, int N)
     for (int mi = 0; mi < (int)(sizeof ms / sizeof ms[0]); mi++) {
         int m = ms[mi];
         for (int s = 0; s < 3; s++) {
-            if (zp_matmul_force_isa(isa_names[s]) != 0)
-                continue;
-            if (s == 2 && (double)m * K * N > 2e7)
-                continue;
+            if (zp_matmul_force_isa(isa_names[s]) != 0) continue;
+            if (s == 2 && (double)m * K * N > 2e7) continue;
             zp_matmul_w(y, N, x, wh, wtype, m, K, N);
             zp_matmul(y32, x, wf, m, K, N);
             CHECK(memcmp(y, y32, sizeof(float) * m * N) == 0,
@@ -352,8 +328,7 @@ static void check_half(int wtype, int K, int N)
 
 /* With the wide tile forced on (the caller sets it), products of 8+ rows equal, bit for bit,
  * those of the default tile, for every weight type and a few K with tails and K blocks. */
-static void check_wide_same(int wtype)
-{
+static void check_wide_same(int wtype) {
     static const int Ks[] = {33, 768, 1041}, ms[] = {8, 13, 70};
     const int N = 23;
     for (int a = 0; a < 3; a++) {
@@ -374,8 +349,8 @@ static void check_wide_same(int wtype)
             zp_matmul_set_wide_min_rows(1 << 30);
             zp_matmul_w(y0, N, x, w, wtype, m, K, N);
             zp_matmul_set_wide_min_rows(8);
-            CHECK(memcmp(y, y0, sizeof(float) * m * N) == 0, "wide tile differs: wtype %d m=%d K=%d",
-                  wtype, m, K);
+            CHECK(memcmp(y, y0, sizeof(float) * m * N) == 0,
+                  "wide tile differs: wtype %d m=%d K=%d", wtype, m, K);
         }
         free(wh), free(wf), free(x), free(y), free(y0);
     }
@@ -383,13 +358,11 @@ static void check_wide_same(int wtype)
 
 /* The widening itself, on every finite f16 and on a sweep of bf16 patterns: a 1 x K product with
  * x = e_k picks out weight k, so y is the widened value (times 1, plus zeros) bit for bit. */
-static void check_widening(void)
-{
+static void check_widening(void) {
     const int K = 16, N = 4096; /* each row of w holds one pattern at k = row % 16, else 0 */
     uint16_t *w = calloc((size_t)N * K, sizeof *w);
     float *x = calloc((size_t)16 * K, sizeof *x), *y = malloc(sizeof(float) * 16 * N);
-    for (int i = 0; i < 16; i++)
-        x[(size_t)i * K + i] = 1.0f;
+    for (int i = 0; i < 16; i++) x[(size_t)i * K + i] = 1.0f;
     for (int wtype = ZP_WTYPE_BF16; wtype <= ZP_WTYPE_F16; wtype++)
         for (uint32_t base = 0; base < 65536u; base += (uint32_t)N) {
             for (int n = 0; n < N; n++) {
@@ -397,8 +370,7 @@ static void check_widening(void)
                 w[(size_t)n * K + n % K] = (uint16_t)(base + (uint32_t)n);
             }
             for (int s = 0; s < 3; s++) {
-                if (zp_matmul_force_isa(isa_names[s]) != 0)
-                    continue;
+                if (zp_matmul_force_isa(isa_names[s]) != 0) continue;
                 zp_matmul_w(y, N, x, w, wtype, 16, K, N);
                 int bad = 0;
                 for (int n = 0; n < N; n++) {
@@ -406,15 +378,13 @@ static void check_widening(void)
                     float want;
                     if (wtype == ZP_WTYPE_BF16) {
                         want = from_bf16(h);
-                        if (isnan(want))
-                            continue;
+                        if (isnan(want)) continue;
                     } else {
                         if (((h >> 10) & 0x1f) == 0x1f)
                             continue; /* inf, NaN: 0 * inf in the other lanes */
                         want = from_f16(h);
                     }
-                    if (isinf(want))
-                        continue;
+                    if (isinf(want)) continue;
                     float got = y[(size_t)(n % K) * N + n];
                     /* -0 comes out +0 (added to the +0 of the other lanes): == holds for both */
                     if (got != want && bad++ < 3)
@@ -429,8 +399,7 @@ static void check_widening(void)
 }
 
 /* ---------------------------------------------------------------- main */
-int main(void)
-{
+int main(void) {
     static const int Ks[] = {1, 3, 7, 16, 31, 64, 100, 768, 1041, 2048};
     static const int Ns[] = {1, 3, 17, 64, 100, 2304};
     const int n_K = (int)(sizeof Ks / sizeof Ks[0]), n_N = (int)(sizeof Ns / sizeof Ns[0]);
@@ -446,26 +415,22 @@ int main(void)
     check_settings();
     zp_set_num_threads(2);
     for (int a = 0; a < n_K; a++)
-        for (int b = 0; b < n_N; b++)
-            check_shapes(Ks[a], Ns[b]);
+        for (int b = 0; b < n_N; b++) check_shapes(Ks[a], Ns[b]);
     printf("  shapes: %d K x %d N x 16 m, against float64 reference: done\n", n_K, n_N);
 
     static const int det_K[] = {7, 100, 768}, det_N[] = {17, 100};
     for (int s = 0; s < 3; s++)
         for (int a = 0; a < 3; a++)
-            for (int b = 0; b < 2; b++)
-                check_determinism(isa_names[s], det_K[a], det_N[b]);
+            for (int b = 0; b < 2; b++) check_determinism(isa_names[s], det_K[a], det_N[b]);
     printf("  determinism: 1 vs 2 threads, alone vs batch, across kernels: done\n");
 
     static const int half_K[] = {1, 15, 16, 33, 100, 768, 1041, 2080}, half_N[] = {3, 17, 100};
     for (int t = ZP_WTYPE_BF16; t <= ZP_WTYPE_F16; t++)
         for (int a = 0; a < 8; a++)
-            for (int b = 0; b < 3; b++)
-                check_half(t, half_K[a], half_N[b]);
+            for (int b = 0; b < 3; b++) check_half(t, half_K[a], half_N[b]);
     /* the wide AVX-512 tile (off by default): the same bits as the default path */
     zp_matmul_set_wide_min_rows(8);
-    for (int t = ZP_WTYPE_F32; t <= ZP_WTYPE_F16; t++)
-        check_wide_same(t);
+    for (int t = ZP_WTYPE_F32; t <= ZP_WTYPE_F16; t++) check_wide_same(t);
     zp_matmul_set_wide_min_rows(0);
     check_widening();
     printf("  bf16 / f16 weights: = float32 on widened weights, threads, rows, fused: done\n");
