@@ -441,3 +441,42 @@ def test_transformers_greedy_cfg_generation(families_tiny, which):
     for pol in (Raster(), ZipAR(W), ZipAR(W, schedule="paper")):
         res = m.generate(grid=(H, W), cfg_scale=ft.CFG, temperature=0, policy=pol, **kw)
         np.testing.assert_array_equal(res.ids[0, skip:], want)
+
+
+# ---------------------------------------------------------------------------- weight dtypes
+
+def test_bfloat16_weights_kept_as_stored_and_exact(emu, tmp_path):
+    import shutil
+
+    from zipar.families import hf
+    from zipar.io.dtypes import bfloat16_to_float32, float32_to_bfloat16
+
+    m32, t, d = emu
+    ids = emu_prompt([1, 2, 3], 3, 3) + [50, 51, 41, 60]
+    # a float32 folder converted tensor by tensor: matrices bf16, norms float32
+    mb = zipar.load_emu3(d, dtype="bfloat16")
+    assert mb.dtype == "bfloat16" and m32.dtype == "float32"
+    assert mb.weights["lm_head.weight"].dtype == np.uint16
+    assert mb.weights["layers.0.mlp.down_proj.weight"].dtype == np.uint16
+    assert mb.weights["norm.weight"].dtype == np.float32
+    got = mb.sequence_logits(ids)
+    # exactly the float32 engine on the widened weights (the kernels widen in registers)
+    widened = {k: bfloat16_to_float32(v) if v.dtype == np.uint16 else v
+               for k, v in mb.weights.items()}
+    np.testing.assert_array_equal(got, zipar.Emu3Model(mb.config, widened).sequence_logits(ids))
+    assert np.abs(got - m32.sequence_logits(ids)).max() > 0  # the rounding is really there
+    # a bf16 file stays bf16 (dtype=None keeps the stored type) and memory-mapped
+    o = tmp_path / "bf16"
+    os.makedirs(o)
+    shutil.copy(os.path.join(d, "config.json"), o / "config.json")
+    raw = hf.read_folder_tensors(d)
+    bf = {k: float32_to_bfloat16(np.asarray(v, np.float32)) for k, v in raw.items()
+          if np.asarray(v).ndim == 2}
+    write_safetensors(str(o / "model.safetensors"), {**raw, **bf}, bfloat16=sorted(bf))
+    mf = zipar.load_emu3(str(o))
+    assert mf.dtype == "bfloat16"
+    w = mf.weights["lm_head.weight"]
+    assert w.dtype == np.uint16 and (isinstance(w, np.memmap) or isinstance(w.base, np.memmap))
+    np.testing.assert_array_equal(mf.sequence_logits(ids), got)
+    with pytest.raises(ValueError, match="dtype"):
+        zipar.load_emu3(d, dtype="int8")

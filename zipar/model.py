@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import Dict, Mapping, cast
+from typing import Dict, Mapping, Optional, cast
 
 import numpy as np
 
@@ -104,19 +104,22 @@ def _check_finite(name: str, a: np.ndarray) -> None:
         raise ValueError(f"weight {name!r} contains NaN or inf")
 
 
-def convert_weight(name: str, a, dtype: str = "float32", *, check: bool = True) -> np.ndarray:
+def convert_weight(name: str, a, dtype: str = "float32", *, check: bool = True,
+                   matrix: Optional[bool] = None) -> np.ndarray:
     """The C-contiguous array a Model of weight type ``dtype`` holds for weight ``name``.
 
     Matrices (:func:`is_matrix`) become ``dtype``: "float32", "bfloat16" (uint16 bit patterns,
     rounded to nearest even) or "float16" (rounded to nearest); every other weight float32.
     Input uint16 arrays are bfloat16 bits. An array already in its target type is returned as
     it is (no copy: a memory map stays a memory map). ``check``: ValueError on NaN or inf.
+    ``matrix``: whether the weight is one the engine keeps in ``dtype`` (default: by its
+    LlamaGen name, :func:`is_matrix`; other families name their matrices themselves).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if not isinstance(a, np.ndarray):
         raise TypeError(f"weight {name!r} must be a numpy array, got {type(a).__name__}")
-    target = dtype if is_matrix(name) else "float32"
+    target = dtype if (is_matrix(name) if matrix is None else matrix) else "float32"
     want = _NP_OF[target]
     if a.dtype == want and a.flags.c_contiguous and a.flags.aligned:
         out = a

@@ -118,11 +118,12 @@ class ChameleonModel(FamilyModel):
         return list(prompt) + head, unc, head, [s["eoi"]]
 
 
-def load_chameleon(path, *, cache_dir=None, size_token_base: Optional[int] = None
-                   ) -> ChameleonModel:
+def load_chameleon(path, *, cache_dir=None, size_token_base: Optional[int] = None,
+                   dtype: Optional[str] = None) -> ChameleonModel:
     """A Chameleon / Lumina-mGPT checkpoint folder (or a repo id in the huggingface_hub cache).
     ``size_token_base``: id of the size token for 0 grids when the vocabulary does not name it
-    (``<reserved08800>``, id 8804 in the real vocabulary)."""
+    (``<reserved08800>``, id 8804 in the real vocabulary). ``dtype``: as for
+    :func:`zipar.families.emu3.load_emu3` (None keeps the checkpoint's own type)."""
     folder = hf.resolve_folder(path, cache_dir=cache_dir)
     raw = hf.read_config(folder)
     if not is_chameleon_config(raw):
@@ -136,4 +137,4 @@ def load_chameleon(path, *, cache_dir=None, size_token_base: Optional[int] = Non
                                     cfg, folder)
     from .text import attach_folder_extras
 
-    return attach_folder_extras(ChameleonModel(cfg, weights, source=folder), folder)
+    return attach_folder_extras(ChameleonModel(cfg, weights, source=folder, dtype=dtype), folder)

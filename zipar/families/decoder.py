@@ -13,18 +13,30 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
 from .._ext import core
-from ..io.dtypes import as_float
+from ..model import DTYPES, convert_weight
 from ..io.errors import CheckpointError
 from ..policies import Policy, Raster, _Builtin
 from ..sampling import Sampling, check_sample_ids, is_guided
 from ..session import (GenerationResult, RawSession, expected_passes, histogram, progress_bar,
                        run_python_policy)
+
+# The matrices of a family model (canonical names) kept in the model's dtype; the rest float32.
+_FAMILY_MATRIX = re.compile(r"^(?:embed_tokens|lm_head|layers\.\d+\.(?:self_attn\.[qkvo]_proj|"
+                            r"mlp\.(?:gate|up|down)_proj))\.weight$")
+
+
+def stored_dtype(a: np.ndarray) -> str:
+    """The dtype name of a stored matrix: uint16 is bfloat16 bits (zipar.io keeps BF16 so)."""
+    return {np.dtype(np.uint16): "bfloat16", np.dtype(np.float16): "float16"}.get(
+        np.asarray(a).dtype, "float32")
+
 
 __all__ = ["FamilyConfig", "FamilyModel", "FamilyResult", "canonical_layer_names",
            "FAMILY_LAYER_KEYS"]
@@ -177,18 +189,26 @@ class FamilyModel:
     _tokenizer: Any = None
 
     def __init__(self, config: FamilyConfig, weights: Mapping[str, np.ndarray], *,
-                 source: Optional[str] = None, dtype: str = "float32"):
-        if dtype != "float32":
-            raise ValueError("only float32 weights are supported by this build")
+                 source: Optional[str] = None, dtype: Optional[str] = "float32"):
+        """``dtype``: how the matrices (embeddings, q/k/v/o, gate/up/down, lm_head) are kept:
+        "float32", "bfloat16" (uint16 bit patterns) or "float16"; None keeps the checkpoint's
+        own type (a bf16 file stays bf16). Norms stay float32. Each tensor is converted on its
+        own; one already in its target type (a memory map included) is used in place."""
+        w = canonical_layer_names(weights, config, source or "weights")
+        if dtype is None:
+            dtype = stored_dtype(w["embed_tokens.weight"])
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES} or None, got {dtype!r}")
         self.config = config
         self.source = source
-        w = canonical_layer_names(weights, config, source or "weights")
-        # float32 tensor by tensor: float32 (memory-mapped) arrays are used in place
-        self.weights = {k: as_float(k, np.asarray(v) if not isinstance(v, np.ndarray) else v)
-                        for k, v in w.items()}
-        for k, v in self.weights.items():
-            if not np.isfinite(v).all():
-                raise CheckpointError(f"{source or 'weights'}: tensor {k!r} holds NaN or inf")
+        self._dtype = dtype
+        self.weights = {}
+        for k, v in w.items():
+            try:
+                self.weights[k] = convert_weight(k, np.asarray(v), dtype,
+                                                 matrix=bool(_FAMILY_MATRIX.match(k)))
+            except ValueError as e:
+                raise CheckpointError(f"{source or 'weights'}: {e}") from None
         arrays = [self.weights["embed_tokens.weight"], self.weights["norm.weight"],
                   self.weights["lm_head.weight"]]
         for i in range(config.n_layer):
@@ -210,6 +230,11 @@ class FamilyModel:
                 f"{c.n_kv_head} vocab={c.vocab_size} image tokens {c.image_lo}..{c.image_hi - 1}>")
 
     @property
+    def dtype(self) -> str:
+        """How the matrices are kept: "float32", "bfloat16" or "float16"."""
+        return self._dtype
+
+    @property
     def n_params(self) -> int:
         return int(sum(a.size for a in self.weights.values()))
 
@@ -219,7 +244,10 @@ class FamilyModel:
         m = self._cores.get(key)
         if m is None:
             c = self.config
-            m = core().Model(self._arrays, dim=c.dim, n_layer=c.n_layer, n_head=c.n_head,
+            wtype = getattr(core(), {"float32": "ZP_WTYPE_F32", "bfloat16": "ZP_WTYPE_BF16",
+                                     "float16": "ZP_WTYPE_F16"}[self._dtype])
+            m = core().Model(self._arrays, wtype=wtype, dim=c.dim, n_layer=c.n_layer,
+                             n_head=c.n_head,
                              n_kv_head=c.n_kv_head, head_dim=c.head_dim, hidden=c.hidden,
                              vocab=c.vocab_size, cls_token_num=P, grid_h=H, grid_w=W, eor=1,
                              eor_token=c.eol, norm_eps=c.norm_eps, rope_base=c.rope_theta,

@@ -10,7 +10,7 @@ VQ tensors are ignored (the VQ decoder is separate).
 from __future__ import annotations
 
 import re
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 
 from ..io.errors import CheckpointError
@@ -138,11 +138,13 @@ class Emu3Model(FamilyModel):
             [s["eof"], s["eoi"], s["eos"]]
 
 
-def load_emu3(path, *, cache_dir=None) -> Emu3Model:
+def load_emu3(path, *, cache_dir=None, dtype: Optional[str] = None) -> Emu3Model:
     """An Emu3 checkpoint folder (or a repo id in the huggingface_hub cache) as a model.
 
-    Weights are memory-mapped and converted to float32 tensor by tensor (float32 checkpoints
-    stay mapped without a copy; q/k/v are concatenated into one array per layer)."""
+    Weights are memory-mapped and converted tensor by tensor to ``dtype`` ("float32",
+    "bfloat16", "float16"; None keeps the checkpoint's own type, so a bf16 file is never
+    widened); tensors already in that type stay mapped without a copy; q/k/v are concatenated
+    into one array per layer."""
     folder = hf.resolve_folder(path, cache_dir=cache_dir)
     raw = hf.read_config(folder)
     if not is_emu3_config(raw):
@@ -156,4 +158,4 @@ def load_emu3(path, *, cache_dir=None) -> Emu3Model:
                                     cfg, folder)
     from .text import attach_folder_extras
 
-    return attach_folder_extras(Emu3Model(cfg, weights, source=folder), folder)
+    return attach_folder_extras(Emu3Model(cfg, weights, source=folder, dtype=dtype), folder)
