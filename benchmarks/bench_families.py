@@ -32,6 +32,7 @@ import numpy as np
 import zipar
 from zipar import ZipAR
 from zipar._ext import core
+from zipar.model import convert_weight
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -46,12 +47,14 @@ SHAPES = {
 }
 
 
-def build_arrays(s, n_layers, rng):
+def build_arrays(s, n_layers, rng, dtype="float32"):
+    """The core's arrays: matrices in ``dtype`` (bfloat16 as uint16 bits), norms float32."""
     D, F, hd = s["dim"], s["hidden"], s["dim"] // s["n_head"]
     qkv = (s["n_head"] + 2 * s["n_kv_head"]) * hd
 
     def mat(r, c):
-        return (0.02 * rng.standard_normal((r, c), dtype=np.float32))
+        return convert_weight("m", 0.02 * rng.standard_normal((r, c), dtype=np.float32), dtype,
+                              check=False, matrix=True)
 
     table = mat(s["vocab"], D)
     arrays = [table, np.ones(D, np.float32), table]
@@ -69,7 +72,10 @@ def build_arrays(s, n_layers, rng):
 def core_model(s, arrays, n_layers, P, H, W):
     per = 11 if s["qk_norm"] else 7
     sub = arrays[:3] + arrays[3:3 + per * n_layers]
-    return core().Model(sub, dim=s["dim"], n_layer=n_layers, n_head=s["n_head"],
+    wtype = {np.dtype(np.float32): "ZP_WTYPE_F32", np.dtype(np.uint16): "ZP_WTYPE_BF16",
+             np.dtype(np.float16): "ZP_WTYPE_F16"}[arrays[0].dtype]
+    return core().Model(sub, wtype=getattr(core(), wtype), dim=s["dim"], n_layer=n_layers,
+                        n_head=s["n_head"],
                         n_kv_head=s["n_kv_head"], head_dim=s["dim"] // s["n_head"],
                         hidden=s["hidden"], vocab=s["vocab"], cls_token_num=P, grid_h=H,
                         grid_w=W, eor=1, eor_token=s["eol"], norm_eps=1e-5, rope_base=s["theta"],
@@ -126,7 +132,7 @@ def bench_family(key, args, bw):
     hd = s["dim"] // s["n_head"]
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
-    arrays = build_arrays(s, args.layers, rng)
+    arrays = build_arrays(s, args.layers, rng, args.dtype)
     build_s = time.perf_counter() - t0
     per = 11 if s["qk_norm"] else 7
     layer_bytes = sum(a.nbytes for a in arrays[3:3 + per])
@@ -134,7 +140,7 @@ def bench_family(key, args, bw):
     full_bytes = s["n_layer"] * layer_bytes + head_bytes
     floor = full_bytes / bw
     print(f"\n{s['name']}: {args.layers} of {s['n_layer']} layers built at the real shapes "
-          f"({build_s:.0f} s), float32; weights read per pass at full depth "
+          f"({build_s:.0f} s), {args.dtype}; weights read per pass at full depth "
           f"{full_bytes / 1e9:.1f} GB -> bandwidth floor {floor * 1e3:.0f} ms")
     ctx0, ctx1 = 0, args.ctx
     ms = [1, 4, 16]
@@ -190,12 +196,12 @@ def bench_family(key, args, bw):
         z = cost(pq, t32)
         rows.append(dict(policy=f"ZipAR({w})", passes=int(pq.size),
                          mean_queries=float(pq.mean()), seconds=z))
-    print(f"projected s/image at {H}x{W} (+{H} EOL), 32 layers, CFG, float32; KV cache "
+    print(f"projected s/image at {H}x{W} (+{H} EOL), 32 layers, CFG, {args.dtype}; KV cache "
           f"{kv_slot * (P + H * (W + 1)) / 2**30:.1f} GiB:")
     for r in rows:
         print(f"  {r['policy']:>10}: {r['passes']:>5} passes  {r['seconds']:>8.0f} s  "
               f"x{r_s / r['seconds']:.2f} vs raster")
-    return dict(family=s["name"], layers_built=args.layers, dtype="float32",
+    return dict(family=s["name"], layers_built=args.layers, dtype=args.dtype,
                 full_weight_gb=full_bytes / 1e9, floor_ms=floor * 1e3,
                 pass_ms_32_layers={str(m): t32[m] * 1e3 for m in ms},
                 ms_per_layer={str(m): per_layer[m] * 1e3 for m in ms},
@@ -209,6 +215,8 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--ctx", type=int, default=512, help="context length for the attention cost")
     ap.add_argument("--family", choices=("emu3", "lumina", "both"), default="both")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="bfloat16",
+                    help="how the matrices are stored (the real checkpoints: bf16)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "families.json"))
     args = ap.parse_args()
     zipar.show_config()
