@@ -24,7 +24,9 @@ from zipar.io.safetensors import read_safetensors
 from zipar.model import Model, convert_weight, is_matrix, random_model
 from zipar.reference import ReferenceModel
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# where the zipar under test lives (the installed package in CI, the checkout after an in-place
+# build): the child process must import that one, not an unbuilt checkout
+ZIPAR_HOME = os.path.dirname(os.path.dirname(os.path.abspath(zipar.__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +165,7 @@ _CHILD = textwrap.dedent("""
 
 
 def _peak_rss(path, dtype, mmap):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = dict(os.environ, PYTHONPATH=ZIPAR_HOME + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", _CHILD, str(path), dtype, "1" if mmap else "0"],
                          capture_output=True, text=True, env=env, timeout=300)
