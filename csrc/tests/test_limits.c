@@ -198,7 +198,11 @@ static void test_thread_race(void) {
                           ones(D),
                           random_floats((size_t)F * D, 0.3f),
                           random_floats((size_t)F * D, 0.3f),
-                          random_floats((size_t)D * F, 0.3f)};
+                          random_floats((size_t)D * F, 0.3f),
+                          NULL,
+                          NULL,
+                          NULL,
+                          NULL}; /* no q/k norm */
     zp_weights w = {random_floats((size_t)V * D, 1.f), &L, ones(D),
                     random_floats((size_t)V * D, 1.f), ZP_WTYPE_F32};
     zp_model *m;
