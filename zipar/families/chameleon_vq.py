@@ -38,7 +38,7 @@ import numpy as np
 from ..io.errors import CheckpointError
 from ..io.formats import load_state_dict
 from .image_tokens import chameleon_image_tokens, read_vocabulary
-from .vq16 import GROUPS, _Attn, _conv1x1, _conv3x3, _group_norm, _Resnet, _upsample2
+from .vq16 import GROUPS, _Attn, _Resnet, decode_latent_images, run_decoder
 
 __all__ = ["ChameleonVQDecoder", "load_chameleon_vq", "load_chameleon_image_tokens", "to_pixels",
            "read_vqgan_yaml", "random_chameleon_vq_state_dict", "chameleon_image_tokens"]
@@ -326,39 +326,15 @@ class ChameleonVQDecoder:
 
     def decode_latent(self, z) -> np.ndarray:
         """Latent (B, embed_dim, h, w) -> decoder output (B, 3, s h, s w) float32, unclipped."""
-        z = np.asarray(z)
-        if z.ndim != 4 or z.shape[1] != self.embed_dim:
-            raise ValueError(f"latent must have shape (B, {self.embed_dim}, h, w), got {z.shape}")
-        if z.shape[2] < 1 or z.shape[3] < 1:
-            raise ValueError(f"latent grid must be at least 1x1, got {z.shape[2:]}")
-        if not (np.issubdtype(z.dtype, np.floating) or np.issubdtype(z.dtype, np.integer)):
-            raise ValueError(f"latent must be a real array, got dtype {z.dtype}")
-        if not np.all(np.isfinite(z)):
-            raise ValueError("latent holds non-finite values")
-        B, _, h, w = z.shape
-        s = self.scale
-        out = np.empty((B, 3, s * h, s * w), np.float32)
-        for b in range(B):
-            x = np.ascontiguousarray(z[b].transpose(1, 2, 0), dtype=np.float32)
-            out[b] = self._decode_one(x).transpose(2, 0, 1)
-        return out
+        return decode_latent_images(z, self.embed_dim, self.scale, self._decode_one)
 
     def decode(self, codes) -> np.ndarray:
         """codes (B, h, w) ints -> pixels (B, s h, s w, 3) uint8."""
         return to_pixels(self.decode_latent(self.embed(codes)))
 
     def _decode_one(self, x: np.ndarray) -> np.ndarray:
-        x = _conv1x1(x, *self._post_quant)
-        x = _conv3x3(x, *self._conv_in)
-        for layer in self._mid:
-            x = layer(x)
-        for layers, up in self._levels:
-            for layer in layers:
-                x = layer(x)
-            if up is not None:
-                x = _conv3x3(_upsample2(x), *up)
-        x = _group_norm(x, *self._norm_out, swish=True)
-        return _conv3x3(x, *self._conv_out)
+        return run_decoder(x, self._post_quant, self._conv_in, self._mid, self._levels,
+                           self._norm_out, self._conv_out)
 
 
 # --------------------------------------------------------------------------------------------

@@ -241,6 +241,46 @@ def _contiguous(idx: List[int], what: str) -> int:
     return len(idx)
 
 
+
+def decode_latent_images(z, embed_dim: int, scale: int, decode_one) -> np.ndarray:
+    """Latent (B, embed_dim, h, w) -> (B, 3, scale h, scale w) float32, checked, one image at a
+    time (bounded memory) through ``decode_one`` ((h, w, embed_dim) -> (scale h, scale w, 3)).
+    Shared by the VQ-16 and Chameleon VQGAN decoders."""
+    z = np.asarray(z)
+    if z.ndim != 4 or z.shape[1] != embed_dim:
+        raise ValueError(f"latent must have shape (B, {embed_dim}, h, w), got {z.shape}")
+    if z.shape[2] < 1 or z.shape[3] < 1:
+        raise ValueError(f"latent grid must be at least 1x1, got {z.shape[2:]}")
+    if not (np.issubdtype(z.dtype, np.floating) or np.issubdtype(z.dtype, np.integer)):
+        raise ValueError(f"latent must be a real array, got dtype {z.dtype}")
+    if not np.all(np.isfinite(z)):
+        raise ValueError("latent holds non-finite values")
+    B, _, h, w = z.shape
+    out = np.empty((B, 3, scale * h, scale * w), np.float32)
+    for b in range(B):
+        x = np.ascontiguousarray(z[b].transpose(1, 2, 0), dtype=np.float32)
+        out[b] = decode_one(x).transpose(2, 0, 1)
+    return out
+
+
+def run_decoder(x, post_quant, conv_in, mid, levels, norm_out: Tuple[np.ndarray, np.ndarray],
+                conv_out) -> np.ndarray:
+    """The taming-style decoder stack on one channels-last latent: 1x1 post-quant conv, conv_in,
+    the mid layers, each level's layers then its optional upsample + conv, GroupNorm + swish,
+    conv_out. Shared by the VQ-16 and Chameleon VQGAN decoders."""
+    x = _conv1x1(x, *post_quant)
+    x = _conv3x3(x, *conv_in)
+    for layer in mid:
+        x = layer(x)
+    for layers, up in levels:
+        for layer in layers:
+            x = layer(x)
+        if up is not None:
+            x = _conv3x3(_upsample2(x), *up)
+    x = _group_norm(x, *norm_out, swish=True)
+    return _conv3x3(x, *conv_out)
+
+
 class VQDecoder:
     """LlamaGen VQ decoder: tokens (B, h, w) -> pixels (B, 2^n h, 2^n w, 3) uint8.
 
@@ -395,22 +435,7 @@ class VQDecoder:
 
         The output is the raw decoder output (nominally in [-1, 1], not clipped); s = self.scale.
         """
-        z = np.asarray(z)
-        if z.ndim != 4 or z.shape[1] != self.embed_dim:
-            raise ValueError(f"latent must have shape (B, {self.embed_dim}, h, w), got {z.shape}")
-        if z.shape[2] < 1 or z.shape[3] < 1:
-            raise ValueError(f"latent grid must be at least 1x1, got {z.shape[2:]}")
-        if not (np.issubdtype(z.dtype, np.floating) or np.issubdtype(z.dtype, np.integer)):
-            raise ValueError(f"latent must be a real array, got dtype {z.dtype}")
-        if not np.all(np.isfinite(z)):
-            raise ValueError("latent holds non-finite values")
-        B, _, h, w = z.shape
-        s = self.scale
-        out = np.empty((B, 3, s * h, s * w), np.float32)
-        for b in range(B):  # one image at a time: bounded memory
-            x = np.ascontiguousarray(z[b].transpose(1, 2, 0), dtype=np.float32)
-            out[b] = self._decode_one(x).transpose(2, 0, 1)
-        return out
+        return decode_latent_images(z, self.embed_dim, self.scale, self._decode_one)
 
     def decode(self, tokens) -> np.ndarray:
         """tokens (B, h, w) ints -> pixels (B, s*h, s*w, 3) uint8 (s = self.scale, 16 for VQ-16)."""
@@ -419,17 +444,8 @@ class VQDecoder:
     # ---- one image, channels-last
     def _decode_one(self, x: np.ndarray) -> np.ndarray:
         """(h, w, embed_dim) float32 -> (s*h, s*w, 3) float32."""
-        x = _conv1x1(x, *self._post_quant)
-        x = _conv3x3(x, *self._conv_in)
-        for layer in self._mid:
-            x = layer(x)
-        for layers, up in self._blocks:
-            for layer in layers:
-                x = layer(x)
-            if up is not None:
-                x = _conv3x3(_upsample2(x), *up)
-        x = _group_norm(x, *self._norm_out, swish=True)
-        return _conv3x3(x, *self._conv_out)
+        return run_decoder(x, self._post_quant, self._conv_in, self._mid, self._blocks,
+                           self._norm_out, self._conv_out)
 
 
 # --------------------------------------------------------------------------------------------
