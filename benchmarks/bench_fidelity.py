@@ -1,12 +1,18 @@
-"""Fidelity of ZipAR on the built-in Fashion-MNIST model (28x28 grid, 784 raster passes).
+"""Fidelity of ZipAR on the built-in Fashion-MNIST models: "vq" (a miniature LlamaGen on 16x16
+VQ tokens, 256 raster passes) and "pixels" (28x28 grey-level tokens, 784 raster passes).
 
-Settings: raster; ZipAR s in {1, 2, 4, 7, 14, 28} with the eager and the paper schedule; adaptive
-at several min windows and thresholds. For each: forward passes, step reduction, FID-proxy
+Settings (--model vq / pixels): raster; ZipAR s in {1, 2, 4, 8, 12} (vq) / {2, 4, 7, 14}
+(pixels) with the eager and the paper schedule and four row-start proxies: "above" (the
+published one), "left", "const" (a fixed token: the most frequent token of the test set's own
+token grids) and "calibrated" (the model's stored default, zipar.calibrate_proxy); adaptive at
+min windows 2, 4, 8 with thresholds 0 and 0.5 ("above" proxy). When "const" and "calibrated"
+name the same token they are one setting. For each: forward passes, step reduction, FID-proxy
 (Frechet distance of classifier features against the test set) with a bootstrap interval, class
 accuracy of the samples, sample NLL under the exact model (raster teacher forcing, bits per
-pixel), diversity, seconds. Also the floor: the test set split in two halves.
+token), diversity, seconds per image at batch 1 and at batch 50 (--retime). Also the floor: the
+test set split in two halves.
 
-    python benchmarks/bench_fidelity.py [--samples 1000] [--workers 2] [--cfg-scale 1.0]
+    python benchmarks/bench_fidelity.py --model vq [--samples 1000] [--workers 2]
     python benchmarks/bench_fidelity.py --generate-only   # chunks only (e.g. on a big machine)
     python benchmarks/bench_fidelity.py --report-only     # table/plot from finished chunks
     python benchmarks/bench_fidelity.py --report-only --retime   # ... seconds re-timed here
@@ -15,11 +21,11 @@ Sample i of every setting has label i % 10 and sample id i (seed 0), so its toke
 on the batching or on the machine. Each setting is generated in chunks of --chunk consecutive
 samples (a multiple of --batch, so the batches are those of one run over all samples) by spawned
 single-threaded workers; a chunk is written atomically as
-benchmarks/results/fidelity_cells/<setting>/<first>.npz (tokens, passes and queries per image,
-log-probability of each sample under the exact model, seconds), so an interrupted run resumes and
-chunks computed on several machines are merged by copying the files. Writes
-benchmarks/results/fidelity.json, benchmarks/results/fidelity.png and the table in BENCHMARKS.md
-(between markers).
+benchmarks/results/fidelity_cells/<model>/<setting>/<first>.npz (tokens, passes and queries per
+image, log-probability of each sample under the exact model, seconds), so an interrupted run
+resumes and chunks computed on several machines are merged by copying the files. Writes
+benchmarks/results/fidelity_<model>.json, fidelity_<model>.png and the model's table in
+BENCHMARKS.md (between markers).
 """
 import argparse
 import json
@@ -38,31 +44,85 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 CELLS = os.path.join(RESULTS, "fidelity_cells")
 MD = os.path.join(os.path.dirname(HERE), "BENCHMARKS.md")
-BEGIN, END = "<!-- fidelity:begin -->", "<!-- fidelity:end -->"
+# per model: windows, default cfg_scale, adaptive min windows, BENCHMARKS.md markers
+MODELS = {
+    "vq": dict(windows=(1, 2, 4, 8, 12), cfg_scale=2.0, min_windows=(2, 4, 8),
+               markers=("<!-- fidelity-vq:begin -->", "<!-- fidelity-vq:end -->")),
+    "pixels": dict(windows=(2, 4, 7, 14), cfg_scale=1.0, min_windows=(2, 4, 8),
+                   markers=("<!-- fidelity:begin -->", "<!-- fidelity:end -->")),
+}
+PROXIES = ("above", "left", "const", "calibrated")
 COUNTERS = ("proxies", "refeeds", "drafts_proposed", "drafts_accepted", "drafts_rejected",
             "resamples")
 
 
-def settings():
-    """ZipAR-28 (= W) is raster token for token (tests/test_scheduler.py proves it), so the
-    raster row stands for it and it is not generated again."""
+def _grid(model):
+    from zipar.fmnist import builtin
+
+    return builtin.default_config(model).grid
+
+
+def const_token(model):
+    """The "const" proxy: the most frequent token of the test set's own token grids (the
+    tokenizer's encoding of the 10,000 test images; ties: the smallest id)."""
+    if model == "vq":
+        with np.load(os.path.join(RESULTS, "fmnist_vq_test_tokens.npz")) as z:
+            tokens = z["tokens"]
+    else:
+        from zipar.fmnist import builtin
+
+        tokens = builtin.default_tokenizer().encode(zeval.test_set()[0])
+    return int(np.argmax(np.bincount(np.asarray(tokens).ravel())))
+
+
+def calibrated_token(model):
+    """The "calibrated" proxy: the token the model stores (zipar.calibrate_proxy), or None."""
+    from zipar.fmnist import builtin
+
+    token = getattr(builtin.load_default(model), "row_start_proxy", None)
+    return None if token is None else int(token)
+
+
+def proxy_tokens(model, names=("const", "calibrated")):
+    """{"const": token, "calibrated": token} of a model (proxy names -> token ids), for the
+    names asked for."""
+    of = dict(const=const_token, calibrated=calibrated_token)
+    return {n: of[n](model) for n in names if n in of}
+
+
+def settings(model, proxies=PROXIES, tokens=None):
+    """The settings of a model. ZipAR-W (= raster) is raster token for token
+    (tests/test_scheduler.py proves it), so the raster row stands for it and it is not generated
+    again. The "const" and "calibrated" proxies are cells with the token id as proxy (one cell
+    when both name the same token)."""
+    spec = MODELS[model]
+    tokens = proxy_tokens(model) if tokens is None else tokens
+    values = []
+    for p in proxies:
+        v = tokens.get(p, p)
+        if v is None:
+            raise SystemExit(f"the {model} model stores no calibrated proxy")
+        if v not in values:
+            values.append(v)
     cells = [dict(policy="raster")]
-    for schedule in ("eager", "paper"):
-        for s in (1, 2, 4, 7, 14):
-            cells.append(dict(policy="zipar", window=s, schedule=schedule))
-    for mw in (2, 4, 7):
+    for proxy in values:
+        for schedule in ("eager", "paper"):
+            for s in spec["windows"]:
+                cells.append(dict(policy="zipar", window=s, schedule=schedule, proxy=proxy))
+    for mw in spec["min_windows"]:
         for th in (0.0, 0.5):
-            cells.append(dict(policy="adaptive", min_window=mw, threshold=th))
+            cells.append(dict(policy="adaptive", min_window=mw, threshold=th, proxy="above"))
     return cells
 
 
-def _expected_passes(cell):
+def _expected_passes(cell, model):
     """Rough cost of a cell, to start the longest first."""
+    H, W = _grid(model)
     if cell["policy"] == "raster":
-        return 28 * 28
+        return H * W
     if cell["policy"] == "zipar":
-        return zipar.ZipAR(cell["window"], schedule=cell["schedule"]).expected_passes(28, 28)
-    return zipar.ZipAR(cell["min_window"]).expected_passes(28, 28) + 28
+        return zipar.ZipAR(cell["window"], schedule=cell["schedule"]).expected_passes(H, W)
+    return zipar.ZipAR(cell["min_window"]).expected_passes(H, W) + W
 
 
 def _full_settings(cell, args):
@@ -74,9 +134,9 @@ def _full_settings(cell, args):
 
 def _cell_dir(cell, args):
     """A plain file name (letters, digits, '.', '_', '-') for a setting."""
-    short = dict(window="w", schedule="", min_window="mw", threshold="t")
+    short = dict(window="w", schedule="", min_window="mw", threshold="t", proxy="p")
     name = "_".join(f"{short.get(k, k)}{v}" for k, v in cell.items() if k != "policy")
-    return os.path.join(args.cells, "_".join(filter(None, (
+    return os.path.join(args.cells, args.model, "_".join(filter(None, (
         cell["policy"], name, f"cfg{args.cfg_scale:g}", f"b{args.batch}"))))
 
 
@@ -101,13 +161,13 @@ def _load_chunk(path, key):
 
 def _chunk_key(cell, first, last, args):
     return dict(settings=_full_settings(cell, args), first=first, last=last, batch=args.batch,
-                model="builtin:pixels")
+                model=f"builtin:{args.model}")
 
 
 def run_chunk(cell, first, last, args):
     """Generate samples first..last-1 of one setting in this process and write their file."""
     zipar.set_num_threads(1)
-    model = zipar.load_default("pixels")
+    model = zipar.load_default(args.model)
     full = _full_settings(cell, args)
     labels = np.arange(first, last) % model.config.num_classes
     tokens, passes, queries, totals, seconds = zsweep.generate_cell(
@@ -118,7 +178,7 @@ def run_chunk(cell, first, last, args):
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp.npz")
     os.close(fd)
     np.savez_compressed(tmp, key=json.dumps(_chunk_key(cell, first, last, args)),
-                        tokens=tokens.astype(np.uint8), passes=passes, queries=queries,
+                        tokens=tokens.astype(np.uint16), passes=passes, queries=queries,
                         log_prob=np.asarray(log_prob, np.float64), seconds=np.float64(seconds),
                         cpu=cpu_name(),
                         **{k: np.int64(v) for k, v in totals.items()})
@@ -172,7 +232,8 @@ def generate(cells, args):
     """Every missing chunk, longest settings first (--order short: shortest first), in spawned
     single-threaded workers."""
     sign = -1 if args.order == "long" else 1
-    todo = [(cell, first, last) for cell in sorted(cells, key=lambda c: sign * _expected_passes(c))
+    todo = [(cell, first, last)
+            for cell in sorted(cells, key=lambda c: sign * _expected_passes(c, args.model))
             for first, last in _chunks(cell, args)
             if _load_chunk(_chunk_path(cell, first, args),
                            _chunk_key(cell, first, last, args)) is None]
@@ -216,7 +277,8 @@ def collect(cells, args):
                    forward_passes_max=int(cat["passes"].max()),
                    mean_queries_per_pass=float(cat["queries"].sum() / cat["passes"].sum()),
                    **{k: float(sum(p[k] for p in parts)) / n for k in COUNTERS},
-                   nll_bits=float(-cat["log_prob"].mean() / (28 * 28) / math.log(2.0)),
+                   nll_bits=float(-cat["log_prob"].mean() / cat["tokens"][0].size
+                                  / math.log(2.0)),
                    seconds=seconds, seconds_per_image=seconds / n, cpu="; ".join(cpus))
         verified = rec["drafts_accepted"] + rec["drafts_rejected"]
         rec["draft_acceptance"] = rec["drafts_accepted"] / verified if verified else None
@@ -230,44 +292,61 @@ def collect(cells, args):
 
 
 def _time_one(cell, args):
-    """Seconds per image of the setting's first batch (sample ids 0..batch-1), one engine
-    thread, and its tokens."""
+    """Seconds per image of the setting's first batch (sample ids 0..batch-1) and of its first
+    --batch1 images one at a time, one engine thread, and both runs' tokens."""
     zipar.set_num_threads(1)
-    model = zipar.load_default("pixels")
+    model = zipar.load_default(args.model)
     full = _full_settings(cell, args)
     labels = np.arange(args.batch) % model.config.num_classes
     tokens, _, _, _, seconds = zsweep.generate_cell(model, full, labels, args.batch)
-    return seconds / args.batch, tokens
+    n1 = min(args.batch1, args.batch)
+    tokens1, _, _, _, seconds1 = zsweep.generate_cell(model, full, labels[:n1], 1)
+    return seconds / args.batch, seconds1 / max(n1, 1), tokens, tokens1
 
 
 def time_settings(records, args):
     """Re-time every setting side by side in one run (the chunks' own seconds come from
-    different machines and loads): the first batch of each, in --workers single-threaded
-    workers, all busy. The tokens must equal the chunks' (same sample ids)."""
+    different machines and loads): the first batch of each, and its first --batch1 images at
+    batch 1, in --workers single-threaded workers, all busy. The tokens are compared with the
+    chunks' (same sample ids; tokens do not depend on the batch composition, but chunks made on
+    another CPU may differ where float rounding differs: the fraction equal is recorded)."""
     cells = [r["_cell"] for r in records]
     with _pool(args.workers) as ex:
         futs = [ex.submit(_time_one, cell, args) for cell in cells]
         for rec, cell, f in zip(records, cells, futs):
-            sec, tokens = f.result()
-            if not np.array_equal(tokens, rec["_tokens"][:args.batch]):
-                raise SystemExit(f"{json.dumps(cell)}: re-timed tokens differ from the chunks'")
+            sec, sec1, tokens, tokens1 = f.result()
+            if not np.array_equal(tokens[:len(tokens1)], tokens1):
+                raise SystemExit(f"{json.dumps(cell)}: batch-1 tokens differ from batch-"
+                                 f"{args.batch} tokens on one machine")
+            ref = rec["_tokens"][:args.batch]
+            rec["retime_tokens_equal"] = float(np.mean(np.all(tokens == ref, axis=(1, 2))))
             rec["seconds_per_image_chunks"] = rec.pop("seconds_per_image")
             rec["seconds_per_image"] = sec
-            print(f"  {json.dumps(cell):<62} {sec:.3f} s/img", flush=True)
+            rec["seconds_per_image_batch1"] = sec1
+            print(f"  {json.dumps(cell):<70} {sec:.3f} s/img (batch {args.batch}), "
+                  f"{sec1:.3f} (batch 1); images equal to the chunks' "
+                  f"{rec['retime_tokens_equal']:.0%}", flush=True)
+
+
+def _images(model):
+    """A function: token grids -> 28x28 grey images in [0, 1] for the classifier."""
+    from zipar.fmnist import builtin
+
+    if model == "vq":
+        return builtin.vq_decoder().decode
+    return builtin.default_tokenizer().decode
 
 
 def evaluate(records, args):
     clf = zeval.Classifier.load_default()
     test_images, test_labels = zeval.test_set()
     ref_feat = clf.features(test_images)
-    from zipar.fmnist import builtin
-
-    tok = builtin.default_tokenizer()
+    decode = _images(args.model)
     out = []
     for rec in records:
         toks = rec.pop("_tokens")
         labels = np.arange(len(toks)) % 10
-        images = tok.decode(toks)
+        images = np.concatenate([decode(toks[i:i + 100]) for i in range(0, len(toks), 100)])
         fid = zeval.fid_proxy(images, n_boot=args.boot, classifier=clf,
                               reference_features=ref_feat)
         acc = zeval.class_accuracy(images, labels, classifier=clf)
@@ -275,6 +354,7 @@ def evaluate(records, args):
         rec.update(fid_proxy=fid["value"], fid_low=fid["low"], fid_high=fid["high"],
                    class_accuracy=acc, diversity=div.get("relative", div.get("value")))
         out.append(rec)
+        print(f"  {label(rec, args.tokens):<36} FID-proxy {fid['value']:.3f}", flush=True)
     # floor: the test set split against itself (5000 vs 5000), same estimator
     half = len(test_images) // 2
     floor = zeval.fid_proxy(test_images[:half], n_boot=args.boot, classifier=clf,
@@ -284,116 +364,196 @@ def evaluate(records, args):
                      fid_floor_high=floor["high"], test_accuracy=test_acc)
 
 
-def label(rec):
+def proxy_name(proxy, tokens):
+    """"above" / "left" / "const" / "calibrated" / "const = calibrated" for a cell's proxy."""
+    if isinstance(proxy, str):
+        return proxy
+    names = [k for k, v in tokens.items() if v == proxy]
+    return " = ".join(names) if names else f"token {proxy}"
+
+
+def label(rec, tokens):
     p = rec["policy"]
     if p == "raster":
         return "raster"
+    proxy = proxy_name(rec["proxy"], tokens)
     if p == "zipar":
-        return f"ZipAR-{rec['window']} {rec['schedule']}"
-    return f"adaptive-{rec['min_window']} t={rec['threshold']:g}"
+        return f"ZipAR-{rec['window']} {rec['schedule']}, {proxy}"
+    return f"adaptive-{rec['min_window']} t={rec['threshold']:g}, {proxy}"
 
 
-def report(records, extra, args):
+def _overlap(a, b):
+    return a["fid_low"] <= b["fid_high"] and b["fid_low"] <= a["fid_high"]
+
+
+def analyse(records, tokens):
+    """The answers: the largest step reduction whose FID-proxy interval overlaps raster's (and
+    the largest within 5% of raster); adaptive vs fixed at about equal passes; proxies compared
+    at equal windows and schedules."""
     raster = next(r for r in records if r["policy"] == "raster")
     for r in records:
         r["step_reduction"] = 1 - r["forward_passes"] / raster["forward_passes"]
         r["fid_vs_raster"] = r["fid_proxy"] / raster["fid_proxy"]
-    within = [r for r in records if r["fid_vs_raster"] <= 1.05 and r["policy"] != "raster"]
-    closest = min((r for r in records if r["policy"] != "raster"),
-                  key=lambda r: r["fid_vs_raster"], default=raster)
-    best = max(within, key=lambda r: r["step_reduction"]) if within else raster
-    summary = dict(
-        samples_per_setting=args.samples, cfg_scale=args.cfg_scale,
-        raster_fid=raster["fid_proxy"], **extra,
-        max_step_reduction_within_5pct_fid=best["step_reduction"],
-        setting_at_that_reduction=label(best) if within else None,
-        closest_to_raster=label(closest), closest_fid_vs_raster=closest["fid_vs_raster"])
-    # adaptive vs fixed at (about) equal passes: nearest fixed eager setting by passes
-    fixed = [r for r in records if r["policy"] == "zipar" and r["schedule"] == "eager"]
+        r["overlaps_raster"] = _overlap(r, raster)
+        r["label"] = label(r, tokens)
+    others = [r for r in records if r["policy"] != "raster"]
+    overlap = [r for r in others if r["overlaps_raster"]]
+    within = [r for r in others if r["fid_vs_raster"] <= 1.05]
+    best_overlap = max(overlap, key=lambda r: r["step_reduction"], default=None)
+    best_within = max(within, key=lambda r: r["step_reduction"], default=None)
+    closest = min(others, key=lambda r: r["fid_vs_raster"], default=raster)
+    # adaptive vs fixed at (about) equal passes: nearest fixed eager setting with the same proxy
     comps = []
     for a in (r for r in records if r["policy"] == "adaptive"):
+        fixed = [r for r in records if r["policy"] == "zipar" and r["schedule"] == "eager"
+                 and r["proxy"] == a["proxy"]]
         near = min(fixed, key=lambda r: abs(r["forward_passes"] - a["forward_passes"]))
-        comps.append(dict(adaptive=label(a), adaptive_passes=a["forward_passes"],
-                          adaptive_fid=a["fid_proxy"], fixed=label(near),
-                          fixed_passes=near["forward_passes"], fixed_fid=near["fid_proxy"]))
-    summary["adaptive_vs_fixed"] = comps
+        comps.append(dict(adaptive=a["label"], adaptive_passes=a["forward_passes"],
+                          adaptive_fid=a["fid_proxy"], fixed=near["label"],
+                          fixed_passes=near["forward_passes"], fixed_fid=near["fid_proxy"],
+                          adaptive_lower=a["fid_proxy"] < near["fid_proxy"],
+                          intervals_overlap=_overlap(a, near)))
+    # proxies: for each (window, schedule), each proxy's FID-proxy relative to "above"
+    zs = [r for r in records if r["policy"] == "zipar"]
+    names = []
+    for r in zs:
+        n = proxy_name(r["proxy"], tokens)
+        if n not in names:
+            names.append(n)
+    pairs = {}
+    for r in zs:
+        pairs.setdefault((r["window"], r["schedule"]), {})[proxy_name(r["proxy"], tokens)] = r
+    proxies = {}
+    for n in names:
+        ratios = [g[n]["fid_proxy"] / g["above"]["fid_proxy"] for g in pairs.values()
+                  if n in g and "above" in g]
+        best_in = sum(1 for g in pairs.values()
+                      if n in g and g[n]["fid_proxy"] == min(x["fid_proxy"] for x in g.values()))
+        disjoint_better = sum(1 for g in pairs.values() if n in g and n != "above" and
+                              "above" in g and g[n]["fid_high"] < g["above"]["fid_low"])
+        proxies[n] = dict(geomean_fid_vs_above=float(np.exp(np.mean(np.log(ratios)))),
+                          best_of_proxies_in=best_in, settings=len(ratios),
+                          better_than_above_disjoint=disjoint_better)
+    best_proxy = min(proxies, key=lambda n: proxies[n]["geomean_fid_vs_above"])
+    summary = dict(
+        raster_fid=raster["fid_proxy"], raster_fid_interval=[raster["fid_low"],
+                                                             raster["fid_high"]],
+        max_step_reduction_overlapping_raster=best_overlap["step_reduction"] if best_overlap
+        else 0.0,
+        setting_at_that_reduction=best_overlap["label"] if best_overlap else None,
+        max_step_reduction_within_5pct=best_within["step_reduction"] if best_within else 0.0,
+        setting_within_5pct=best_within["label"] if best_within else None,
+        closest_to_raster=closest["label"], closest_fid_vs_raster=closest["fid_vs_raster"],
+        adaptive_vs_fixed=comps, proxies=proxies, best_proxy=best_proxy,
+        proxy_tokens=tokens)
+    return summary
+
+
+def report(records, extra, args):
+    summary = analyse(records, args.tokens)
+    summary.update(model=args.model, samples_per_setting=args.samples,
+                   cfg_scale=args.cfg_scale, **extra)
     os.makedirs(RESULTS, exist_ok=True)
     clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
-    with open(os.path.join(RESULTS, "fidelity.json"), "w") as f:
+    with open(os.path.join(RESULTS, f"fidelity_{args.model}.json"), "w") as f:
         json.dump(dict(summary=summary, settings=clean), f, indent=2, default=float)
     retimed = all("seconds_per_image_chunks" in r for r in records)
     where = {}
     for r in records:
         for c in r["cpu"].split("; "):
-            where.setdefault(c, []).append(label(r))
+            where.setdefault(c, []).append(r["label"])
     tag = {c: chr(ord("A") + i) for i, c in enumerate(sorted(where))}
     n = sorted({r["n_samples"] for r in records})
-    lines = [BEGIN, "",
-             f"Built-in model, {' / '.join(map(str, n))} samples per setting (labels i % 10, "
-             f"sample ids 0..{n[-1] - 1}, seed 0), cfg_scale {args.cfg_scale}, temperature 1, "
-             f"batches of {args.batch}. FID-proxy floor (test set halves, 5,000 vs 5,000): "
-             f"{extra['fid_floor']:.3f} [{extra['fid_floor_low']:.3f}, "
-             f"{extra['fid_floor_high']:.3f}]; classifier test accuracy "
-             f"{extra['test_accuracy']:.3f}. Intervals: {args.boot} bootstrap resamples of the "
-             f"samples, 95%.", "",
+    H, W = _grid(args.model)
+    raster = next(r for r in records if r["policy"] == "raster")
+    begin, end = MODELS[args.model]["markers"]
+    lines = [begin, "",
+             f"Built-in model \"{args.model}\" ({H}x{W} tokens), {' / '.join(map(str, n))} "
+             f"samples per setting (labels i % 10, sample ids 0..{n[-1] - 1}, seed 0), "
+             f"cfg_scale {args.cfg_scale:g}, temperature 1, batches of {args.batch}. Proxies: "
+             f"const = token {args.tokens.get('const')} (the test set's most frequent token), "
+             f"calibrated = token {args.tokens.get('calibrated')} (stored with the model). "
+             f"FID-proxy floor (test set halves, 5,000 vs 5,000): {extra['fid_floor']:.3f} "
+             f"[{extra['fid_floor_low']:.3f}, {extra['fid_floor_high']:.3f}]; classifier test "
+             f"accuracy {extra['test_accuracy']:.3f}. Intervals: {args.boot} bootstrap "
+             "resamples of the samples, 95%.", "",
              "| setting | passes | step reduction | FID-proxy [95% CI] | vs raster | class acc | "
-             "NLL bits/px | diversity | s/img |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "NLL bits/token | diversity | s/img b" + str(args.batch) + " | s/img b1 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
+        mark = "" if r["policy"] == "raster" or not r["overlaps_raster"] else " *"
+        b1 = r.get("seconds_per_image_batch1")
         lines.append(
-            f"| {label(r)} | {r['forward_passes']:.1f} | {r['step_reduction']:.1%} | "
+            f"| {r['label']}{mark} | {r['forward_passes']:.1f} | {r['step_reduction']:.1%} | "
             f"{r['fid_proxy']:.3f} [{r['fid_low']:.3f}, {r['fid_high']:.3f}] | "
             f"{r['fid_vs_raster']:.2f} | {r['class_accuracy']:.3f} | {r['nll_bits']:.4f} | "
             f"{r['diversity']:.3f} | {r['seconds_per_image']:.3f}"
             + ("" if retimed else f" ({'+'.join(tag[c] for c in r['cpu'].split('; '))})")
-            + " |")
-    machines = "; ".join(f"({tag[c]}) {c}: {', '.join(ls)}" for c, ls in sorted(where.items()))
+            + f" | {'' if b1 is None else format(b1, '.3f')} |")
+    machines = "; ".join(f"({tag[c]}) {c}: {len(ls)} settings" for c, ls in sorted(where.items()))
     if retimed:
+        eq = min(r["retime_tokens_equal"] for r in records)
         seconds_note = (
             f"s/img: engine seconds per image of each setting's first batch ({args.batch} "
-            f"images), re-timed side by side in one run on {cpu_name()}, {args.workers} "
-            "single-threaded workers, all busy (the re-timed tokens equal the chunks'). The "
-            f"chunks themselves ran on: {machines}. Their own seconds, taken under other loads, "
-            "are seconds_per_image_chunks in fidelity.json.")
+            f"images) and of its first {args.batch1} images one at a time (b1), re-timed side by "
+            f"side in one run on {cpu_name()}, {args.workers} single-threaded workers, all busy "
+            f"(at least {eq:.0%} of the re-timed images equal the chunks' token for token; "
+            "batch-1 and batch-50 tokens are equal). The chunks ran on: " + machines + ".")
     else:
         seconds_note = ("Seconds per image: engine time of single-threaded workers, one per "
                         f"core, all cores busy, by machine: {machines}. They compare rows of "
                         "one machine only.")
-    lines += ["", seconds_note,
-              "", "ZipAR-28 (window = W, either schedule) decodes exactly the raster tokens "
+    s = summary
+    lines += ["", "`*`: FID-proxy interval overlaps raster's. " + seconds_note,
+              "", f"ZipAR-{W} (window = W, either schedule) decodes exactly the raster tokens "
               "(tests/test_scheduler.py::test_full_window_equals_raster), so the raster row "
-              "stands for it.",
-              "", (f"FID-proxy stays within 5% of raster up to a step reduction of "
-                   f"{best['step_reduction']:.1%} ({label(best)}, FID-proxy "
-                   f"{best['fid_proxy']:.3f}" if within else
-                   "No ZipAR or adaptive setting keeps FID-proxy within 5% of raster; the "
-                   f"closest is {label(closest)} ({closest['step_reduction']:.1%} fewer passes, "
-                   f"FID-proxy {closest['fid_proxy']:.3f} = {closest['fid_vs_raster']:.2f} x")
-              + f" raster's {raster['fid_proxy']:.3f} [{raster['fid_low']:.3f}, "
-              f"{raster['fid_high']:.3f}]).", "",
-              "Adaptive vs fixed (eager) at about equal passes:", ""]
-    for c in comps:
-        a = next(r for r in records if label(r) == c["adaptive"])
-        f = next(r for r in records if label(r) == c["fixed"])
-        overlap = a["fid_low"] <= f["fid_high"] and f["fid_low"] <= a["fid_high"]
-        verdict = ("lower" if a["fid_proxy"] < f["fid_proxy"] else "higher") + (
-            " (intervals overlap)" if overlap else " (intervals disjoint)")
-        lines.append(f"- {c['adaptive']} ({c['adaptive_passes']:.1f} passes): FID-proxy "
-                     f"{c['adaptive_fid']:.3f}, {verdict} than {c['fixed']} "
-                     f"({c['fixed_passes']:.1f} passes, {c['fixed_fid']:.3f}).")
-    lines += ["", END]
-    text = open(MD).read() if os.path.exists(MD) else "# Benchmarks\n"
-    if BEGIN in text:
-        text = text[:text.index(BEGIN)] + "\n".join(lines) + text[text.index(END) + len(END):]
+              "stands for it.", ""]
+    if s["setting_at_that_reduction"]:
+        lines.append(f"- Largest step reduction whose FID-proxy interval overlaps raster's "
+                     f"({raster['fid_proxy']:.3f} [{raster['fid_low']:.3f}, "
+                     f"{raster['fid_high']:.3f}]): "
+                     f"**{s['max_step_reduction_overlapping_raster']:.1%}** "
+                     f"({s['setting_at_that_reduction']}).")
     else:
-        text += "\n## Fidelity (benchmarks/bench_fidelity.py)\n\n" + "\n".join(lines) + "\n"
+        lines.append("- No setting's FID-proxy interval overlaps raster's.")
+    lines.append(
+        "- Within 5% of raster's FID-proxy: " + (
+            f"up to {s['max_step_reduction_within_5pct']:.1%} fewer passes "
+            f"({s['setting_within_5pct']})." if s["setting_within_5pct"] else
+            f"no setting; the closest is {s['closest_to_raster']} "
+            f"({s['closest_fid_vs_raster']:.2f}x raster)."))
+    lower = sum(c["adaptive_lower"] for c in s["adaptive_vs_fixed"])
+    disjoint = sum(not c["intervals_overlap"] for c in s["adaptive_vs_fixed"])
+    lines.append(f"- Adaptive vs fixed (eager, same proxy) at about equal passes: adaptive lower "
+                 f"in {lower} of {len(s['adaptive_vs_fixed'])} pairs, intervals disjoint in "
+                 f"{disjoint}:")
+    for c in s["adaptive_vs_fixed"]:
+        lines.append(f"  {c['adaptive']} ({c['adaptive_passes']:.1f} passes) "
+                     f"{c['adaptive_fid']:.3f} vs {c['fixed']} ({c['fixed_passes']:.1f} passes) "
+                     f"{c['fixed_fid']:.3f}" + ("" if c["intervals_overlap"] else " (disjoint)")
+                     + ".")
+    lines.append(f"- Proxies (FID-proxy relative to \"above\" at the same window and schedule, "
+                 f"geometric mean over {len(MODELS[args.model]['windows']) * 2} settings; "
+                 f"best proxy: **{s['best_proxy']}**):")
+    for n_, p in s["proxies"].items():
+        lines.append(f"  {n_}: {p['geomean_fid_vs_above']:.2f}x, lowest of the proxies in "
+                     f"{p['best_of_proxies_in']} of {p['settings']} settings"
+                     + ("" if n_ == "above" else
+                        f", interval below above's in {p['better_than_above_disjoint']}") + ".")
+    lines += ["", end]
+    text = open(MD).read() if os.path.exists(MD) else "# Benchmarks\n"
+    if begin in text:
+        text = text[:text.index(begin)] + "\n".join(lines) + text[text.index(end) + len(end):]
+    else:
+        text += (f"\n## Fidelity, \"{args.model}\" model (benchmarks/bench_fidelity.py)\n\n"
+                 + "\n".join(lines) + "\n")
     with open(MD, "w") as f:
         f.write(text)
-    plot(records)
-    print(json.dumps(summary, indent=1))
+    plot(records, args)
+    print(json.dumps(summary, indent=1, default=float))
 
 
-def plot(records):
+def plot(records, args):
     try:
         import matplotlib
 
@@ -402,11 +562,15 @@ def plot(records):
     except ImportError:
         print("matplotlib not installed: no plot")
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     fams = {}
     for r in records:
-        key = ("ZipAR " + r["schedule"]) if r["policy"] == "zipar" else \
-            (f"adaptive t={r['threshold']:g}" if r["policy"] == "adaptive" else "raster")
+        if r["policy"] == "raster":
+            key = "raster"
+        elif r["policy"] == "zipar":
+            key = f"ZipAR {r['schedule']}, {proxy_name(r['proxy'], args.tokens)}"
+        else:
+            key = f"adaptive t={r['threshold']:g}"
         fams.setdefault(key, []).append(r)
     for key, rs in fams.items():
         rs = sorted(rs, key=lambda r: r["forward_passes"])
@@ -414,28 +578,36 @@ def plot(records):
         y = [r["fid_proxy"] for r in rs]
         err = [[r["fid_proxy"] - r["fid_low"] for r in rs],
                [r["fid_high"] - r["fid_proxy"] for r in rs]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=key)
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=key,
+                    linestyle="--" if "paper" in key else "-")
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("forward passes per image (log)")
-    ax.set_ylabel("FID-proxy (lower is better)")
-    ax.set_title("Built-in Fashion-MNIST model: fidelity vs passes")
-    ax.legend()
+    ax.set_ylabel("FID-proxy (log, lower is better)")
+    ax.set_title(f"Built-in \"{args.model}\" model: fidelity vs passes")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "fidelity.png"), dpi=120)
+    fig.savefig(os.path.join(RESULTS, f"fidelity_{args.model}.png"), dpi=120)
 
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=tuple(MODELS), default="vq")
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--batch1", type=int, default=5,
+                    help="with --retime: images timed one at a time per setting")
     ap.add_argument("--chunk", type=int, default=50,
                     help="samples per work unit (a multiple of --batch)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="spawned single-threaded workers (1: run in this process)")
     ap.add_argument("--cells", default=CELLS, help="directory of the finished chunks")
-    ap.add_argument("--cfg-scale", type=float, default=1.0)
+    ap.add_argument("--cfg-scale", type=float, default=None,
+                    help="default: 2.0 for vq (the main job's), 1.0 for pixels")
+    ap.add_argument("--proxies", nargs="*", choices=PROXIES, default=list(PROXIES))
     ap.add_argument("--boot", type=int, default=200)
     ap.add_argument("--only", type=int, nargs="*", help="indices of settings to generate")
+    ap.add_argument("--list", action="store_true", help="print the settings with their index")
     ap.add_argument("--order", choices=("long", "short"), default="long",
                     help="generate the settings with the most (long) or fewest passes first")
     ap.add_argument("--stop-after", type=float, default=0,
@@ -450,8 +622,16 @@ def main():
     args = ap.parse_args()
     if args.chunk < 1 or args.chunk % args.batch:
         ap.error("--chunk must be a positive multiple of --batch")
+    if args.cfg_scale is None:
+        args.cfg_scale = MODELS[args.model]["cfg_scale"]
     args.stop_at = time.time() + args.stop_after if args.stop_after > 0 else 0
-    cells = settings()
+    # generation needs the token ids of the proxies it runs; the report names both
+    args.tokens = proxy_tokens(args.model, PROXIES if not args.generate_only else args.proxies)
+    cells = settings(args.model, args.proxies, args.tokens)
+    if args.list:
+        for i, c in enumerate(cells):
+            print(i, json.dumps(c))
+        return
     if args.only:
         cells = [cells[i] for i in args.only]
     t0 = time.perf_counter()
