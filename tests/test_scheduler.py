@@ -234,6 +234,22 @@ def test_calibrate_proxy_is_the_mode_of_raster_row_ends():
         z.tokens, m.generate([1], policy=ZipAR(2, proxy=cal.token), seed=1).tokens)
 
 
+def test_policy_from_name_takes_every_proxy():
+    from zipar.policies import policy_from_name
+
+    assert policy_from_name("zipar", window=2, proxy=np.int16(3)) == ZipAR(2, proxy=3)
+    assert policy_from_name("adaptive", window=2, proxy="calibrated") == \
+        AdaptiveZipAR(2, proxy="calibrated")
+    assert policy_from_name("zipar", window=2, proxy="left").to_dict() == {
+        "policy": "ZipAR", "window": 2, "schedule": "eager", "proxy": "left"}
+    assert repr(PyZipAR(3, proxy=4, schedule="paper")) == \
+        "ReferenceZipAR(window=3, proxy=4, schedule='paper')"
+    with pytest.raises(ValueError, match="negative"):
+        policy_from_name("zipar", window=2, proxy=-3)
+    with pytest.raises(TypeError, match="bool"):
+        policy_from_name("adaptive", window=2, proxy=False)
+
+
 def test_calibrate_proxy_errors():
     m = tiny((3, 3))
     with pytest.raises(ValueError, match="n_samples"):
@@ -316,6 +332,7 @@ def test_bad_policy_arguments():
         def select(self, state):
             return [(0, 0, 0)]
 
+    assert Stand().to_dict() == {"policy": "Stand", "proxy": 23}
     with pytest.raises(ValueError, match="valid ids are 0..22"):
         m.generate([0], policy=Stand())
     Stand.proxy = "nearest"
