@@ -126,9 +126,11 @@ static int new_chain(zp_session *s) {
 }
 
 /* The stand-in token for the missing end of row r-1 when row r starts early (E = 0):
- * "above": the latest decoded token of row r-2 (row 0 when r-1 = 0); "left": of row r-1.
+ * "above": the latest decoded token of row r-2 (row 0 when r-1 = 0); "left": of row r-1;
+ * "const": pol.proxy_token (checked at session creation to be a grid token).
  * Rows with nothing decoded are skipped upwards; (0, 0) is always decoded by then. */
 static int proxy_token(zp_session *s, int b, int r) {
+    if (s->pol.proxy == ZP_PROXY_CONST) return s->pol.proxy_token;
     int src = s->pol.proxy == ZP_PROXY_LEFT ? r - 1 : (r - 2 < 0 ? 0 : r - 2);
     while (src > 0 && *prog(s, b, src) == 0) src--;
     return *tok(s, b, src, *prog(s, b, src) - 1);
@@ -190,8 +192,15 @@ static zp_status session_new(const zp_model *m, int n_images, const prefix_args 
     }
     if (pol->schedule != ZP_SCHEDULE_EAGER && pol->schedule != ZP_SCHEDULE_PAPER)
         return zp_fail(ZP_ERR_ARG, "unknown schedule %d", pol->schedule);
-    if (pol->proxy != ZP_PROXY_ABOVE && pol->proxy != ZP_PROXY_LEFT)
+    if (pol->proxy != ZP_PROXY_ABOVE && pol->proxy != ZP_PROXY_LEFT && pol->proxy != ZP_PROXY_CONST)
         return zp_fail(ZP_ERR_ARG, "unknown proxy %d", pol->proxy);
+    if (pol->proxy == ZP_PROXY_CONST) { /* the token is fed as an embedding row: in range */
+        int lo = c->vis_lo || c->vis_hi ? c->vis_lo : 0;
+        int hi = c->vis_lo || c->vis_hi ? c->vis_hi : c->vocab;
+        if (pol->proxy_token < lo || pol->proxy_token >= hi)
+            return zp_fail(ZP_ERR_ARG, "proxy_token %d outside the image tokens [%d, %d)",
+                           pol->proxy_token, lo, hi);
+    }
 
     zp_session *s = calloc(1, sizeof *s);
     if (!s) return zp_fail(ZP_ERR_NOMEM, "cannot allocate session");

@@ -239,16 +239,21 @@ typedef enum {
     ZP_POLICY_EXTERNAL = 3, /* the caller chooses cells with zp_session_step */
 } zp_policy_kind;
 enum { ZP_SCHEDULE_EAGER = 0, ZP_SCHEDULE_PAPER = 1 };
-enum { ZP_PROXY_ABOVE = 0, ZP_PROXY_LEFT = 1 };
+/* The stand-in fed for the missing end of row r-1 when row r starts early (E = 0 grids):
+ * ABOVE: the latest decoded token of row r-2 (row 0 when r = 1; the published code's choice);
+ * LEFT: the latest decoded token of row r-1; CONST: zp_policy.proxy_token, always the same. */
+enum { ZP_PROXY_ABOVE = 0, ZP_PROXY_LEFT = 1, ZP_PROXY_CONST = 2 };
 
 /* Each kind reads only its own fields; the others are ignored (leave them 0):
  *   RASTER: none; ZIPAR: window, schedule, proxy; ADAPTIVE: min_window, max_window, threshold,
- *   schedule, proxy; EXTERNAL: proxy. */
+ *   schedule, proxy; EXTERNAL: proxy. proxy_token is read with proxy == ZP_PROXY_CONST. */
 typedef struct {
     int kind;         /* zp_policy_kind */
     int window;       /* ZIPAR: 1..W */
     int schedule;     /* ZP_SCHEDULE_* (ZIPAR, ADAPTIVE) */
     int proxy;        /* ZP_PROXY_*: stand-in for a missing end-of-row token (E = 0) */
+    int proxy_token;  /* ZP_PROXY_CONST: the token fed, one a grid cell may hold: in
+                         [vis_lo, vis_hi) when the model sets that range, else [0, vocab) */
     int min_window;   /* ADAPTIVE: draft a row start when the row above holds this many */
     int max_window;   /* ADAPTIVE: last verification at this many (W: the row above complete) */
     double threshold; /* ADAPTIVE: accept when u < min(1, p(x)/q(x) / (1 - threshold)); 0 is the

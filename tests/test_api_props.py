@@ -57,7 +57,8 @@ def policy_st():
     return st.one_of(
         st.none(), st.just("raster"),
         st.tuples(st.just("zipar"), int_like, st.sampled_from(["eager", "paper", "x", 1]),
-                  st.sampled_from(["above", "left", None])),
+                  st.one_of(st.sampled_from(["above", "left", "calibrated", None]), ints,
+                            st.booleans(), floats)),
         st.tuples(st.just("adaptive"), int_like, st.one_of(st.none(), int_like), floats))
 
 
@@ -209,6 +210,8 @@ def test_model_config(fields):
 def test_policies(window, max_window, threshold, schedule, proxy):
     def check_zipar(p):
         assert type(p.window) is int and p.window >= 1
+        assert p.proxy in ("above", "left", "calibrated") or (
+            type(p.proxy) is int and 0 <= p.proxy < 2 ** 31 and p.proxy == proxy)
 
     call(lambda: zipar.ZipAR(window, schedule=schedule, proxy=proxy), check_zipar)
 
@@ -217,6 +220,33 @@ def test_policies(window, max_window, threshold, schedule, proxy):
 
     call(lambda: zipar.AdaptiveZipAR(window, max_window=max_window, threshold=threshold),
          check_adaptive)
+
+
+PROXY_MODEL = zipar.random_model(dim=16, n_layer=1, n_head=2, vocab_size=V, grid=(H, W),
+                                 num_classes=K, seed=2)
+
+
+@SETTINGS
+@given(token=st.one_of(ints, anything, st.integers(0, V - 1)), as_const=st.booleans())
+def test_row_start_proxy_and_constant_proxies(token, as_const):
+    """A token set as row_start_proxy (or given as the proxy itself) is accepted exactly when it
+    is an id in [0, V), and is then what every proxy query feeds."""
+    PROXY_MODEL.row_start_proxy = None
+
+    def run():
+        if as_const:
+            pol = zipar.ZipAR(1, proxy=token)
+        else:
+            PROXY_MODEL.row_start_proxy = token
+            pol = zipar.ZipAR(1, proxy="calibrated")
+        return PROXY_MODEL.generate([0, 1], policy=pol, trace=True, decode_images=False)
+
+    def check(r):
+        assert not isinstance(token, (bool, np.bool_)) and 0 <= int(token) < V
+        fed = r.trace[r.trace[:, 4] == zipar.ROLES.index("proxy")][:, 5]
+        assert fed.size == 2 * (H - 1) and (fed == int(token)).all()
+
+    call(run, check)
 
 
 @SETTINGS

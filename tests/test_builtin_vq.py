@@ -53,6 +53,27 @@ def test_load_default_is_the_vq_model(ref):
         zipar.load_default("pixel")
 
 
+@pytest.mark.parametrize("name", builtin.BUILTIN_NAMES)
+def test_builtin_models_carry_their_calibrated_proxy(name):
+    """benchmarks/calibrate_proxy.py stored each model's row-start proxy in its record; the
+    loader sets it. (Recomputing it takes minutes: the script does, with the same settings.)"""
+    rec = builtin.builtin_info(name)["row_start_proxy"]
+    m = zipar.load_default(name)
+    assert m.row_start_proxy == rec["token"] == builtin.row_start_proxy(name)
+    assert (rec["n_samples"], rec["seed"], rec["cfg_scale"], rec["temperature"], rec["top_k"],
+            rec["top_p"]) == (200, 0, 2.0, 1.0, 0, 1.0)
+    ends = rec["n_samples"] * m.config.H
+    count = rec["fraction"] * ends                   # a whole number of row ends
+    assert 0 <= rec["token"] < m.config.vocab_size and 1 <= round(count) <= ends
+    assert abs(count - round(count)) < 1e-6
+    # a model loaded otherwise has none: the calibrated proxy is the record's, not a default
+    assert zipar.Model(m.config, m.weights).row_start_proxy is None
+    res = m.generate([0], policy=zipar.ZipAR(1, proxy="calibrated"), seed=0,
+                     trace=True, decode_images=False)
+    fed = res.trace[res.trace[:, 4] == zipar.ROLES.index("proxy")][:, 5]
+    assert fed.size == m.config.H - 1 and (fed == rec["token"]).all()
+
+
 def test_tokenizer_structure_is_vq16_family(decoder):
     # read from the keys as for vq_ds16_c2i.pt: 3 levels (downsample 4), 1024 l2-normed codes
     assert decoder.codebook_size == 1024 and decoder.embed_dim == 8 and decoder.scale == 4

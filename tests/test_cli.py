@@ -131,6 +131,31 @@ def test_generate_t2i_captions(tmp_path):
     np.testing.assert_array_equal(image[6:8, 2:4], grey(res.tokens[1]))
 
 
+def test_generate_proxies(tmp_path):
+    model = ck.load_llamagen(C2I, n_head=4, grid=3)
+    model.row_start_proxy = 42
+    model.save(tmp_path / "m.npz")
+    for proxy, want in (("calibrated", {"proxy": "calibrated", "proxy_token": 42}),
+                        ("7", {"proxy": 7}), ("left", {"proxy": "left"})):
+        run_cli(tmp_path, "generate", "--plain", "--checkpoint", "m.npz", "--labels", 1, 2,
+                "--policy", "zipar", "--window", 1, "--proxy", proxy, "--out", "p.png",
+                "--quiet", "--seed", 5)
+        entry = json.loads(png.read_png_text(tmp_path / "p.png")["zipar"])[0]
+        assert entry["policy"] == dict({"policy": "ZipAR", "window": 1, "schedule": "eager"},
+                                       **want)
+    proc = run_cli(tmp_path, "info", "m.npz")
+    assert "calibrated row-start proxy token 42" in proc.stdout
+    common = ("generate", "--checkpoint", C2I, "--n-head", 4, "--grid", 2, "--quiet",
+              "--labels", 1, "--policy", "zipar", "--window", 1, "--proxy")
+    assert_one_line_error(run_cli(tmp_path, *common, 100, check=False), "proxy token 100",
+                          "valid ids are 0..99")
+    assert_one_line_error(run_cli(tmp_path, *common, "calibrated", check=False),
+                          "row_start_proxy", "calibrate_proxy")
+    for bad, what in (("-1", "negative"), ("nearest", "invalid choice")):
+        proc = run_cli(tmp_path, *common, bad, check=False)
+        assert proc.returncode == 2 and what in proc.stderr and "Traceback" not in proc.stderr
+
+
 # ============================================================================ info
 
 def test_info_prints_blas(tmp_path):

@@ -56,6 +56,16 @@ def test_constants_come_from_the_core():
     z = zipar.ZipAR(2, schedule="paper", proxy="left").c_kwargs(5)
     assert z == {"kind": c.ZP_POLICY_ZIPAR, "window": 2, "schedule": c.ZP_SCHEDULE_PAPER,
                  "proxy": c.ZP_PROXY_LEFT}
+    assert len({c.ZP_PROXY_ABOVE, c.ZP_PROXY_LEFT, c.ZP_PROXY_CONST}) == 3
+    assert c.ZP_PROXY_ABOVE == 0   # a Session given no proxy feeds the published code's
+    # a constant is ZP_PROXY_CONST with the token in zp_policy.proxy_token; "calibrated" is the
+    # model's token, resolved here (plus the core's offset of image token 0, families)
+    assert zipar.ZipAR(2, proxy=7).c_kwargs(5, n_tokens=8) == {
+        "kind": c.ZP_POLICY_ZIPAR, "window": 2, "schedule": c.ZP_SCHEDULE_EAGER,
+        "proxy": c.ZP_PROXY_CONST, "proxy_token": 7}
+    kw = zipar.AdaptiveZipAR(2, proxy="calibrated").c_kwargs(5, row_start_proxy=3,
+                                                             token_offset=100)
+    assert (kw["proxy"], kw["proxy_token"]) == (c.ZP_PROXY_CONST, 103)
 
 
 def test_adaptive_hands_its_min_window_to_the_field_c_reads():
@@ -78,6 +88,32 @@ def test_binding_takes_keywords_not_tuples():
     assert s.done and s.stats["forward_passes"] == 9
     with pytest.raises(ValueError, match="window"):   # ZIPAR reads window: 0 is refused
         core().Session(m._core, 1, cond, unc, cfg_scale=1.0, kind=core().ZP_POLICY_ZIPAR)
+
+
+def test_the_core_checks_the_proxy_itself():
+    """The binding hands proxy / proxy_token to zp_session_new unchecked: the core refuses an
+    unknown proxy kind and a constant outside the image tokens [0, vocab) with a message."""
+    c = core()
+    m = zipar.random_model(dim=32, n_layer=1, n_head=2, vocab_size=16, grid=3)
+    cond, unc, mask = m.prefix([0])
+    kw = dict(cfg_scale=1.0, kind=c.ZP_POLICY_ZIPAR, window=1)
+    for token in (-1, 16, 2 ** 31 - 1):
+        with pytest.raises(ValueError, match=rf"proxy_token {token} outside the image tokens "
+                                             r"\[0, 16\)"):
+            c.Session(m._core, 1, cond, unc, proxy=c.ZP_PROXY_CONST, proxy_token=token, **kw)
+    with pytest.raises(ValueError, match="unknown proxy 3"):
+        c.Session(m._core, 1, cond, unc, proxy=3, **kw)
+    with pytest.raises(ValueError, match="out of range"):   # not even a C int
+        c.Session(m._core, 1, cond, unc, proxy=c.ZP_PROXY_CONST, proxy_token=2 ** 40, **kw)
+    s = c.Session(m._core, 1, cond, unc, proxy=c.ZP_PROXY_CONST, proxy_token=15, trace=True,
+                  **kw)
+    s.run()
+    tr = s.trace
+    fed = tr[tr[:, 4] == c.ZP_ROLE_PROXY][:, 5]
+    assert fed.size == 2 and (fed == 15).all()   # rows 1 and 2 start early (window 1)
+    # a kind that does not read proxy_token ignores it, like the other fields it does not read
+    c.Session(m._core, 1, cond, unc, cfg_scale=1.0, kind=c.ZP_POLICY_RASTER,
+              proxy_token=-5).run()
 
 
 def test_queries_array_layout():

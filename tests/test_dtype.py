@@ -18,7 +18,9 @@ import pytest
 
 import zipar
 from zipar import ZipAR
-from zipar.families.llamagen import load_llamagen
+from zipar.families.llamagen import load_llamagen, read_config
+from zipar.io.errors import CheckpointError
+from zipar.io.npz import write_npz
 from zipar.io.dtypes import bfloat16_to_float32, float32_to_bfloat16
 from zipar.io.safetensors import read_safetensors
 from zipar.model import Model, convert_weight, is_matrix, random_model
@@ -107,13 +109,15 @@ def test_conversion_rules(base):
 @pytest.mark.parametrize("ext", ["npz", "safetensors"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_save_keeps_dtype_and_maps(base, tmp_path, ext, dtype):
-    m = Model(base.config, base.weights, dtype=dtype)
+    m = Model(base.config, base.weights, dtype=dtype, row_start_proxy=np.int64(383))
     path = tmp_path / f"m.{ext}"
     m.save(path)
     tokens = np.arange(16).reshape(1, 4, 4)
     want = m.logits([2], tokens, cfg_scale=2.0)
-    back = load_llamagen(path)  # dtype as stored
+    back = load_llamagen(path)  # dtype as stored, and the calibrated proxy
     assert back.dtype == dtype
+    assert back.row_start_proxy == 383 and type(back.row_start_proxy) is int
+    assert read_config(path) == base.config   # the config alone reads as before
     q = back.weights["layers.1.feed_forward.w2.weight"]
     assert isinstance(q, np.memmap)
     assert q.dtype == m.weights["layers.1.feed_forward.w2.weight"].dtype
@@ -129,10 +133,22 @@ def test_save_keeps_dtype_and_maps(base, tmp_path, ext, dtype):
     assert np.abs(wide.logits([2], tokens, cfg_scale=2.0) - want).max() == 0
 
 
+@pytest.mark.parametrize("token,err", [(384, "outside the model's image tokens"),
+                                       (-1, "outside the model's image tokens"),
+                                       (True, "int token id"), ("7", "int token id"),
+                                       (7.0, "int token id")])
+def test_stored_row_start_proxy_is_checked(base, tmp_path, token, err):
+    config_json = json.dumps(dict(base.config.to_dict(), row_start_proxy=token))
+    write_npz(tmp_path / "bad.npz", base.weights, config_json=config_json)
+    with pytest.raises(CheckpointError, match=err):
+        load_llamagen(tmp_path / "bad.npz")
+
+
 def test_float32_file_loads_as_bf16_while_reading(base, tmp_path):
     path = tmp_path / "f32.safetensors"
     base.save(path)
     m = load_llamagen(path, dtype="bfloat16")
+    assert base.row_start_proxy is None and m.row_start_proxy is None   # none stored
     direct = Model(base.config, base.weights, dtype="bfloat16")
     for k, v in direct.weights.items():
         np.testing.assert_array_equal(m.weights[k], v, err_msg=k)

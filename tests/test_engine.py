@@ -98,7 +98,8 @@ def test_scattered_batched_queries_match_reference():
         np.testing.assert_array_equal(s.slots, rc.slots)
 
 
-@pytest.mark.parametrize("policy", [ZipAR(1), ZipAR(2, proxy="left"), ZipAR(3, schedule="paper")])
+@pytest.mark.parametrize("policy", [ZipAR(1), ZipAR(2, proxy="left"), ZipAR(3, schedule="paper"),
+                                    ZipAR(2, proxy=5)])
 @pytest.mark.parametrize("cfgi", [0, 3])
 def test_zipar_passes_match_reference_visibility(policy, cfgi):
     """Replay a ZipAR generation's trace on the reference, pass by pass, with the intended
@@ -147,6 +148,16 @@ def test_threads_and_batch_independence():
     finally:
         zipar.set_num_threads(n0)
     np.testing.assert_array_equal(a, b)
+    # a constant proxy too (the same stand-in whatever the thread count)
+    zipar.set_num_threads(1)
+    try:
+        c1 = m.generate([1, 2, 3], policy=ZipAR(2, proxy=49), seed=11).tokens
+    finally:
+        zipar.set_num_threads(n0)
+    np.testing.assert_array_equal(m.generate([1, 2, 3], policy=ZipAR(2, proxy=49), seed=11).tokens,
+                                  c1)
+    np.testing.assert_array_equal(m.generate([3], policy=ZipAR(2, proxy=49), seed=11,
+                                             sample_ids=[2]).tokens[0], c1[2])
     alone = m.generate([2], policy=ZipAR(2), seed=11, sample_ids=[1]).tokens
     np.testing.assert_array_equal(alone[0], a[1])
     # a different batch composition around the same image

@@ -280,6 +280,19 @@ def test_sampling_stays_in_image_tokens_and_batches(emu):
     np.testing.assert_array_equal(b.tokens[0], a.tokens[1])
     u = m.generate(prompts[0], grid=(H, W), seed=3, cfg_scale=1.0, policy=AdaptiveZipAR(2))
     assert u.tokens.shape == (1, H, W)
+    # E = 1 grids never feed a proxy: any valid one gives the same tokens; a constant is a code
+    # (0 .. n_codes-1, the core gets its id), checked before anything runs
+    for proxy in ("left", 0, m.config.n_codes - 1):
+        c = m.generate(prompts, negative_prompt_ids=neg, grid=(H, W), seed=3, top_k=5,
+                       policy=ZipAR(2, proxy=proxy))
+        np.testing.assert_array_equal(c.tokens, a.tokens)
+        assert c.stats["proxies"] == 0
+    with pytest.raises(ValueError, match=f"valid ids are 0..{m.config.n_codes - 1}"):
+        m.generate(prompts, negative_prompt_ids=neg, grid=(H, W),
+                   policy=ZipAR(2, proxy=m.config.n_codes))
+    with pytest.raises(ValueError, match="row_start_proxy"):
+        m.generate(prompts, negative_prompt_ids=neg, grid=(H, W),
+                   policy=ZipAR(2, proxy="calibrated"))
 
 
 @pytest.mark.parametrize("family", ["emu3", "lumina"])

@@ -49,9 +49,14 @@ def test_full_window_equals_raster(grid, eor, temperature):
         m = tiny(grid, eor=eor, seed=seed)
         kw = dict(cfg_scale=3.0, temperature=temperature, top_k=7 if temperature else 0, seed=seed)
         ref = m.generate([0, 3, 4], policy=Raster(), **kw).tokens
+        m.row_start_proxy = 5
         for pol in (ZipAR(grid[1]), ZipAR(grid[1], schedule="paper"),
-                    AdaptiveZipAR(grid[1]), AdaptiveZipAR(grid[1], threshold=0.5)):
-            np.testing.assert_array_equal(m.generate([0, 3, 4], policy=pol, **kw).tokens, ref)
+                    AdaptiveZipAR(grid[1]), AdaptiveZipAR(grid[1], threshold=0.5),
+                    ZipAR(grid[1], proxy=np.int32(22)), ZipAR(grid[1], proxy=0, schedule="paper"),
+                    ZipAR(grid[1], proxy="calibrated"), AdaptiveZipAR(grid[1], proxy=7)):
+            res = m.generate([0, 3, 4], policy=pol, **kw)
+            np.testing.assert_array_equal(res.tokens, ref)
+            assert res.stats["proxies"] == 0   # the full window never needs a stand-in
 
 
 def test_small_window_differs_but_is_complete():
@@ -117,16 +122,146 @@ def test_trace_obeys_window_rule(eor):
 # The Python statement of the ZipAR rule (zipar.reference.ReferenceZipAR) against the C policy.
 PyZipAR = ReferenceZipAR
 
+# every kind of proxy: the two rules, a constant (also a NumPy integer) and the calibrated token
+PROXIES = ["above", "left", 4, np.int64(0), "calibrated"]
+
 
 @pytest.mark.parametrize("eor", [0, 1])
-def test_python_policy_matches_builtin(eor):
+@pytest.mark.parametrize("proxy", PROXIES, ids=str)
+@pytest.mark.parametrize("schedule", ["eager", "paper"])
+def test_python_policy_matches_builtin(eor, proxy, schedule):
     m = tiny((4, 5), eor=eor)
+    m.row_start_proxy = 17
     for s in (1, 2, 5):
-        a = m.generate([0, 2], policy=ZipAR(s), seed=7, cfg_scale=2.0)
-        b = m.generate([0, 2], policy=PyZipAR(s), seed=7, cfg_scale=2.0)
+        a = m.generate([0, 2], policy=ZipAR(s, schedule=schedule, proxy=proxy), seed=7,
+                       cfg_scale=2.0)
+        py = PyZipAR(s, proxy=proxy, schedule=schedule)
+        b = m.generate([0, 2], policy=py, seed=7, cfg_scale=2.0)
         np.testing.assert_array_equal(a.tokens, b.tokens)
-        assert a.stats["forward_passes"] == b.stats["forward_passes"]
+        assert a.stats["forward_passes"] == b.stats["forward_passes"] == py.expected_passes(4, 5)
         assert a.stats["proxies"] == b.stats["proxies"]
+        assert a.config["policy"]["proxy"] == b.config["policy"]["proxy"] == proxy
+        if proxy == "calibrated":
+            assert a.config["policy"]["proxy_token"] == b.config["policy"]["proxy_token"] == 17
+        if s < 5:   # AdaptiveZipAR with threshold 1 is ZipAR(min_window), proxies included
+            ad = m.generate([0, 2], policy=AdaptiveZipAR(s, threshold=1.0, schedule=schedule,
+                                                         proxy=proxy), seed=7, cfg_scale=2.0)
+            np.testing.assert_array_equal(ad.tokens, a.tokens)
+
+
+def decoded_at_from_trace(trace, n, H, W):
+    """(n, H, W) pass that decoded each cell, from a fixed-window trace: a sample query decodes
+    its successor, a prefix (0, 0), a proxy / end-of-row query the next row's start."""
+    at = np.full((n, H, W), -1)
+    for p, img, r, c, role, _tok in trace:
+        if role == ROLE["prefix"]:
+            at[img, 0, 0] = p
+        elif role == ROLE["sample"]:
+            at[(img,) + ((r, c + 1) if c + 1 < W else (r + 1, 0))] = p
+        elif role in (ROLE["proxy"], ROLE["eor"]):
+            at[img, r + 1, 0] = p
+    assert (at >= 0).all()
+    return at
+
+
+@pytest.mark.parametrize("proxy", PROXIES, ids=str)
+@pytest.mark.parametrize("schedule", ["eager", "paper"])
+def test_proxy_queries_feed_the_reference_token(proxy, schedule):
+    """Every proxy query of the trace feeds what zipar.reference.proxy_token says, given the
+    tokens decoded before its pass; a constant is that token at every proxy query."""
+    from zipar.reference import proxy_token
+
+    H, W = 5, 6
+    m = tiny((H, W), vocab=23)
+    m.row_start_proxy = 21
+    for s in (1, 2, 4):
+        for pol in (ZipAR(s, schedule=schedule, proxy=proxy),
+                    PyZipAR(s, proxy=proxy, schedule=schedule)):
+            res = m.generate([0, 1, 2], policy=pol, seed=3, trace=True)
+            at = pol.decoded_at if isinstance(pol, PyZipAR) else \
+                decoded_at_from_trace(res.trace, 3, H, W)
+            proxies = res.trace[res.trace[:, 4] == ROLE["proxy"]]
+            assert len(proxies) == res.stats["proxies"] > 0
+            for p, img, r, c, _role, tok in proxies:
+                assert c == W - 1 and at[img, r, W - 1] >= p   # the real end is not there yet
+                before = np.where(at[img] < p, res.tokens[img], -1)
+                progress = (before >= 0).sum(axis=1)
+                assert tok == proxy_token(before, progress, r + 1, proxy, m.row_start_proxy)
+            if not isinstance(proxy, str) or proxy == "calibrated":
+                want = 21 if proxy == "calibrated" else int(proxy)
+                assert set(proxies[:, 5].tolist()) == {want}
+
+
+def test_constant_proxy_reaches_the_tokens_and_adaptive_feeds_it():
+    """The stand-in changes what a row start sees: two constants give different grids (so the
+    exactness comparisons above compare something), and adaptive drafts / verifications with
+    an incomplete row above feed the constant."""
+    m = tiny((5, 6), vocab=23)
+    a = m.generate([0, 1, 2], policy=ZipAR(1, proxy=0), seed=3).tokens
+    b = m.generate([0, 1, 2], policy=ZipAR(1, proxy=22), seed=3).tokens
+    assert not np.array_equal(a, b)
+    res = m.generate([0, 1, 2], policy=AdaptiveZipAR(1, proxy=9), seed=3, temperature=1.0,
+                     trace=True)
+    assert res.stats["drafts_proposed"] > 0
+    tr = res.trace
+    assert set(tr[tr[:, 4] == ROLE["proxy"]][:, 5].tolist()) == {9}
+    # a verification at the end of the row above feeds the constant or, once decoded, the real
+    # token; both happen here
+    ver = tr[(tr[:, 4] == ROLE["verify"]) & (tr[:, 3] == 5)]
+    real = res.tokens[ver[:, 1], ver[:, 2], 5]
+    assert ((ver[:, 5] == 9) | (ver[:, 5] == real)).all()
+    assert (ver[:, 5] == 9).any()
+
+
+def test_calibrate_proxy_is_the_mode_of_raster_row_ends():
+    m = tiny((4, 5), vocab=11)
+    cal = zipar.calibrate_proxy(m, n_samples=23, seed=5, cfg_scale=1.5, batch=4, top_k=8)
+    # the same samples generated here in one batch: labels i % num_classes, sample ids i
+    toks = m.generate(np.arange(23) % 5, seed=5, cfg_scale=1.5, top_k=8).tokens
+    ends = toks[:, :, -1].reshape(-1)
+    counts = np.array([(ends == t).sum() for t in range(11)])
+    assert cal.token == min(t for t in range(11) if counts[t] == counts.max())
+    np.testing.assert_array_equal(cal.counts, counts)
+    assert cal.fraction == counts.max() / (23 * 4) and cal.n_row_ends == 92
+    d = cal.to_dict()
+    assert (d["token"], d["n_samples"], d["seed"], d["cfg_scale"], d["top_k"]) == \
+        (cal.token, 23, 5, 1.5, 8)
+    assert zipar.calibrate_proxy(m, n_samples=23, seed=5, cfg_scale=1.5, top_k=8).token == \
+        cal.token   # the batch does not matter
+    m.row_start_proxy = cal.token
+    z = m.generate([1], policy=ZipAR(2, proxy="calibrated"), seed=1)
+    np.testing.assert_array_equal(
+        z.tokens, m.generate([1], policy=ZipAR(2, proxy=cal.token), seed=1).tokens)
+
+
+def test_policy_from_name_takes_every_proxy():
+    from zipar.policies import policy_from_name
+
+    assert policy_from_name("zipar", window=2, proxy=np.int16(3)) == ZipAR(2, proxy=3)
+    assert policy_from_name("adaptive", window=2, proxy="calibrated") == \
+        AdaptiveZipAR(2, proxy="calibrated")
+    assert policy_from_name("zipar", window=2, proxy="left").to_dict() == {
+        "policy": "ZipAR", "window": 2, "schedule": "eager", "proxy": "left"}
+    assert repr(PyZipAR(3, proxy=4, schedule="paper")) == \
+        "ReferenceZipAR(window=3, proxy=4, schedule='paper')"
+    with pytest.raises(ValueError, match="negative"):
+        policy_from_name("zipar", window=2, proxy=-3)
+    with pytest.raises(TypeError, match="bool"):
+        policy_from_name("adaptive", window=2, proxy=False)
+
+
+def test_calibrate_proxy_errors():
+    m = tiny((3, 3))
+    with pytest.raises(ValueError, match="n_samples"):
+        zipar.calibrate_proxy(m, n_samples=0)
+    with pytest.raises(TypeError, match="n_samples"):
+        zipar.calibrate_proxy(m, n_samples=2.0)
+    with pytest.raises(TypeError, match="zipar.Model"):
+        zipar.calibrate_proxy("model")
+    with pytest.raises(TypeError):
+        zipar.calibrate_proxy(m, n_samples=2, temprature=1.0)   # a misspelt sampling keyword
+    with pytest.raises(ValueError, match="temperature"):
+        zipar.calibrate_proxy(m, n_samples=2, temperature=-1.0)
 
 
 def test_python_policy_errors():
@@ -169,8 +304,49 @@ def test_bad_policy_arguments():
         m.generate([0], policy=ZipAR(5))
     with pytest.raises(ValueError, match="schedule"):
         ZipAR(2, schedule="lazy")
-    with pytest.raises(ValueError, match="proxy"):
+    with pytest.raises(ValueError, match="unknown proxy 'below'"):
         ZipAR(2, proxy="below")
+    with pytest.raises(TypeError, match="not a bool"):
+        ZipAR(2, proxy=True)
+    with pytest.raises(TypeError, match="not a bool"):
+        AdaptiveZipAR(2, proxy=np.bool_(False))
+    with pytest.raises(TypeError, match="token id"):
+        ZipAR(2, proxy=3.0)
+    with pytest.raises(ValueError, match="proxy token -1 is negative"):
+        ZipAR(2, proxy=-1)
+    with pytest.raises(ValueError, match="proxy token 4294967296"):
+        AdaptiveZipAR(2, proxy=2 ** 32)
+    # known only with the model: ids below its 23 image tokens, a stored calibrated token
+    for pol in (ZipAR(2, proxy=23), AdaptiveZipAR(2, proxy=np.uint16(99))):
+        with pytest.raises(ValueError, match=r"proxy token (23|99) is outside the model's "
+                                             r"image tokens: valid ids are 0\.\.22"):
+            m.generate([0], policy=pol)
+    with pytest.raises(ValueError, match="this model has none.*calibrate_proxy"):
+        m.generate([0], policy=ZipAR(2, proxy="calibrated"))
+    with pytest.raises(ValueError, match="model has none"):
+        m.generate([0], policy=PyZipAR(2, proxy="calibrated"))
+
+    class Stand(Policy):   # a Python policy's proxy is checked when the session is made
+        proxy = 23
+
+        def select(self, state):
+            return [(0, 0, 0)]
+
+    assert Stand().to_dict() == {"policy": "Stand", "proxy": 23}
+    with pytest.raises(ValueError, match="valid ids are 0..22"):
+        m.generate([0], policy=Stand())
+    Stand.proxy = "nearest"
+    with pytest.raises(ValueError, match="unknown proxy 'nearest'"):
+        m.generate([0], policy=Stand())
+    with pytest.raises(ValueError, match="unknown proxy"):
+        PyZipAR(2, proxy="up")
+    with pytest.raises(TypeError, match="row_start_proxy"):
+        m.row_start_proxy = True
+    with pytest.raises(ValueError, match="row_start_proxy 23 is outside.*0..22"):
+        m.row_start_proxy = 23
+    with pytest.raises(ValueError, match="row_start_proxy -2"):
+        zipar.Model(m.config, m.weights, row_start_proxy=-2)
+    assert m.row_start_proxy is None
     with pytest.raises(ValueError, match="threshold"):
         AdaptiveZipAR(2, threshold=1.5)
     with pytest.raises(ValueError, match="threshold"):

@@ -85,12 +85,25 @@ def test_expand_grid_dedup_drops_and_defaults():
     ({"window": []}, ValueError),
     ({"window": [2.5]}, TypeError),
     ({"window": [2], "schedule": ["lazy"]}, ValueError),
+    ({"window": [2], "proxy": ["below"]}, ValueError),
+    ({"window": [2], "proxy": [-1]}, ValueError),
+    ({"window": [2], "proxy": [True]}, TypeError),
+    ({"window": [2], "proxy": [2.0]}, TypeError),
+    ({"window": [2], "proxy": [None]}, ValueError),
     ({"top_p": [0.0]}, ValueError),
     ({"policy": ["adaptive"], "min_window": [4], "max_window": [2]}, ValueError),  # nothing left
 ])
 def test_expand_grid_rejects(grid, exc):
     with pytest.raises(exc):
         expand_grid(grid)
+
+
+def test_expand_grid_proxies():
+    cells = expand_grid({"policy": ["raster", "zipar", "adaptive"], "window": [2],
+                         "proxy": ["above", "Calibrated", 5, np.int64(5), np.uint8(0)]})
+    assert [c["proxy"] for c in cells] == [None] + ["above", "calibrated", 5, 0] * 2
+    assert all(type(c["proxy"]) in (str, int) for c in cells[1:])
+    assert sw._make_policy(cells[3]) == zipar.ZipAR(2, proxy=5)
 
 
 def test_seed_given_twice_rejected():
@@ -215,6 +228,43 @@ def test_bad_arguments():
               metrics={"x": lambda m, t, lab: 0.0})
     with pytest.raises(ValueError, match="larger than the grid width"):
         sweep(SPEC, {"window": [9]}, n_samples=2, progress=False)
+
+
+def test_sweep_proxies_and_recalibration(tmp_path):
+    """Grid proxies "calibrated" and token ids: the records name the proxy and the token fed
+    (proxy_token), the tokens are those of the policy itself, and a checkpoint saved with
+    another row_start_proxy recomputes its calibrated cells only."""
+    model = zipar.random_model(**TINY)
+    model.row_start_proxy = 11
+    path = tmp_path / "m.npz"
+    model.save(path)
+    grid = {"policy": ["raster", "zipar"], "window": [1], "proxy": ["left", "calibrated", 3]}
+    out = tmp_path / "run"
+    calls = []
+
+    def counting(model, tokens, labels):
+        calls.append(1)
+        return tokens_sum(model, tokens, labels)
+
+    res = sweep(str(path), grid, n_samples=4, out=out, progress=False, metrics={"t": counting})
+    assert [(r["policy"], r["proxy"], r["proxy_token"]) for r in res.records] == [
+        ("raster", None, None), ("zipar", "left", None), ("zipar", "calibrated", 11),
+        ("zipar", 3, 3)]
+    for i, proxy in ((1, "left"), (2, 11), (3, 3)):
+        want = model.generate(np.arange(4) % 3, policy=zipar.ZipAR(1, proxy=proxy),
+                              cfg_scale=4.0, seed=0).tokens
+        np.testing.assert_array_equal(res.tokens(i), want)
+    assert not np.array_equal(res.tokens(2), res.tokens(3))   # 11 and 3 differ somewhere
+    assert len(calls) == 4 and "proxy_token" not in res.metric_columns
+    model.row_start_proxy = 12                   # recalibrated: the same bytes, another token
+    model.save(path)
+    sw.spec._MODEL_CACHE.clear()                 # (a process keeps a spec's model loaded)
+    calls.clear()
+    again = sweep(str(path), grid, n_samples=4, out=out, progress=False, metrics={"t": counting})
+    assert len(calls) == 1 and again.records[2]["proxy_token"] == 12
+    assert again.records[3] == res.records[3]    # read back, not recomputed
+    with pytest.raises(ValueError, match="row_start_proxy"):   # a model without one: at once
+        sweep(SPEC, {"window": [1], "proxy": ["calibrated"]}, n_samples=1, progress=False)
 
 
 # ---------------------------------------------------------------------------- checkpointing
@@ -368,6 +418,18 @@ def test_sweep_file_out_relative_to_file(tmp_path, capsys):
     res = sw.run_sweep_file(str(cfg), progress=False)
     assert (tmp_path / "results" / "records.csv").exists() and len(res) == 8
     assert "records.csv" in capsys.readouterr().out
+
+
+def test_sweep_file_proxies(tmp_path):
+    model = zipar.random_model(**TINY)
+    model.row_start_proxy = 2
+    model.save(tmp_path / "m.safetensors")
+    cfg = tmp_path / "p.toml"
+    cfg.write_text('[model]\nspec = "m.safetensors"\n[sweep]\nn_samples = 2\n'
+                   '[grid]\nwindow = [1]\nproxy = ["above", "calibrated", 7]\n')
+    res = sw.run_sweep_file(str(cfg), progress=False)
+    assert [(r["proxy"], r["proxy_token"]) for r in res.records] == [
+        ("above", None), ("calibrated", 2), (7, 7)]
 
 
 def test_sweep_file_errors(tmp_path):

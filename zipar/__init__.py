@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib as _importlib
 
+from .calibration import ProxyCalibration, calibrate_proxy
 from .config import ModelConfig
 from .model import GenerationResult, Model, RawSession, random_model
 from .policies import AdaptiveZipAR, Policy, PolicyState, Raster, ZipAR
@@ -26,7 +27,7 @@ __all__ = ["ModelConfig", "Model", "GenerationResult", "RawSession", "Raster", "
            "AdaptiveZipAR", "Policy", "PolicyState", "ROLES", "Sampling", "show_config",
            "set_num_threads", "get_num_threads", "build_info", "load_default", "load_llamagen",
            "load_emu3", "load_chameleon", "load", "Emu3Model", "ChameleonModel", "FamilyResult",
-           "random_model", "__version__"]
+           "random_model", "calibrate_proxy", "ProxyCalibration", "__version__"]
 
 # Classes of the model families, reachable lazily as zipar.<name>
 _FAMILY_CLASSES = {"Emu3Model": "emu3", "ChameleonModel": "chameleon", "FamilyResult": "decoder"}

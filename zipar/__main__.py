@@ -60,8 +60,24 @@ def _policy_args(p):
     p.add_argument("--threshold", type=float, default=0.0, help="adaptive acceptance threshold")
     p.add_argument("--schedule", default="eager", choices=["eager", "paper"],
                    help="when row 1 may start")
-    p.add_argument("--proxy", default="above", choices=["above", "left"],
-                   help="stand-in for a missing end of row")
+    p.add_argument("--proxy", default="above", type=_proxy_arg,
+                   metavar="{above,left,calibrated,INT}",
+                   help="stand-in for a missing end of row: above, left, calibrated (the "
+                        "model's row_start_proxy) or a token id")
+
+
+def _proxy_arg(text: str):
+    """--proxy: a proxy name or a token id (checked against the model when generating)."""
+    from .policies import PROXY_NAMES, check_proxy
+
+    if text in PROXY_NAMES:
+        return text
+    try:
+        return check_proxy(int(text))
+    except ValueError as e:
+        msg = str(e) if text.strip().lstrip("+-").isdigit() else f"invalid choice {text!r}"
+        raise argparse.ArgumentTypeError(f"{msg} (choose from above, left, calibrated or a "
+                                         "token id)") from None
 
 
 def _sampling_args(p, cfg_default):
@@ -189,12 +205,12 @@ def cmd_generate(a):
                                         sample_ids=np.arange(n) * a.samples + k))
         columns.append(extra)
         st = res.stats
-        line = (f"{json.dumps(pol.to_dict())}: {st['forward_passes']} passes "
+        line = (f"{json.dumps(res.config['policy'])}: {st['forward_passes']} passes "
                 f"(raster {st['raster_passes']}, {st['step_reduction']:.0%} fewer), "
                 f"{dt:.2f} s for {_plural(n, 'image')}")
         print(line)
-        summary.append(dict(policy=pol.to_dict(), passes=st["forward_passes"], seconds=dt,
-                            config=res.config))
+        summary.append(dict(policy=res.config["policy"], passes=st["forward_passes"],
+                            seconds=dt, config=res.config))
     imgs = [[r.images for r in col] for col in columns]
     if any(im is None for col in imgs for im in col):
         print("no decoder attached: writing token grids as grey images")
@@ -429,6 +445,8 @@ def _info_llamagen(path, grid=None, n_head=None):
           f"{c.n_head} heads, vocabulary {c.vocab_size})")
     print(f"dtype:    {stored} on disk, float32 in memory")
     print(f"grid:     {c.H}x{c.W} tokens")
+    print("proxy:    " + ("none calibrated" if model.row_start_proxy is None else
+                          f"calibrated row-start proxy token {model.row_start_proxy}"))
     print("prompt:   class labels (c2i) or caption embeddings (t2i); no text template")
     return 0
 

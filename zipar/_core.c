@@ -33,6 +33,8 @@ _Static_assert(offsetof(zp_query, want_logits) == 4 * sizeof(int32_t),
                "zp_query.want_logits is column 4");
 _Static_assert(offsetof(zp_query, guided) == 5 * sizeof(int32_t), "zp_query.guided is column 5");
 _Static_assert(ZP_CELL_FIELDS == 3 && ZP_TRACE_FIELDS == 6, "cells and trace records");
+_Static_assert(ZP_PROXY_ABOVE == 0,
+               "a Session given no proxy (0) feeds the published code's proxy");
 
 /* ================================================================ errors and arrays */
 
@@ -487,17 +489,18 @@ static void Session_dealloc(SessionObject *self) {
 /* Session(model, n_images, prefix_cond, prefix_uncond, prefix_mask, sample_ids, *,
  *         prefix_ids, prefix_len, uncond_ids, uncond_len,   (token-id prefixes, see Cache)
  *         cfg_scale, cfg_interval, temperature, top_k, top_p, seed,   (zp_sampling, by name)
- *         kind, window, schedule, proxy, min_window, max_window, threshold,   (zp_policy)
+ *         kind, window, schedule, proxy, proxy_token, min_window, max_window, threshold,
+ *         (zp_policy)
  *         trace=False)
  * Sampling fields left out take zp_sampling_default()'s values; policy fields left out are 0
  * (a kind ignores the fields it does not read, see zipar.h). */
 static int Session_init(SessionObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {
-        "model",      "n_images",     "prefix_cond", "prefix_uncond", "prefix_mask",
-        "sample_ids", "prefix_ids",   "prefix_len",  "uncond_ids",    "uncond_len",
-        "cfg_scale",  "cfg_interval", "temperature", "top_k",         "top_p",
-        "seed",       "kind",         "window",      "schedule",      "proxy",
-        "min_window", "max_window",   "threshold",   "trace",         NULL};
+        "model",       "n_images",   "prefix_cond", "prefix_uncond", "prefix_mask", "sample_ids",
+        "prefix_ids",  "prefix_len", "uncond_ids",  "uncond_len",    "cfg_scale",   "cfg_interval",
+        "temperature", "top_k",      "top_p",       "seed",          "kind",        "window",
+        "schedule",    "proxy",      "proxy_token", "min_window",    "max_window",  "threshold",
+        "trace",       NULL};
     ModelObject *model;
     int n, trace = 0;
     PyObject *cond, *unc = Py_None, *mask = Py_None, *sids = Py_None;
@@ -506,11 +509,12 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw) {
     zp_policy pol = {0};
     unsigned long long seed = sp.seed;
     PyObject *seed_obj = NULL;
-    if (!PyArg_ParseTupleAndKeywords(
-            args, kw, "O!iO|OOO$OOOOfififOiiiiiidp", kwlist, &ModelType, &model, &n, &cond, &unc,
-            &mask, &sids, &pids, &plen, &uids, &ulen, &sp.cfg_scale, &sp.cfg_interval,
-            &sp.temperature, &sp.top_k, &sp.top_p, &seed_obj, &pol.kind, &pol.window, &pol.schedule,
-            &pol.proxy, &pol.min_window, &pol.max_window, &pol.threshold, &trace)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!iO|OOO$OOOOfififOiiiiiiidp", kwlist, &ModelType,
+                                     &model, &n, &cond, &unc, &mask, &sids, &pids, &plen, &uids,
+                                     &ulen, &sp.cfg_scale, &sp.cfg_interval, &sp.temperature,
+                                     &sp.top_k, &sp.top_p, &seed_obj, &pol.kind, &pol.window,
+                                     &pol.schedule, &pol.proxy, &pol.proxy_token, &pol.min_window,
+                                     &pol.max_window, &pol.threshold, &trace)) {
         parse_failed();
         return -1;
     }
@@ -958,10 +962,11 @@ PyMODINIT_FUNC PyInit__core(void) {
         ADD_CONST(ZP_WTYPE_F16) || ADD_CONST(ZP_POLICY_RASTER) || ADD_CONST(ZP_POLICY_ZIPAR) ||
         ADD_CONST(ZP_POLICY_ADAPTIVE) || ADD_CONST(ZP_POLICY_EXTERNAL) ||
         ADD_CONST(ZP_SCHEDULE_EAGER) || ADD_CONST(ZP_SCHEDULE_PAPER) || ADD_CONST(ZP_PROXY_ABOVE) ||
-        ADD_CONST(ZP_PROXY_LEFT) || ADD_CONST(ZP_SLOT_UNWRITTEN) || ADD_CONST(ZP_SLOT_MASKED) ||
-        ADD_CONST(ZP_SLOT_COMMITTED) || ADD_CONST(ZP_QUERY_FIELDS) || ADD_CONST(ZP_CELL_FIELDS) ||
-        ADD_CONST(ZP_TRACE_FIELDS) || ADD_CONST(ZP_MAX_THREADS) || ADD_CONST(ZP_MAX_SEQ_LEN) ||
-        ADD_CONST(ZP_MAX_WIDTH) || ADD_CONST(ZP_MAX_LAYERS) || ADD_CONST(ZP_MAX_IMAGES)) {
+        ADD_CONST(ZP_PROXY_LEFT) || ADD_CONST(ZP_PROXY_CONST) || ADD_CONST(ZP_SLOT_UNWRITTEN) ||
+        ADD_CONST(ZP_SLOT_MASKED) || ADD_CONST(ZP_SLOT_COMMITTED) || ADD_CONST(ZP_QUERY_FIELDS) ||
+        ADD_CONST(ZP_CELL_FIELDS) || ADD_CONST(ZP_TRACE_FIELDS) || ADD_CONST(ZP_MAX_THREADS) ||
+        ADD_CONST(ZP_MAX_SEQ_LEN) || ADD_CONST(ZP_MAX_WIDTH) || ADD_CONST(ZP_MAX_LAYERS) ||
+        ADD_CONST(ZP_MAX_IMAGES)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -22,6 +22,7 @@ ZP_SCHEDULE_EAGER: int
 ZP_SCHEDULE_PAPER: int
 ZP_PROXY_ABOVE: int
 ZP_PROXY_LEFT: int
+ZP_PROXY_CONST: int
 ZP_SLOT_UNWRITTEN: int
 ZP_SLOT_MASKED: int
 ZP_SLOT_COMMITTED: int
@@ -63,7 +64,8 @@ class Session:
                  cfg_scale: float = ...,
                  cfg_interval: int = ..., temperature: float = ..., top_k: int = ...,
                  top_p: float = ..., seed: int = ..., kind: int = ..., window: int = ...,
-                 schedule: int = ..., proxy: int = ..., min_window: int = ...,
+                 schedule: int = ..., proxy: int = ..., proxy_token: int = ...,
+                 min_window: int = ...,
                  max_window: int = ..., threshold: float = ..., trace: bool = ...) -> None: ...
     def run(self, max_passes: int = ..., callback: Optional[Callable[[int], object]] = ...
             ) -> int: ...

@@ -6,6 +6,7 @@ live in zipar.session, the sampling settings in zipar.sampling.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -16,7 +17,7 @@ import numpy as np
 from ._ext import core
 from .config import ModelConfig
 from .io.dtypes import as_float, float32_to_bfloat16
-from .policies import Policy, Raster, _Builtin
+from .policies import Policy, Raster, _Builtin, policy_record
 from .sampling import Sampling, check_sample_ids, is_guided
 from ._checks import INT32_MAX, int_array, int_scalar
 from .session import (GenerationResult, RawSession, expected_passes, histogram, progress_bar,
@@ -166,10 +167,14 @@ class Model:
     type are used in place, memory maps included: they are borrowed, the Model keeps them
     alive, and they must not be modified while it exists. ``model.dtype`` says which it is;
     :meth:`save` writes the weights as stored.
+
+    ``row_start_proxy``: the token ``proxy="calibrated"`` feeds for a missing end of row (an int
+    in ``[0, vocab_size)``, or None: not calibrated), usually the result of
+    :func:`zipar.calibrate_proxy`; an attribute that may be set later, kept by :meth:`save`.
     """
 
     def __init__(self, config: ModelConfig, weights: Mapping[str, np.ndarray], *, tokenizer=None,
-                 decoder=None, dtype: str = "float32"):
+                 decoder=None, dtype: str = "float32", row_start_proxy: Optional[int] = None):
         if not isinstance(config, ModelConfig):
             raise TypeError("config must be a zipar.ModelConfig")
         if not isinstance(weights, Mapping):
@@ -202,6 +207,7 @@ class Model:
             w[name] = convert_weight(name, a, dtype)
         self.config = config
         self._dtype = dtype
+        self.row_start_proxy = row_start_proxy   # checked by the setter
         self.weights = w
         self.tokenizer = tokenizer
         self.decoder = decoder
@@ -217,6 +223,38 @@ class Model:
         """How the matrices are stored: "float32", "bfloat16" (uint16 bits) or "float16"."""
         return self._dtype
 
+    @property
+    def row_start_proxy(self) -> Optional[int]:
+        """The calibrated row-start proxy token (``proxy="calibrated"``), or None."""
+        return self._row_start_proxy
+
+    @row_start_proxy.setter
+    def row_start_proxy(self, token) -> None:
+        if token is not None:
+            V = self.config.vocab_size
+            if isinstance(token, (bool, np.bool_)) or not isinstance(token, (int, np.integer)):
+                raise TypeError(f"row_start_proxy must be an int token id or None, got "
+                                f"{token!r:.80}")
+            if not 0 <= token < V:
+                raise ValueError(f"row_start_proxy {token} is outside the model's image tokens: "
+                                 f"valid ids are 0..{V - 1}")
+            token = int(token)
+        self._row_start_proxy = token
+
+    def _stored_config_json(self) -> str:
+        """What :meth:`save` stores as the config: the ModelConfig's JSON, with the key
+        "row_start_proxy" beside its fields when one is set."""
+        if self.row_start_proxy is None:
+            return self.config.to_json()
+        return json.dumps(dict(self.config.to_dict(), row_start_proxy=self.row_start_proxy),
+                          sort_keys=True)
+
+    def _policy_kwargs(self, policy) -> dict:
+        """The zp_policy fields of ``policy`` for this model (its grid width, its image tokens
+        and its calibrated proxy)."""
+        return policy.c_kwargs(self.config.W, n_tokens=self.config.vocab_size,
+                               row_start_proxy=self.row_start_proxy)
+
     def __repr__(self):
         c = self.config
         n = sum(a.size for a in self.weights.values())
@@ -226,17 +264,17 @@ class Model:
     def save(self, path) -> None:
         """Write the weights and config to ``.npz`` or ``.safetensors`` (by extension), in the
         stored dtype (bfloat16 matrices as BF16 tensors in .safetensors, as uint16 bit patterns
-        in .npz); reload with ``zipar.load_llamagen(path)``, which keeps that dtype. No pickle is
-        involved either way."""
+        in .npz); reload with ``zipar.load_llamagen(path)``, which keeps that dtype and the
+        ``row_start_proxy``. No pickle is involved either way."""
         from .io.npz import write_npz
         from .io.safetensors import write_safetensors
 
         if str(path).endswith(".safetensors"):
             bf16 = [k for k, v in self.weights.items() if v.dtype == np.uint16]
-            write_safetensors(path, self.weights, config_json=self.config.to_json(),
+            write_safetensors(path, self.weights, config_json=self._stored_config_json(),
                               bfloat16=bf16)
         else:
-            write_npz(path, self.weights, config_json=self.config.to_json())
+            write_npz(path, self.weights, config_json=self._stored_config_json())
 
     @property
     def n_params(self) -> int:
@@ -329,7 +367,7 @@ class Model:
         sids = check_sample_ids(sample_ids, B)
         c = self.config
         sess = core().Session(self._core, B, cond, unc, mask, sids, **sampling.c_kwargs(),
-                              **policy.c_kwargs(c.W), trace=bool(trace))
+                              **self._policy_kwargs(policy), trace=bool(trace))
         bar = progress_bar(progress, expected_passes(policy, c), "generate")
         t0 = time.perf_counter()
         try:
@@ -360,7 +398,8 @@ class Model:
         stats["seconds"] = seconds
         stats["raster_passes"] = c.H * c.W
         stats["step_reduction"] = 1.0 - stats["forward_passes"] / (c.H * c.W)
-        config = dict(model=c.to_dict(), policy=policy.to_dict(), **sampling.to_dict(),
+        config = dict(model=c.to_dict(), policy=policy_record(policy, self.row_start_proxy),
+                      **sampling.to_dict(),
                       sample_ids=sids.tolist(),
                       labels=None if labels is None else np.asarray(labels).reshape(-1).tolist())
         result = GenerationResult(tokens=sess.tokens, stats=stats, config=config,

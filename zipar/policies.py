@@ -6,31 +6,91 @@ the row-start proxies, refeeds and visibility (see docs/semantics.md).
 
 Each policy hands the core a ``zp_policy`` as keyword arguments (:meth:`c_kwargs`) holding only
 the fields its kind reads (zipar.h): Raster none, ZipAR window/schedule/proxy, AdaptiveZipAR
-min_window/max_window/threshold/schedule/proxy, a Python policy its proxy.
+min_window/max_window/threshold/schedule/proxy, a Python policy its proxy (with ``proxy_token``
+for a constant proxy).
+
+Proxies (the stand-in fed for a missing end of row, docs/semantics.md): ``"above"``,
+``"left"``, an int token id (always fed as it is) or ``"calibrated"``, the model's stored
+``row_start_proxy`` token (:func:`zipar.calibrate_proxy`), looked up when the session is created.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
+from ._checks import INT32_MAX
 from ._ext import const
 
-__all__ = ["Policy", "PolicyState", "Raster", "ZipAR", "AdaptiveZipAR", "policy_from_name"]
+__all__ = ["Policy", "PolicyState", "Raster", "ZipAR", "AdaptiveZipAR", "policy_from_name",
+           "PROXY_NAMES", "check_proxy", "proxy_kwargs", "policy_record"]
 
 # names of the zipar.h enums; their values come from the extension (zipar._ext.const)
 _SCHEDULES = ("eager", "paper")
-_PROXIES = ("above", "left")
+#: The named proxies; an int token id is the fourth kind.
+PROXY_NAMES = ("above", "left", "calibrated")
+_PROXY_HELP = "use 'above', 'left', 'calibrated' or an int token id"
+
+#: A proxy setting: one of PROXY_NAMES or a token id.
+ProxySetting = Union[str, int]
 
 
 def _schedule(name: str) -> int:
     return const("SCHEDULE_" + name.upper())
 
 
-def _proxy(name: str) -> int:
-    return const("PROXY_" + name.upper())
+def check_proxy(proxy) -> ProxySetting:
+    """The canonical form of a proxy setting: ``"above"``, ``"left"``, ``"calibrated"`` or a
+    token id as a Python int (NumPy integers accepted). Bools are refused (TypeError), as are
+    other types; unknown names and negative ids are a ValueError. Whether an id is below the
+    model's number of image tokens is checked when a session is created (:func:`proxy_kwargs`)."""
+    if isinstance(proxy, (bool, np.bool_)):
+        raise TypeError(f"proxy must be 'above', 'left', 'calibrated' or an int token id, not a "
+                        f"bool ({proxy!r})")
+    if isinstance(proxy, (int, np.integer)):
+        if proxy < 0:
+            raise ValueError(f"proxy token {proxy} is negative: token ids are 0 .. (the model's "
+                             "number of image tokens - 1)")
+        if proxy > INT32_MAX:
+            raise ValueError(f"proxy token {proxy} is not a token id of any model: ids are 0 .. "
+                             f"(the model's number of image tokens - 1) <= {INT32_MAX}")
+        return int(proxy)
+    if isinstance(proxy, str):
+        if proxy not in PROXY_NAMES:
+            raise ValueError(f"unknown proxy {proxy!r}; {_PROXY_HELP}")
+        return proxy
+    raise TypeError(f"proxy must be 'above', 'left', 'calibrated' or an int token id, got "
+                    f"{proxy!r:.80} ({type(proxy).__name__})")
+
+
+def proxy_kwargs(proxy, *, n_tokens: Optional[int] = None,
+                 row_start_proxy: Optional[int] = None, token_offset: int = 0) -> dict:
+    """The zp_policy fields ``proxy`` (and ``proxy_token``) of a proxy setting, for a model with
+    ``n_tokens`` image tokens (None: not checked here; the core still refuses ids outside its
+    image tokens) whose calibrated proxy is ``row_start_proxy`` (None: none stored).
+    ``token_offset``: the core's id of image token 0 (models whose image tokens are a range of a
+    larger vocabulary). A constant id at or above ``n_tokens`` is a ValueError naming the valid
+    range; ``"calibrated"`` without a stored token is a ValueError saying how to set one."""
+    proxy = check_proxy(proxy)
+    if proxy in ("above", "left"):
+        return {"proxy": const("PROXY_" + str(proxy).upper())}
+    if proxy == "calibrated":
+        if row_start_proxy is None:
+            raise ValueError("proxy='calibrated' uses the model's row_start_proxy, and this "
+                             "model has none: compute one with zipar.calibrate_proxy(model) and "
+                             "set model.row_start_proxy = result.token (or pass "
+                             "row_start_proxy= to zipar.Model; Model.save keeps it)")
+        token = int(row_start_proxy)
+        what = f"the model's row_start_proxy {token}"
+    else:
+        token = int(proxy)
+        what = f"proxy token {token}"
+    if n_tokens is not None and not 0 <= token < n_tokens:
+        raise ValueError(f"{what} is outside the model's image tokens: valid ids are 0.."
+                         f"{n_tokens - 1}")
+    return {"proxy": const("PROXY_CONST"), "proxy_token": token + token_offset}
 
 
 def _check_int(name, v, lo=1):
@@ -44,8 +104,10 @@ def _check_int(name, v, lo=1):
 class _Builtin:
     """Base of the policies that run in C."""
 
-    def c_kwargs(self, W: int) -> dict:
-        """The zp_policy fields this kind reads, by name, for a grid of width ``W``."""
+    def c_kwargs(self, W: int, *, n_tokens: Optional[int] = None,
+                 row_start_proxy: Optional[int] = None, token_offset: int = 0) -> dict:
+        """The zp_policy fields this kind reads, by name, for a grid of width ``W``; the other
+        keywords describe the model's image tokens for the proxy (see :func:`proxy_kwargs`)."""
         raise NotImplementedError
 
     def to_dict(self) -> dict:
@@ -58,7 +120,7 @@ class _Builtin:
 class Raster(_Builtin):
     """One token per pass in raster order (H*W passes)."""
 
-    def c_kwargs(self, W):
+    def c_kwargs(self, W, **model_tokens):
         return {"kind": const("POLICY_RASTER")}
 
     def expected_passes(self, H, W):
@@ -73,26 +135,28 @@ class ZipAR(_Builtin):
     (W + (H-1)*window passes); ``"paper"`` decodes row 0 completely first, as the published
     LlamaGen code does (2W + (H-2)*window passes for window < W). ``proxy`` is the stand-in fed at
     the missing end of the row above when a row starts early (E = 0 grids): ``"above"`` (the latest
-    decoded token of the row above that row, as the published code) or ``"left"`` (the latest
-    decoded token of the same row). A stand-in is visible only to its own query.
+    decoded token of the row above that row, as the published code), ``"left"`` (the latest
+    decoded token of the same row), an int token id (that token, always) or ``"calibrated"`` (the
+    model's ``row_start_proxy``, see :func:`zipar.calibrate_proxy`). A stand-in is visible only to
+    its own query and is replaced by the real token once that is decoded, so the choice changes
+    tokens only through the row starts it conditions (``ZipAR(W)`` never needs one).
     """
 
     window: int
     schedule: str = "eager"
-    proxy: str = "above"
+    proxy: ProxySetting = "above"
 
     def __post_init__(self):
         object.__setattr__(self, "window", _check_int("window", self.window))
         if self.schedule not in _SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; use 'eager' or 'paper'")
-        if self.proxy not in _PROXIES:
-            raise ValueError(f"unknown proxy {self.proxy!r}; use 'above' or 'left'")
+        object.__setattr__(self, "proxy", check_proxy(self.proxy))
 
-    def c_kwargs(self, W):
+    def c_kwargs(self, W, **model_tokens):
         if self.window > W:
             raise ValueError(f"window {self.window} is larger than the grid width W={W}")
         return {"kind": const("POLICY_ZIPAR"), "window": self.window,
-                "schedule": _schedule(self.schedule), "proxy": _proxy(self.proxy)}
+                "schedule": _schedule(self.schedule), **proxy_kwargs(self.proxy, **model_tokens)}
 
     def expected_passes(self, H, W):
         s = self.window
@@ -119,14 +183,15 @@ class AdaptiveZipAR(_Builtin):
     below 1 also give the same tokens, through the verification path). p and q are the sampling
     distributions actually drawn from: guided (CFG) logits after temperature, top-k and top-p.
     The draft is fed in the verification pass inside its own chain, so on acceptance (r, 1) is
-    decoded in the same pass.
+    decoded in the same pass. ``proxy`` (as :class:`ZipAR`'s) is what drafts and verifications
+    feed at the end of the row above while that end is not decoded yet (E = 0 grids).
     """
 
     min_window: int
     max_window: Optional[int] = None
     threshold: float = 0.0
     schedule: str = "eager"
-    proxy: str = "above"
+    proxy: ProxySetting = "above"
 
     def __post_init__(self):
         object.__setattr__(self, "min_window", _check_int("min_window", self.min_window))
@@ -142,16 +207,15 @@ class AdaptiveZipAR(_Builtin):
         object.__setattr__(self, "threshold", float(t))
         if self.schedule not in _SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; use 'eager' or 'paper'")
-        if self.proxy not in _PROXIES:
-            raise ValueError(f"unknown proxy {self.proxy!r}; use 'above' or 'left'")
+        object.__setattr__(self, "proxy", check_proxy(self.proxy))
 
-    def c_kwargs(self, W):
+    def c_kwargs(self, W, **model_tokens):
         if self.min_window > W:
             raise ValueError(f"min_window {self.min_window} is larger than the grid width W={W}")
         mx = W if self.max_window is None else min(self.max_window, W)
         return {"kind": const("POLICY_ADAPTIVE"), "min_window": self.min_window,
                 "max_window": mx, "threshold": self.threshold,
-                "schedule": _schedule(self.schedule), "proxy": _proxy(self.proxy)}
+                "schedule": _schedule(self.schedule), **proxy_kwargs(self.proxy, **model_tokens)}
 
 
 @dataclasses.dataclass
@@ -187,10 +251,12 @@ class Policy:
     undecoded cell of its row (``col == state.progress[image, row]``), and an image's first pass
     must decode its cell (0, 0). The engine feeds the real token on the left, or for a row start
     the real end of the row above when it exists, else a stand-in (``proxy``) visible only to that
-    query; refeeds and visibility follow docs/semantics.md.
+    query; refeeds and visibility follow docs/semantics.md. ``proxy`` takes ZipAR's values
+    (``"above"``, ``"left"``, ``"calibrated"`` or an int token id); set it on the instance or
+    the class.
     """
 
-    proxy: str = "above"
+    proxy: ProxySetting = "above"
 
     def reset(self, n_images: int, grid) -> None:
         """Called once before the first pass."""
@@ -199,17 +265,25 @@ class Policy:
         raise NotImplementedError
 
     def to_dict(self) -> dict:
-        return {"policy": type(self).__name__}
+        return {"policy": type(self).__name__, "proxy": self.proxy}
 
-    def c_kwargs(self, W):
-        if self.proxy not in _PROXIES:
-            raise ValueError(f"unknown proxy {self.proxy!r}")
-        return {"kind": const("POLICY_EXTERNAL"), "proxy": _proxy(self.proxy)}
+    def c_kwargs(self, W, **model_tokens):
+        return {"kind": const("POLICY_EXTERNAL"), **proxy_kwargs(self.proxy, **model_tokens)}
+
+
+def policy_record(policy, row_start_proxy: Optional[int] = None) -> dict:
+    """``policy.to_dict()`` as a generation records it: with ``proxy="calibrated"`` the token
+    it resolved to is added as ``"proxy_token"`` (the model's ``row_start_proxy``)."""
+    d = policy.to_dict()
+    if getattr(policy, "proxy", None) == "calibrated" and row_start_proxy is not None:
+        d["proxy_token"] = int(row_start_proxy)
+    return d
 
 
 def policy_from_name(name: str, *, window=None, schedule="eager", proxy="above", min_window=None,
                      max_window=None, threshold=0.0):
-    """Build a policy from CLI-style names: raster, zipar, adaptive."""
+    """Build a policy from CLI-style names: raster, zipar, adaptive. ``proxy``: as for
+    :class:`ZipAR` (a name, or a token id); raster reads none."""
     name = name.lower()
     if name == "raster":
         return Raster()

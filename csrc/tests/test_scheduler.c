@@ -4,6 +4,8 @@
  *    without end-of-row tokens), in H*W passes both;
  *  - ZipAR(s) takes W + (H-1)s passes (eager) and 2W + (H-2)s (paper schedule);
  *  - AdaptiveZipAR with threshold 1 equals ZipAR(min_window) token for token;
+ *  - a constant proxy (ZP_PROXY_CONST) is the token fed at every proxy query, the full window
+ *    with it is still raster, and a proxy_token outside the image tokens is refused;
  *  - an external policy stepping cells in raster order reproduces the raster tokens.
  *
  * Run: make -C csrc/tests   (exit status 0 when every check passes)
@@ -85,6 +87,46 @@ static int same(const run_result *a, const run_result *b) {
     return memcmp(a->tokens, b->tokens, sizeof a->tokens) == 0;
 }
 
+/* ZipAR(window) with the constant proxy `token` (E = 0): every ZP_ROLE_PROXY query of the trace
+ * feeds exactly that token, and there are H-1 of them per image for window < W. */
+static void check_const_proxy_trace(int window, int token) {
+    zp_sampling sp = zp_sampling_default();
+    sp.seed = 12345;
+    zp_policy z = {
+        .kind = ZP_POLICY_ZIPAR, .window = window, .proxy = ZP_PROXY_CONST, .proxy_token = token};
+    zp_session *s;
+    zp_status st = zp_session_new(model, N, cond, uncond, NULL, NULL, &sp, &z, 1, &s);
+    CHECK(st == ZP_OK, "zp_session_new (const proxy): %s", zp_last_error());
+    if (st) return;
+    CHECK(zp_session_run(s, NULL, NULL) == ZP_OK, "const proxy run: %s", zp_last_error());
+    int64_t n;
+    const int32_t *tr = zp_session_trace(s, &n);
+    int proxies = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const int32_t *rec = tr + i * ZP_TRACE_FIELDS; /* pass, image, row, col, role, token */
+        if (rec[4] != ZP_ROLE_PROXY) continue;
+        proxies++;
+        CHECK(rec[5] == token && rec[3] == W - 1, "proxy query fed %d at col %d, want %d at %d",
+              rec[5], rec[3], token, W - 1);
+    }
+    CHECK(proxies == N * (H - 1), "%d proxy queries, want %d", proxies, N * (H - 1));
+    CHECK(zp_session_stats(s)->proxies == proxies, "stats.proxies %lld != trace %d",
+          (long long)zp_session_stats(s)->proxies, proxies);
+    zp_session_free(s);
+}
+
+/* A constant proxy outside the image tokens [0, VOCAB), or an unknown proxy kind, is refused
+ * at session creation (no session, ZP_ERR_ARG and a message). */
+static void check_bad_proxy(int proxy, int token) {
+    zp_sampling sp = zp_sampling_default();
+    zp_policy z = {.kind = ZP_POLICY_ZIPAR, .window = 1, .proxy = proxy, .proxy_token = token};
+    zp_session *s = (zp_session *)&z; /* must be reset to NULL */
+    zp_status st = zp_session_new(model, N, cond, uncond, NULL, NULL, &sp, &z, 0, &s);
+    CHECK(st == ZP_ERR_ARG && s == NULL, "proxy %d token %d: status %d", proxy, token, (int)st);
+    CHECK(strstr(zp_last_error(), "proxy") != NULL, "message %s", zp_last_error());
+    if (st == ZP_OK) zp_session_free(s);
+}
+
 int main(void) {
     zp_layer_weights layers[LAYERS];
     int qkv = (HEADS + 2 * HEADS) * HD;
@@ -149,12 +191,31 @@ int main(void) {
                 run_result ad = run(&a, cfg_scale);
                 z.schedule = ZP_SCHEDULE_EAGER;
                 CHECK(same(&ad, &zs), "Adaptive(%d, threshold 1) != ZipAR(%d)", s, s);
+                a.proxy = z.proxy = ZP_PROXY_CONST;
+                a.proxy_token = z.proxy_token = 3;
+                run_result zc = run(&z, cfg_scale), ac = run(&a, cfg_scale);
+                CHECK(same(&ac, &zc), "Adaptive(%d, t 1, const) != ZipAR(%d, const)", s, s);
+                CHECK(zc.passes == zs.passes, "const proxy changed the pass count");
             }
+            full.proxy = ZP_PROXY_CONST;
+            full.proxy_token = VOCAB - 2;
+            run_result zwc = run(&full, cfg_scale);
+            CHECK(same(&rr, &zwc), "ZipAR(W, const proxy) != raster (eor %d)", eor);
         }
+        if (!eor) {
+            for (int s = 1; s < W; s++) check_const_proxy_trace(s, 5 + s);
+            check_const_proxy_trace(1, 0);
+            check_const_proxy_trace(2, VOCAB - 1);
+        }
+        check_bad_proxy(ZP_PROXY_CONST, -1);
+        check_bad_proxy(ZP_PROXY_CONST, VOCAB);
+        check_bad_proxy(ZP_PROXY_CONST, 1 << 30);
+        check_bad_proxy(3, 0);
+        check_bad_proxy(-1, 0);
         zp_model_free(model);
     }
     printf("scheduler: raster == ZipAR(W) == external raster steps; pass counts; adaptive(t=1) "
-           "== ZipAR: %s\n",
+           "== ZipAR; constant proxies: %s\n",
            failures ? "FAILED" : "ok");
     return failures != 0;
 }

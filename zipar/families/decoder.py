@@ -364,7 +364,9 @@ class FamilyModel:
         cm = self._core(P, H, W)
         sess = core().Session(cm, B, None, prefix_ids=ic, prefix_len=lc, uncond_ids=iu,
                               uncond_len=lu, sample_ids=sids, **sampling.c_kwargs(),
-                              **policy.c_kwargs(W), trace=bool(trace))
+                              **policy.c_kwargs(W, n_tokens=self.config.n_codes,
+                                              token_offset=self.config.image_lo),
+                              trace=bool(trace))
         grid_view = _GridConfig(H, W, P)
         bar = progress_bar(progress, expected_passes(policy, grid_view), "generate")
         t0 = time.perf_counter()

@@ -37,16 +37,34 @@ __all__ = ["infer_llamagen_config", "load_llamagen", "grid_from_filename", "read
            "save_npz", "save_safetensors", "read_vq_state_dict", "VQ_DECODER_PREFIXES"]
 
 
-def read_config(path) -> Optional[ModelConfig]:
-    """The ModelConfig stored by :func:`save_npz` / :func:`save_safetensors`, else None."""
+# Keys a stored config may hold beside the ModelConfig fields: Model attributes that
+# Model.save keeps (row_start_proxy: the calibrated proxy token, an int).
+_MODEL_KEYS = ("row_start_proxy",)
+
+
+def _read_stored(path):
+    """(ModelConfig, {Model attribute: value}) stored by zipar in ``path``, else (None, {})."""
     path = os.fspath(path)
     text = read_config_json(path)
     if text is None:
-        return None
+        return None, {}
     try:
-        return ModelConfig.from_dict(json.loads(text))
+        d = json.loads(text)
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+        extras = {k: d.pop(k) for k in _MODEL_KEYS if k in d}
+        token = extras.get("row_start_proxy")
+        if token is not None and (isinstance(token, bool) or not isinstance(token, int)):
+            raise ValueError(f"row_start_proxy must be an int token id or null, got {token!r:.80}")
+        return ModelConfig.from_dict(d), extras
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: stored config is invalid: {e}") from None
+
+
+def read_config(path) -> Optional[ModelConfig]:
+    """The ModelConfig stored by :func:`save_npz` / :func:`save_safetensors` (or
+    ``Model.save``), else None."""
+    return _read_stored(path)[0]
 
 
 def save_npz(path, config: Optional[ModelConfig], weights: Dict[str, np.ndarray]) -> None:
@@ -240,7 +258,8 @@ def load_llamagen(path, *, grid=None, n_head: Optional[int] = None,
     """Load a LlamaGen GPT checkpoint (torch.save, .npz or .safetensors) as a zipar Model.
 
     KV-cache buffers (``*.kv_cache.k_cache``, ``causal_mask``) are skipped. The config is the
-    one stored by save_npz / save_safetensors if present (``grid``,
+    one stored by save_npz / save_safetensors / Model.save if present (with the Model's
+    ``row_start_proxy`` when Model.save stored one) (``grid``,
     ``n_head`` and ``num_classes`` override it), else :func:`infer_llamagen_config`. The grid is
     not visible in the weights: when ``grid`` is None and no config is stored, it comes from
     the file name's image-size tag as in the published names (``_256`` -> 16, ``_384`` -> 24,
@@ -277,7 +296,7 @@ def load_llamagen(path, *, grid=None, n_head: Optional[int] = None,
             for name in list(weights):  # one tensor at a time (only mixed-type files convert)
                 if _is_float(weights[name]):
                     weights[name] = convert_weight(name, weights[name], dtype, check=False)
-        config = read_config(path)
+        config, extras = _read_stored(path)
         if config is None:
             if grid is None and isinstance(path, (str, bytes, os.PathLike)):
                 grid = grid_from_filename(path)
@@ -288,7 +307,7 @@ def load_llamagen(path, *, grid=None, n_head: Optional[int] = None,
                                            ("num_classes", num_classes)) if v is not None}
             if overrides:
                 config = dataclasses.replace(config, **overrides)
-        return Model(config, weights, dtype=dtype)
+        return Model(config, weights, dtype=dtype, **extras)
     except CheckpointError:
         raise
     except ValueError as e:

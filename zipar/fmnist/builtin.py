@@ -12,14 +12,16 @@ Shipped in zipar/data for "vq":
 - fmnist_vq_gpt.npz: float16 GPT weights under LlamaGen's names, "__zipar_config__" (ModelConfig);
 - fmnist_vq_tokenizer.npz: the float16 VQ state dict (encoder and decoder, LlamaGen's VQModel
   names) and "__zipar_vq__" (its configuration as JSON bytes);
-- fmnist_vq.json: training record and scores (``builtin_info("vq")``);
+- fmnist_vq.json: training record and scores (``builtin_info("vq")``), and "row_start_proxy":
+  the calibrated row-start proxy (benchmarks/calibrate_proxy.py) that ``load_default`` sets;
 - fmnist_vq_reference.npz: PyTorch golden values (``reference("vq")``).
 
 and for "pixels":
 - fmnist_gpt.npz: float16 weights under LlamaGen's state-dict names, plus "__zipar_config__"
   (JSON bytes: ModelConfig fields and "levels", the tokenizer's palette size);
 - builtin.json: how it was trained and what it scores (test NLL in bits per pixel computed with
-  the float16 weights in float32 math, classifier accuracy, the FID-proxy floor, ...);
+  the float16 weights in float32 math, classifier accuracy, the FID-proxy floor, ...) and the
+  calibrated "row_start_proxy", as for "vq";
 - builtin_reference.npz: PyTorch float32 logits and log-likelihoods for a few test images
   (``reference()``), the golden values the engine is checked against.
 """
@@ -39,7 +41,8 @@ from .resize import to_grey28
 from .tokenizer import GreyTokenizer
 
 __all__ = ["CLASS_NAMES", "load_default", "default_tokenizer", "builtin_info", "default_config",
-           "reference", "vq_decoder", "FashionVQDecoder", "BUILTIN_NAMES", "DATA_DIR"]
+           "reference", "vq_decoder", "FashionVQDecoder", "BUILTIN_NAMES", "DATA_DIR",
+           "row_start_proxy", "builtin_record_path"]
 
 #: Fashion-MNIST's ten classes, by label
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -121,14 +124,27 @@ def load_default(name: str = "vq"):
     "vq" (default): the miniature LlamaGen, 16x16 VQ tokens, vocabulary 1024; its decoder (a
     :class:`FashionVQDecoder`) is attached, so ``result.images`` are 28x28 grey.
     "pixels": 28x28 grey-level tokens, vocabulary 16; its GreyTokenizer is attached.
+    Both carry ``row_start_proxy``, the token ``proxy="calibrated"`` feeds, from their record
+    (``builtin_info(name)["row_start_proxy"]``, written by benchmarks/calibrate_proxy.py).
     """
+    proxy = row_start_proxy(name)
     if _check_name(name) == "vq":
         config, weights = _read_vq_gpt()
-        return Model(ModelConfig.from_dict(config), weights, decoder=vq_decoder())
+        return Model(ModelConfig.from_dict(config), weights, decoder=vq_decoder(),
+                     row_start_proxy=proxy)
     config, weights = _read_npz()
     levels = int(config.pop("levels"))
     # the tokenizer is attached so results carry images (model.decode, result.images)
-    return Model(ModelConfig.from_dict(config), weights, tokenizer=GreyTokenizer(levels))
+    return Model(ModelConfig.from_dict(config), weights, tokenizer=GreyTokenizer(levels),
+                 row_start_proxy=proxy)
+
+
+def row_start_proxy(name: str = "vq"):
+    """The calibrated row-start proxy token of a built-in model (None if its record has none):
+    ``builtin_info(name)["row_start_proxy"]["token"]``; the record also says how it was
+    computed (n_samples, seed, cfg_scale, the token's fraction of row ends)."""
+    rec = builtin_info(name).get("row_start_proxy")
+    return None if rec is None else int(rec["token"])
 
 
 def default_tokenizer() -> GreyTokenizer:
@@ -139,11 +155,17 @@ def default_tokenizer() -> GreyTokenizer:
     return GreyTokenizer(int(levels))
 
 
+def builtin_record_path(name: str = "vq") -> str:
+    """The JSON record of a built-in model: zipar/data/fmnist_vq.json ("vq") or builtin.json
+    ("pixels")."""
+    fname = "fmnist_vq.json" if _check_name(name) == "vq" else "builtin.json"
+    return os.path.join(DATA_DIR, fname)
+
+
 def builtin_info(name: str = "vq") -> dict:
     """Training record and reference scores of a built-in model: fmnist_vq.json ("vq") or
     builtin.json ("pixels")."""
-    fname = "fmnist_vq.json" if _check_name(name) == "vq" else "builtin.json"
-    with open(os.path.join(DATA_DIR, fname)) as f:
+    with open(builtin_record_path(name)) as f:
         return json.load(f)
 
 

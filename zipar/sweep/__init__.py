@@ -13,7 +13,8 @@ one column per metric. With ``out`` every finished cell is written atomically as
 ``out/<hash>.json`` (the record) and ``out/<hash>.npy`` (its tokens, (n, H, W) int32); a re-run
 loads finished cells instead of computing them, so an interrupted sweep resumes where it stopped.
 The hash covers the settings, n_samples, the labels and the model spec (for a checkpoint: its
-real path and size), not the batch size, the executor or the metrics: a metric missing from a
+real path and size; for a cell with proxy "calibrated" also the model's row_start_proxy, looked
+up in the calling process), not the batch size, the executor or the metrics: a metric missing from a
 finished cell is computed from its saved tokens.
 
 Executors: ``"inprocess"``; ``"process"`` (a spawn-started process pool, one engine thread per

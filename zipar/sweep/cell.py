@@ -101,13 +101,27 @@ def generate_cell(model, settings: Mapping[str, Any], labels, batch_size: int, f
     return tokens, passes, queries, totals, seconds
 
 
-def _make_record(spec, settings, n, batch_size, c, passes, queries, totals, seconds) -> dict:
+def cell_proxy_token(model, settings: Mapping[str, Any]):
+    """The token a cell's constant proxy feeds: the id itself, the model's row_start_proxy for
+    "calibrated" (ValueError when it has none), None for "above", "left" and raster."""
+    proxy = settings.get("proxy")
+    if proxy == "calibrated":
+        if model.row_start_proxy is None:
+            raise ValueError("grid proxy 'calibrated' uses the model's row_start_proxy, and "
+                             "this model has none (see zipar.calibrate_proxy)")
+        return int(model.row_start_proxy)
+    return proxy if isinstance(proxy, int) else None
+
+
+def _make_record(spec, settings, n, batch_size, c, passes, queries, totals, seconds,
+                 proxy_token=None) -> dict:
     raster = c.H * c.W
     fp = float(passes.mean())
     verified = totals["drafts_accepted"] + totals["drafts_rejected"]
     rec = {"model": spec_label(spec)}
     rec.update(settings)
     rec.update(
+        proxy_token=proxy_token,                            # the constant proxy fed, if any
         n_samples=n, batch_size=batch_size,
         forward_passes=fp,                                  # mean per image
         forward_passes_max=int(passes.max()),
@@ -134,7 +148,8 @@ def _run_cell(task: dict) -> dict:
         tokens, passes, queries, totals, seconds = generate_cell(
             model, task["settings"], labels, task["batch_size"])
         record = _make_record(task["spec"], task["settings"], n, task["batch_size"],
-                              model.config, passes, queries, totals, seconds)
+                              model.config, passes, queries, totals, seconds,
+                              cell_proxy_token(model, task["settings"]))
         done: List[str] = []
     else:
         record, done = dict(task["record"]), list(task["metrics_done"])
@@ -155,9 +170,14 @@ def _run_cell(task: dict) -> dict:
 _FORMAT = 1  # bump when the meaning of a cell file changes
 
 
-def _cell_key(spec: dict, settings: dict, n_samples: int, labels) -> dict:
-    return {"format": _FORMAT, "model": spec, "settings": settings, "n_samples": n_samples,
-            "labels": labels}
+def _cell_key(spec: dict, settings: dict, n_samples: int, labels, proxy_token=None) -> dict:
+    """What a cell's hash covers; ``proxy_token``: the model's row_start_proxy for a cell with
+    proxy "calibrated" (a recalibrated model gives new cells), left out otherwise."""
+    key = {"format": _FORMAT, "model": spec, "settings": settings, "n_samples": n_samples,
+           "labels": labels}
+    if settings.get("proxy") == "calibrated":
+        key["proxy_token"] = proxy_token
+    return key
 
 
 def _cell_hash(key: dict) -> str:

@@ -7,7 +7,7 @@ from typing import Any, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..policies import AdaptiveZipAR, Raster, ZipAR
+from ..policies import PROXY_NAMES, AdaptiveZipAR, Raster, ZipAR, check_proxy
 from ..sampling import Sampling
 
 __all__ = ["POLICY_KEYS", "SAMPLING_KEYS", "SETTING_KEYS", "TIMING_KEYS", "expand_grid",
@@ -29,8 +29,7 @@ _RELEVANT = {"raster": (), "zipar": ("window", "schedule", "proxy"),
              "adaptive": ("schedule", "proxy", "min_window", "max_window", "threshold")}
 _INT_KEYS = ("window", "min_window", "max_window", "cfg_interval", "top_k", "seed")
 _FLOAT_KEYS = ("threshold", "cfg_scale", "temperature", "top_p")
-_CHOICES = {"policy": ("raster", "zipar", "adaptive"), "schedule": ("eager", "paper"),
-            "proxy": ("above", "left")}
+_CHOICES = {"policy": ("raster", "zipar", "adaptive"), "schedule": ("eager", "paper")}
 
 
 def _coerce(key: str, value):
@@ -39,6 +38,13 @@ def _coerce(key: str, value):
         if key in ("window", "min_window", "max_window", "policy"):
             return None
         raise ValueError(f"grid[{key!r}] may not contain None")
+    if key == "proxy":   # a name (any case) or an int token id >= 0
+        if isinstance(value, str) and value.lower() in PROXY_NAMES:
+            return value.lower()
+        try:
+            return check_proxy(value)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"grid['proxy']: {e}") from None
     if key in _CHOICES:
         if not isinstance(value, str) or value.lower() not in _CHOICES[key]:
             raise ValueError(f"grid[{key!r}]: {value!r} is not one of {', '.join(_CHOICES[key])}")
@@ -105,6 +111,8 @@ def expand_grid(grid: Mapping[str, Any], seeds: Sequence[int] = (0,)) -> List[di
     none); ``temperature=0`` resets top_k/top_p. Combinations with ``max_window < min_window``
     are dropped; what remains is de-duplicated keeping the first occurrence. Every cell is a
     dict over :data:`SETTING_KEYS`. Unknown keys, bad values and empty lists raise.
+    ``proxy`` values: "above", "left", "calibrated" (the model's row_start_proxy, resolved by
+    the worker; records carry it as ``proxy_token``) or an int token id.
     """
     if not isinstance(grid, Mapping):
         raise TypeError("grid must be a dict of setting name -> list of values")

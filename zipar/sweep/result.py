@@ -14,10 +14,10 @@ from .store import _Store
 __all__ = ["SweepResult", "format_table"]
 
 _BASE_COLUMNS = ("model",) + SETTING_KEYS + (
-    "n_samples", "batch_size", "forward_passes", "forward_passes_max", "raster_passes",
-    "step_reduction", "mean_queries_per_pass", "proxies", "refeeds", "drafts_proposed",
-    "drafts_accepted", "drafts_rejected", "resamples", "draft_acceptance", "seconds",
-    "seconds_per_image")
+    "proxy_token", "n_samples", "batch_size", "forward_passes", "forward_passes_max",
+    "raster_passes", "step_reduction", "mean_queries_per_pass", "proxies", "refeeds",
+    "drafts_proposed", "drafts_accepted", "drafts_rejected", "resamples", "draft_acceptance",
+    "seconds", "seconds_per_image")
 
 
 class SweepResult:

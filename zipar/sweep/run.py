@@ -7,11 +7,11 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .cell import DEFAULT, _cell_hash, _cell_key, _resolve_metrics, _run_cell
+from .cell import DEFAULT, _cell_hash, _cell_key, _resolve_metrics, _run_cell, cell_proxy_token
 from .executors import _progress, _run_dask, _run_process
 from .grid import expand_grid
 from .result import SweepResult
-from .spec import normalize_spec
+from .spec import get_model, normalize_spec
 from .store import _Store
 
 __all__ = ["sweep"]
@@ -49,7 +49,8 @@ def sweep(model_spec, grid: Mapping[str, Any], *, n_samples: int, batch_size: in
     KeyboardInterrupt is re-raised.
 
     Record columns: model, the settings (:data:`SETTING_KEYS`, None where the policy does not
-    read them), n_samples, batch_size, forward_passes (mean per image), forward_passes_max,
+    read them), proxy_token (the token a constant or "calibrated" proxy feeds, else None),
+    n_samples, batch_size, forward_passes (mean per image), forward_passes_max,
     raster_passes, step_reduction, mean_queries_per_pass (per image), proxies, refeeds,
     drafts_proposed/accepted/rejected, resamples (per image), draft_acceptance, seconds
     (generation wall time of the cell), seconds_per_image, then the metric columns.
@@ -76,7 +77,11 @@ def sweep(model_spec, grid: Mapping[str, Any], *, n_samples: int, batch_size: in
     metric_fns = _resolve_metrics(metrics, spec)
 
     store = _Store(out) if out is not None else None
-    keys = [_cell_key(spec, cell, n_samples, labels) for cell in cells]
+    # a "calibrated" proxy is the model's row_start_proxy: looked up here (the model is loaded
+    # once in this process), so that the hash changes with it and a model without one fails now
+    calibrated = next((c for c in cells if c.get("proxy") == "calibrated"), None)
+    token = cell_proxy_token(get_model(spec), calibrated) if calibrated else None
+    keys = [_cell_key(spec, cell, n_samples, labels, token) for cell in cells]
     hashes = [_cell_hash(k) for k in keys]
     records: List[Optional[dict]] = [None] * len(cells)
     kept = None if store is not None else [None] * len(cells)
