@@ -114,7 +114,8 @@ void zp_set_blas_min_rows(int m);
 int zp_get_blas_min_rows(void);
 
 /* ---------------------------------------------------------------- testing only */
-/* Forces the skinny kernel to "avx512", "avx2" or "scalar"; NULL returns to automatic choice.
+/* Forces the skinny kernel, and the attention loops of model.c, to "avx512", "avx2" or "scalar"
+ * (plain x86-64); NULL returns to automatic choice.
  * Returns 0, or -1 (and changes nothing) when the name is unknown or the CPU cannot run it. */
 int zp_matmul_force_isa(const char *isa);
 /* Passes of m >= this many rows take the wide AVX-512 tile (default 1 << 30: never; m <= 0

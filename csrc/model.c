@@ -446,19 +446,31 @@ static void rope(float *v, int n_heads, int head_dim, const float *cs, const flo
     }
 }
 
-/* 16 floats as one GCC vector (a zmm register, two ymm or four xmm, by clone), with
- * unaligned loads and stores. The helpers are always inlined, so the ABI note GCC gives for
- * passing such vectors by value does not apply. */
+/* GCC float vectors of 16, 8 and 4 lanes (a zmm, a ymm, an xmm register), with unaligned loads
+ * (always inlined, so the ABI note GCC gives for returning such vectors does not apply) and
+ * stores (a macro: no vector is passed by value). */
 #pragma GCC diagnostic ignored "-Wpsabi"
 typedef float zp_v16 __attribute__((vector_size(64)));
-static inline __attribute__((always_inline)) zp_v16 v16_load(const float *p) {
-    zp_v16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-static inline __attribute__((always_inline)) void v16_store(float *p, zp_v16 v) {
-    memcpy(p, &v, sizeof v);
-}
+typedef float zp_v8 __attribute__((vector_size(32)));
+typedef float zp_v4 __attribute__((vector_size(16)));
+typedef int32_t zp_i16 __attribute__((vector_size(64)));
+typedef int32_t zp_i8 __attribute__((vector_size(32)));
+typedef int32_t zp_i4 __attribute__((vector_size(16)));
+#define ZP_VEC_LOAD(V)                                                                             \
+    static inline __attribute__((always_inline)) zp_##V V##_load(const float *p) {                 \
+        zp_##V v;                                                                                  \
+        memcpy(&v, p, sizeof v);                                                                   \
+        return v;                                                                                  \
+    }
+ZP_VEC_LOAD(v16)
+ZP_VEC_LOAD(v8)
+ZP_VEC_LOAD(v4)
+#undef ZP_VEC_LOAD
+#define ZP_VEC_STORE(p, v)                                                                         \
+    do {                                                                                           \
+        __typeof__(v) zp_vec_ = (v);                                                               \
+        memcpy((p), &zp_vec_, sizeof zp_vec_);                                                     \
+    } while (0)
 
 /* exp(x) for the softmax, x <= 0 (scores minus their max): Cody-Waite reduction by ln 2 and a
  * degree-7 Taylor polynomial, relative error below 1e-7, exactly 0 below -87. Branch-free, so the
@@ -499,142 +511,58 @@ static inline __attribute__((always_inline)) void prefetch_tile(const float *til
  * passes hold several queries per image; they share the cache, so the slots are walked in
  * tiles of ZP_TILE and every K/V tile is used by all the stream's rows while it is in cache.
  * K is stored tile-transposed, (tile, kvd, ZP_TILE): a row's scores against a whole tile are
- * ZP_TILE-wide vector multiply-adds over the head dimension (even and odd d in two chains,
- * added at the end); the scores of the tile's invisible slots are computed and dropped. Per
- * row and head the result depends only on the row's query and its visible slots, in a fixed
- * order of operations: scores as above, the softmax (max and sum in a fixed 16-lane order,
- * then normalised), V accumulated over the visible slots in four interleaved chains per tile.
- * Compiled for AVX-512, AVX2 and plain x86-64.
- * rows: (n,) row indices; vis/nv: per row its visible slots (ascending) and their count;
- * q: row r's query heads at q + r*ldq; sc: row r's (nh, nv[r]) scores at sc + r*ldsc;
- * o: row r's output (nh*hd) at o + r*nh*hd; kt: the stream's tiled K; vt: its tiled V
- * (tile, n_kv_head, ZP_TILE, hd); cursor: (n,) scratch. */
-__attribute__((target_clones("avx512f", "avx2", "default"))) static void
-attend_stream(const int32_t *rows, int n, const int32_t *const *vis, const int32_t *nv,
-              const float *q, int ldq, float *sc, size_t ldsc, float *o, const float *kt,
-              const float *vt, int nh, int group, int hd, int kvd, float scale, int32_t *cursor) {
-    int last = 0;
-    for (int a = 0; a < n; a++) {
-        cursor[a] = 0;
-        int r = rows[a];
-        if (nv[r] && vis[r][nv[r] - 1] > last) last = vis[r][nv[r] - 1];
-    }
-    /* scores, tile by tile */
-    for (int t0 = 0; t0 <= last; t0 += ZP_TILE) {
-        const float *ktile = kt + (size_t)(t0 / ZP_TILE) * kvd * ZP_TILE;
-        if (t0 + ZP_PREFETCH * ZP_TILE <= last) prefetch_tile(ktile, ZP_PREFETCH, kvd);
-        for (int a = 0; a < n; a++) {
-            int r = rows[a], p0 = cursor[a], p1 = p0;
-            while (p1 < nv[r] && vis[r][p1] < t0 + ZP_TILE) p1++;
-            if (p1 == p0) continue;
-            const float *qr = q + (size_t)r * ldq;
-            float *sr = sc + (size_t)r * ldsc;
-            for (int h = 0; h < nh; h++) {
-                const float *qh = qr + (size_t)h * hd;
-                const float *kh = ktile + (size_t)(h / group) * hd * ZP_TILE;
-                /* four independent chains (d even/odd x lanes 0-15/16-31) hide the FMA latency */
-                zp_v16 e0 = {0}, e1 = {0}, o0 = {0}, o1 = {0};
-                int d = 0;
-                for (; d + 2 <= hd; d += 2) {
-                    const float *k0 = kh + (size_t)d * ZP_TILE;
-                    e0 += qh[d] * v16_load(k0);
-                    e1 += qh[d] * v16_load(k0 + 16);
-                    o0 += qh[d + 1] * v16_load(k0 + ZP_TILE);
-                    o1 += qh[d + 1] * v16_load(k0 + ZP_TILE + 16);
-                }
-                if (d < hd) {
-                    e0 += qh[d] * v16_load(kh + (size_t)d * ZP_TILE);
-                    e1 += qh[d] * v16_load(kh + (size_t)d * ZP_TILE + 16);
-                }
-                float acc[ZP_TILE];
-                v16_store(acc, e0 + o0);
-                v16_store(acc + 16, e1 + o1);
-                float *sh = sr + (size_t)h * nv[r];
-                for (int p = p0; p < p1; p++) sh[p] = acc[vis[r][p] - t0] * scale;
-            }
-            cursor[a] = p1;
-        }
-    }
-    /* softmax per row and head */
-    for (int a = 0; a < n; a++) {
-        int r = rows[a], m = nv[r];
-        for (int h = 0; h < nh; h++) {
-            float *row = sc + (size_t)r * ldsc + (size_t)h * m;
-            float part[16];
-            for (int l = 0; l < 16; l++) part[l] = -INFINITY;
-            int j = 0;
-            for (; j + 16 <= m; j += 16)
-                for (int l = 0; l < 16; l++) part[l] = row[j + l] > part[l] ? row[j + l] : part[l];
-            for (int l = 0; j + l < m; l++) part[l] = row[j + l] > part[l] ? row[j + l] : part[l];
-            float mx = part[0];
-            for (int l = 1; l < 16; l++) mx = part[l] > mx ? part[l] : mx;
-            for (j = 0; j < m; j++) row[j] = exp_nonpos(row[j] - mx);
-            for (int l = 0; l < 16; l++) part[l] = 0.f;
-            for (j = 0; j + 16 <= m; j += 16)
-                for (int l = 0; l < 16; l++) part[l] += row[j + l];
-            for (int l = 0; j + l < m; l++) part[l] += row[j + l];
-            for (int w = 8; w >= 1; w /= 2)
-                for (int l = 0; l < w; l++) part[l] += part[l + w];
-            float inv = 1.f / part[0];
-            for (j = 0; j < m; j++) row[j] *= inv;
-        }
-        float *orow = o + (size_t)r * nh * hd;
-        for (int e = 0; e < nh * hd; e++) orow[e] = 0.f;
-        cursor[a] = 0;
-    }
-    /* weighted values, tile by tile, in slot order per (row, head, element) */
-    for (int t0 = 0; t0 <= last; t0 += ZP_TILE) {
-        const float *vtile = vt + (size_t)(t0 / ZP_TILE) * kvd * ZP_TILE;
-        if (t0 + ZP_PREFETCH * ZP_TILE <= last) prefetch_tile(vtile, ZP_PREFETCH, kvd);
-        for (int a = 0; a < n; a++) {
-            int r = rows[a], p0 = cursor[a], p1 = p0;
-            while (p1 < nv[r] && vis[r][p1] < t0 + ZP_TILE) p1++;
-            if (p1 == p0) continue;
-            const float *sr = sc + (size_t)r * ldsc;
-            float *orow = o + (size_t)r * nh * hd;
-            const int32_t *lanes = vis[r];
-            for (int h = 0; h < nh; h++) {
-                const float *wh = sr + (size_t)h * nv[r];
-                float *oh = orow + (size_t)h * hd;
-                /* the head's (ZP_TILE, hd) block, lane = slot - t0 */
-                const float *vh = vtile + (size_t)(h / group) * ZP_TILE * hd - (size_t)t0 * hd;
-#define VROW(p) (vh + (size_t)lanes[p] * hd)
-                int d = 0;
-                /* four independent chains (visible slots p0+4i+k, k = 0..3) per 16 elements,
-                 * summed (0+1)+(2+3) and added to the running output */
-                for (; d + 16 <= hd; d += 16) {
-                    zp_v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-                    int p = p0;
-                    for (; p + 4 <= p1; p += 4) {
-                        a0 += wh[p] * v16_load(VROW(p) + d);
-                        a1 += wh[p + 1] * v16_load(VROW(p + 1) + d);
-                        a2 += wh[p + 2] * v16_load(VROW(p + 2) + d);
-                        a3 += wh[p + 3] * v16_load(VROW(p + 3) + d);
-                    }
-                    if (p < p1) a0 += wh[p] * v16_load(VROW(p) + d);
-                    if (p + 1 < p1) a1 += wh[p + 1] * v16_load(VROW(p + 1) + d);
-                    if (p + 2 < p1) a2 += wh[p + 2] * v16_load(VROW(p + 2) + d);
-                    v16_store(oh + d, v16_load(oh + d) + ((a0 + a1) + (a2 + a3)));
-                }
-                for (; d < hd; d++) {
-                    float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-                    int p = p0;
-                    for (; p + 4 <= p1; p += 4) {
-                        a0 += wh[p] * VROW(p)[d];
-                        a1 += wh[p + 1] * VROW(p + 1)[d];
-                        a2 += wh[p + 2] * VROW(p + 2)[d];
-                        a3 += wh[p + 3] * VROW(p + 3)[d];
-                    }
-                    if (p < p1) a0 += wh[p] * VROW(p)[d];
-                    if (p + 1 < p1) a1 += wh[p + 1] * VROW(p + 1)[d];
-                    if (p + 2 < p1) a2 += wh[p + 2] * VROW(p + 2)[d];
-                    oh[d] += (a0 + a1) + (a2 + a3);
-                }
-#undef VROW
-            }
-            cursor[a] = p1;
-        }
-    }
+ * vector multiply-adds over the head dimension; the scores of the tile's invisible slots are
+ * computed and dropped. The body and its fixed order of operations are in attend.h, compiled
+ * here once per instruction set; attend_pick chooses one per pass, the set the matrix kernels
+ * use (zp_matmul_isa). */
+typedef void attend_fn(const int32_t *rows, int n, const int32_t *const *vis, const int32_t *nv,
+                       const float *q, int ldq, float *sc, size_t ldsc, float *o, const float *kt,
+                       const float *vt, int nh, int group, int hd, int kvd, float scale,
+                       int32_t *cursor);
+
+/* AVX-512: the operations and order of the former 16-lane target_clones("avx512f") clone */
+#define ZP_ATT_NAME   attend_stream_avx512
+#define ZP_ATT_TARGET __attribute__((target("avx512f")))
+#define ZP_ATT_V      zp_v16
+#define ZP_ATT_W      16
+#define ZP_ATT_VI     zp_i16
+#define ZP_ATT_VEXP   0
+#define ZP_ATT_LOAD   v16_load
+#define ZP_ATT_SLANES 32 /* 4 zmm score accumulators */
+#define ZP_ATT_VELEMS 16 /* 4 zmm value accumulators */
+#include "attend.h"
+
+/* AVX2 with FMA (haswell and later, zen) */
+#define ZP_ATT_NAME   attend_stream_avx2
+#define ZP_ATT_TARGET __attribute__((target("avx2,fma")))
+#define ZP_ATT_V      zp_v8
+#define ZP_ATT_W      8
+#define ZP_ATT_VI     zp_i8
+#define ZP_ATT_VEXP   1
+#define ZP_ATT_LOAD   v8_load
+#define ZP_ATT_SLANES 32 /* 8 ymm score accumulators of 16 */
+#define ZP_ATT_VELEMS 16 /* 8 ymm value accumulators */
+#include "attend.h"
+
+/* plain x86-64 (SSE2, no FMA) */
+#define ZP_ATT_NAME attend_stream_sse2
+#define ZP_ATT_TARGET
+#define ZP_ATT_V      zp_v4
+#define ZP_ATT_W      4
+#define ZP_ATT_VI     zp_i4
+#define ZP_ATT_VEXP   1
+#define ZP_ATT_LOAD   v4_load
+#define ZP_ATT_SLANES 16 /* 8 xmm score accumulators of 16 */
+#define ZP_ATT_VELEMS 8  /* 8 xmm value accumulators */
+#include "attend.h"
+
+/* The attention instance for this pass: the instruction set of the matrix kernels, so that
+ * zp_matmul_force_isa (testing) reaches both. "avx512" there implies avx512f. */
+static attend_fn *attend_pick(void) {
+    const char *isa = zp_matmul_isa();
+    if (strcmp(isa, "avx512") == 0) return attend_stream_avx512;
+    if (strcmp(isa, "avx2") == 0) return attend_stream_avx2;
+    return attend_stream_sse2;
 }
 
 /* ================================================================ the forward primitive */
@@ -790,6 +718,7 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         for (int i = 0; i < rows; i++) s->grp_rows[count[stream_group[s->row_stream[i]]]++] = i;
     }
     const float scale = 1.0f / sqrtf((float)HD);
+    attend_fn *const attend = attend_pick();
     size_t att_work = 0; /* multiply-adds of one layer's attention */
     for (int i = 0; i < rows; i++) att_work += (size_t)s->vis_n[s->row_query[i]] * NH * HD * 2;
     for (int l = 0; l < c->n_layer; l++) {
@@ -840,9 +769,9 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
             int first = s->grp_start[g], n = s->grp_start[g + 1] - first;
             const int32_t *grp = s->grp_rows + first;
             size_t off = (size_t)s->row_stream[grp[0]] * SPAD * KVD;
-            attend_stream(grp, n, (const int32_t *const *)s->row_vis, s->row_nv, s->qkv, QKV,
-                          s->scores, (size_t)NH * S, s->att, kl + off, vl + off, NH, GROUP, HD, KVD,
-                          scale, s->cursor + first);
+            attend(grp, n, (const int32_t *const *)s->row_vis, s->row_nv, s->qkv, QKV, s->scores,
+                   (size_t)NH * S, s->att, kl + off, vl + off, NH, GROUP, HD, KVD, scale,
+                   s->cursor + first);
         }
         if (cap)
             for (int i = 0; i < rows; i++) {

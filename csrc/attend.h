@@ -1,0 +1,240 @@
+/* attend.h -- the attention of the rows of one stream, as a template: model.c includes this file
+ * once per instruction set, after #defining
+ *   ZP_ATT_NAME    the function's name
+ *   ZP_ATT_TARGET  its target attribute (empty for plain x86-64)
+ *   ZP_ATT_V       a GCC float vector type that fits one register of that set, of
+ *   ZP_ATT_W       lanes (16: a zmm, 8: a ymm, 4: an xmm)
+ *   ZP_ATT_VI      the int32_t vector type of as many lanes
+ *   ZP_ATT_LOAD    (const float *) -> ZP_ATT_V, unaligned
+ *   ZP_ATT_SLANES  tile lanes whose scores are accumulated at once (a multiple of ZP_ATT_W
+ *                  dividing ZP_TILE): 2 * ZP_ATT_SLANES / ZP_ATT_W accumulators
+ *   ZP_ATT_VELEMS  head elements whose values are accumulated at once (a multiple of ZP_ATT_W):
+ *                  4 * ZP_ATT_VELEMS / ZP_ATT_W accumulators
+ *   ZP_ATT_VEXP    1: the softmax's exponentials in vectors, 0: exp_nonpos one by one (the
+ *                  same operations per lane)
+ * This file #undefs them at its end.
+ *
+ * Why a template and not target_clones: a 16-lane GCC vector in an AVX2 or SSE2 clone is split
+ * by the compiler into halves that live on the stack (every multiply-add loads and stores them),
+ * and target_clones("avx2") does not enable FMA. Each instance here works in vectors of its own
+ * register width, with every accumulator in a register.
+ *
+ * Order of operations. Every lane (a slot's score, an output element) is computed by the same
+ * chain of operations in every instance; only how many lanes one instruction carries differs.
+ * Per row and head the result depends only on the row's query and its visible slots:
+ *   - score of slot s: two chains over the head dimension, one over even d and one over odd d,
+ *     each acc += q[d] * k[d][s] in increasing d; then even + odd; then * scale;
+ *   - softmax: maximum and sum over 16 lane partials (slot j into partial j % 16, in increasing
+ *     j), partials combined by the tree 8, 4, 2, 1; exp_nonpos(score - max) / sum;
+ *   - output element e: four chains over the visible slots p0 + 4i + k (k = 0..3) of a tile,
+ *     acc_k += w[p] * v[p][e] in increasing p, summed (0 + 1) + (2 + 3) and added to the running
+ *     output, tile after tile.
+ * An instance compiled with FMA (AVX-512, AVX2) fuses every acc += a * b into one rounding; the
+ * plain x86-64 instance rounds twice; so results can differ between instruction sets, never
+ * within one.
+ *
+ * rows: (n,) row indices; vis/nv: per row its visible slots (ascending) and their count;
+ * q: row r's query heads at q + r*ldq; sc: row r's (nh, nv[r]) scores at sc + r*ldsc;
+ * o: row r's output (nh*hd) at o + r*nh*hd; kt: the stream's K, (tile, kvd, ZP_TILE); vt: its V,
+ * (tile, n_kv_head, ZP_TILE, hd); cursor: (n,) scratch. All borrowed. */
+
+ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t *const *vis,
+                                      const int32_t *nv, const float *q, int ldq, float *sc,
+                                      size_t ldsc, float *o, const float *kt, const float *vt,
+                                      int nh, int group, int hd, int kvd, float scale,
+                                      int32_t *cursor) {
+    enum {
+        W = ZP_ATT_W,
+        NS = ZP_ATT_SLANES / ZP_ATT_W, /* score vectors per chain */
+        NE = ZP_ATT_VELEMS / ZP_ATT_W, /* value vectors per chain */
+        NP = 16 / ZP_ATT_W,            /* vectors of the softmax's 16 partials */
+    };
+    const ZP_ATT_V zero = {0};
+    int last = 0;
+    for (int a = 0; a < n; a++) {
+        cursor[a] = 0;
+        int r = rows[a];
+        if (nv[r] && vis[r][nv[r] - 1] > last) last = vis[r][nv[r] - 1];
+    }
+    /* scores, tile by tile */
+    for (int t0 = 0; t0 <= last; t0 += ZP_TILE) {
+        const float *ktile = kt + (size_t)(t0 / ZP_TILE) * kvd * ZP_TILE;
+        if (t0 + ZP_PREFETCH * ZP_TILE <= last) prefetch_tile(ktile, ZP_PREFETCH, kvd);
+        for (int a = 0; a < n; a++) {
+            int r = rows[a], p0 = cursor[a], p1 = p0;
+            while (p1 < nv[r] && vis[r][p1] < t0 + ZP_TILE) p1++;
+            if (p1 == p0) continue;
+            const float *qr = q + (size_t)r * ldq;
+            float *sr = sc + (size_t)r * ldsc;
+            for (int h = 0; h < nh; h++) {
+                const float *qh = qr + (size_t)h * hd;
+                const float *kh = ktile + (size_t)(h / group) * hd * ZP_TILE;
+                float acc[ZP_TILE];
+                /* 2 * NS independent chains (d even / odd x NS vectors of lanes) hide the FMA
+                 * latency; the tile's lanes in blocks of ZP_ATT_SLANES */
+                for (int l0 = 0; l0 < ZP_TILE; l0 += ZP_ATT_SLANES) {
+                    ZP_ATT_V ev[NS], od[NS];
+                    for (int i = 0; i < NS; i++) ev[i] = od[i] = zero;
+                    int d = 0;
+                    for (; d + 2 <= hd; d += 2) {
+                        const float *k0 = kh + (size_t)d * ZP_TILE + l0;
+                        const float qe = qh[d], qo = qh[d + 1];
+                        for (int i = 0; i < NS; i++) {
+                            ev[i] += qe * ZP_ATT_LOAD(k0 + i * W);
+                            od[i] += qo * ZP_ATT_LOAD(k0 + ZP_TILE + i * W);
+                        }
+                    }
+                    if (d < hd)
+                        for (int i = 0; i < NS; i++)
+                            ev[i] += qh[d] * ZP_ATT_LOAD(kh + (size_t)d * ZP_TILE + l0 + i * W);
+                    for (int i = 0; i < NS; i++) ZP_VEC_STORE(acc + l0 + i * W, ev[i] + od[i]);
+                }
+                float *sh = sr + (size_t)h * nv[r];
+                for (int p = p0; p < p1; p++) sh[p] = acc[vis[r][p] - t0] * scale;
+            }
+            cursor[a] = p1;
+        }
+    }
+    /* softmax per row and head: maximum and sum in 16 lane partials (16 / W vectors) */
+    for (int a = 0; a < n; a++) {
+        int r = rows[a], m = nv[r];
+        for (int h = 0; h < nh; h++) {
+            float *row = sc + (size_t)r * ldsc + (size_t)h * m;
+            float part[16];
+            ZP_ATT_V pv[NP];
+            for (int i = 0; i < NP; i++) pv[i] = zero - INFINITY;
+            int j = 0;
+            for (; j + 16 <= m; j += 16)
+                for (int i = 0; i < NP; i++) {
+                    ZP_ATT_V x = ZP_ATT_LOAD(row + j + i * W);
+                    ZP_ATT_VI gt = x > pv[i]; /* part = x > part ? x : part */
+                    pv[i] = (ZP_ATT_V)(((ZP_ATT_VI)x & gt) | ((ZP_ATT_VI)pv[i] & ~gt));
+                }
+            for (int i = 0; i < NP; i++) ZP_VEC_STORE(part + i * W, pv[i]);
+            for (int l = 0; j + l < m; l++) part[l] = row[j + l] > part[l] ? row[j + l] : part[l];
+            float mx = part[0];
+            for (int l = 1; l < 16; l++) mx = part[l] > mx ? part[l] : mx;
+#if ZP_ATT_VEXP
+            /* exp_nonpos lane by lane, the last partial vector through a zero-padded buffer so
+             * that every score takes the same instructions */
+            for (j = 0; j < m; j += W) {
+                float pad[W];
+                ZP_ATT_V x;
+                if (j + W <= m)
+                    x = ZP_ATT_LOAD(row + j);
+                else {
+                    for (int l = 0; l < W; l++) pad[l] = j + l < m ? row[j + l] : mx;
+                    x = ZP_ATT_LOAD(pad);
+                }
+                x = x - mx;
+                ZP_ATT_VI low = x < -87.0f; /* x = max(x, -87) */
+                x = (ZP_ATT_V)(((ZP_ATT_VI)x & ~low) | ((ZP_ATT_VI)(zero - 87.0f) & low));
+                ZP_ATT_V nr = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+                ZP_ATT_V rr = (x - nr * 0.693145751953125f) - nr * 1.428606765330187e-06f;
+                ZP_ATT_V p = (1.0f / 5040.0f) * rr + 1.0f / 720.0f;
+                p = p * rr + 1.0f / 120.0f;
+                p = p * rr + 1.0f / 24.0f;
+                p = p * rr + 1.0f / 6.0f;
+                p = p * rr + 0.5f;
+                p = p * rr + 1.0f;
+                p = p * rr + 1.0f;
+                ZP_ATT_VI two_n = (__builtin_convertvector(nr, ZP_ATT_VI) + 127) << 23;
+                ZP_ATT_VI under = x <= -87.0f;
+                x = (ZP_ATT_V)((ZP_ATT_VI)(p * (ZP_ATT_V)two_n) & ~under);
+                if (j + W <= m)
+                    ZP_VEC_STORE(row + j, x);
+                else {
+                    ZP_VEC_STORE(pad, x);
+                    for (int l = 0; j + l < m; l++) row[j + l] = pad[l];
+                }
+            }
+#else
+            for (j = 0; j < m; j++) row[j] = exp_nonpos(row[j] - mx);
+#endif
+            for (int i = 0; i < NP; i++) pv[i] = zero;
+            for (j = 0; j + 16 <= m; j += 16)
+                for (int i = 0; i < NP; i++) pv[i] += ZP_ATT_LOAD(row + j + i * W);
+            for (int i = 0; i < NP; i++) ZP_VEC_STORE(part + i * W, pv[i]);
+            for (int l = 0; j + l < m; l++) part[l] += row[j + l];
+            for (int w = 8; w >= 1; w /= 2)
+                for (int l = 0; l < w; l++) part[l] += part[l + w];
+            float inv = 1.f / part[0];
+            for (j = 0; j < m; j++) row[j] *= inv;
+        }
+        float *orow = o + (size_t)r * nh * hd;
+        for (int e = 0; e < nh * hd; e++) orow[e] = 0.f;
+        cursor[a] = 0;
+    }
+    /* weighted values, tile by tile, in slot order per (row, head, element) */
+    for (int t0 = 0; t0 <= last; t0 += ZP_TILE) {
+        const float *vtile = vt + (size_t)(t0 / ZP_TILE) * kvd * ZP_TILE;
+        if (t0 + ZP_PREFETCH * ZP_TILE <= last) prefetch_tile(vtile, ZP_PREFETCH, kvd);
+        for (int a = 0; a < n; a++) {
+            int r = rows[a], p0 = cursor[a], p1 = p0;
+            while (p1 < nv[r] && vis[r][p1] < t0 + ZP_TILE) p1++;
+            if (p1 == p0) continue;
+            const float *sr = sc + (size_t)r * ldsc;
+            float *orow = o + (size_t)r * nh * hd;
+            const int32_t *lanes = vis[r];
+            for (int h = 0; h < nh; h++) {
+                const float *wh = sr + (size_t)h * nv[r];
+                float *oh = orow + (size_t)h * hd;
+                /* the head's (ZP_TILE, hd) block, lane = slot - t0 */
+                const float *vh = vtile + (size_t)(h / group) * ZP_TILE * hd - (size_t)t0 * hd;
+#define VROW(p) (vh + (size_t)lanes[p] * hd)
+                int d = 0;
+                /* four independent chains (visible slots p0+4i+k, k = 0..3) of NE vectors per
+                 * ZP_ATT_VELEMS elements, summed (0+1)+(2+3) and added to the running output */
+                for (; d + ZP_ATT_VELEMS <= hd; d += ZP_ATT_VELEMS) {
+                    ZP_ATT_V a0[NE], a1[NE], a2[NE], a3[NE];
+                    for (int i = 0; i < NE; i++) a0[i] = a1[i] = a2[i] = a3[i] = zero;
+                    int p = p0;
+                    for (; p + 4 <= p1; p += 4) {
+                        const float w0 = wh[p], w1 = wh[p + 1], w2 = wh[p + 2], w3 = wh[p + 3];
+                        const float *v0 = VROW(p) + d, *v1 = VROW(p + 1) + d, *v2 = VROW(p + 2) + d,
+                                    *v3 = VROW(p + 3) + d;
+                        for (int i = 0; i < NE; i++) {
+                            a0[i] += w0 * ZP_ATT_LOAD(v0 + i * W);
+                            a1[i] += w1 * ZP_ATT_LOAD(v1 + i * W);
+                            a2[i] += w2 * ZP_ATT_LOAD(v2 + i * W);
+                            a3[i] += w3 * ZP_ATT_LOAD(v3 + i * W);
+                        }
+                    }
+                    for (int i = 0; i < NE; i++) {
+                        if (p < p1) a0[i] += wh[p] * ZP_ATT_LOAD(VROW(p) + d + i * W);
+                        if (p + 1 < p1) a1[i] += wh[p + 1] * ZP_ATT_LOAD(VROW(p + 1) + d + i * W);
+                        if (p + 2 < p1) a2[i] += wh[p + 2] * ZP_ATT_LOAD(VROW(p + 2) + d + i * W);
+                        ZP_VEC_STORE(oh + d + i * W, ZP_ATT_LOAD(oh + d + i * W) +
+                                                         ((a0[i] + a1[i]) + (a2[i] + a3[i])));
+                    }
+                }
+                for (; d < hd; d++) {
+                    float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+                    int p = p0;
+                    for (; p + 4 <= p1; p += 4) {
+                        a0 += wh[p] * VROW(p)[d];
+                        a1 += wh[p + 1] * VROW(p + 1)[d];
+                        a2 += wh[p + 2] * VROW(p + 2)[d];
+                        a3 += wh[p + 3] * VROW(p + 3)[d];
+                    }
+                    if (p < p1) a0 += wh[p] * VROW(p)[d];
+                    if (p + 1 < p1) a1 += wh[p + 1] * VROW(p + 1)[d];
+                    if (p + 2 < p1) a2 += wh[p + 2] * VROW(p + 2)[d];
+                    oh[d] += (a0 + a1) + (a2 + a3);
+                }
+#undef VROW
+            }
+            cursor[a] = p1;
+        }
+    }
+}
+
+#undef ZP_ATT_NAME
+#undef ZP_ATT_TARGET
+#undef ZP_ATT_V
+#undef ZP_ATT_W
+#undef ZP_ATT_VI
+#undef ZP_ATT_VEXP
+#undef ZP_ATT_LOAD
+#undef ZP_ATT_SLANES
+#undef ZP_ATT_VELEMS
