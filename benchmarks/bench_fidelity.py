@@ -64,7 +64,15 @@ def _grid(model):
 
 def const_token(model):
     """The "const" proxy: the most frequent token of the test set's own token grids (the
-    tokenizer's encoding of the 10,000 test images; ties: the smallest id)."""
+    tokenizer's encoding of the 10,000 test images; ties: the smallest id). Kept in
+    results/fidelity_const_tokens.json once computed (machines without Fashion-MNIST read it)."""
+    cache = os.path.join(RESULTS, "fidelity_const_tokens.json")
+    known = {}
+    if os.path.exists(cache):
+        with open(cache) as f:
+            known = json.load(f)
+    if model in known:
+        return int(known[model])
     if model == "vq":
         with np.load(os.path.join(RESULTS, "fmnist_vq_test_tokens.npz")) as z:
             tokens = z["tokens"]
@@ -72,7 +80,10 @@ def const_token(model):
         from zipar.fmnist import builtin
 
         tokens = builtin.default_tokenizer().encode(zeval.test_set()[0])
-    return int(np.argmax(np.bincount(np.asarray(tokens).ravel())))
+    known[model] = int(np.argmax(np.bincount(np.asarray(tokens).ravel())))
+    with open(cache, "w") as f:
+        json.dump(known, f, indent=1, sort_keys=True)
+    return known[model]
 
 
 def calibrated_token(model):
@@ -172,7 +183,12 @@ def run_chunk(cell, first, last, args):
     labels = np.arange(first, last) % model.config.num_classes
     tokens, passes, queries, totals, seconds = zsweep.generate_cell(
         model, full, labels, args.batch, first=first)
-    log_prob = model.log_prob(labels, tokens)
+    # sample NLL (a raster teacher-forced pass per image) only for sample ids < --nll-samples:
+    # it costs a third to a half of a chunk, and its mean settles long before 1,000 samples
+    n_nll = max(0, min(last, args.nll_samples) - first)
+    log_prob = np.full(last - first, np.nan)
+    if n_nll:
+        log_prob[:n_nll] = model.log_prob(labels[:n_nll], tokens[:n_nll])
     path = _chunk_path(cell, first, args)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp.npz")
@@ -231,12 +247,14 @@ def _pool(workers):
 def generate(cells, args):
     """Every missing chunk, longest settings first (--order short: shortest first), in spawned
     single-threaded workers."""
-    sign = -1 if args.order == "long" else 1
+    sign = -1 if args.order in ("long", "breadth") else 1
     todo = [(cell, first, last)
             for cell in sorted(cells, key=lambda c: sign * _expected_passes(c, args.model))
             for first, last in _chunks(cell, args)
             if _load_chunk(_chunk_path(cell, first, args),
                            _chunk_key(cell, first, last, args)) is None]
+    if args.order == "breadth":  # chunk 0 of every setting, then chunk 1, ...
+        todo.sort(key=lambda t: t[1])
     print(f"{len(todo)} chunks to generate with {args.workers} workers", flush=True)
     if not todo:
         return
@@ -257,15 +275,33 @@ def generate(cells, args):
 
 
 def collect(cells, args):
-    """One record per setting whose chunks are all finished (the others are named)."""
-    records = []
+    """One record per setting over the same samples: each setting's finished chunks from sample 0
+    on, cut to the fewest samples any setting has (all --samples when every chunk is finished;
+    settings with none are named and left out)."""
+    prefixes = []
     for cell in cells:
-        parts = [_load_chunk(_chunk_path(cell, first, args), _chunk_key(cell, first, last, args))
-                 for first, last in _chunks(cell, args)]
-        if any(p is None for p in parts):
-            print(f"  (not finished: {json.dumps(cell)}, "
-                  f"{sum(p is None for p in parts)} of {len(parts)} chunks missing)")
+        parts = []
+        for first, last in _chunks(cell, args):
+            p = _load_chunk(_chunk_path(cell, first, args), _chunk_key(cell, first, last, args))
+            if p is None:
+                break
+            parts.append(p)
+        if not parts:
+            print(f"  (not started: {json.dumps(cell)})")
             continue
+        prefixes.append((cell, parts))
+    n_common = min(sum(len(p["passes"]) for p in parts) for _, parts in prefixes)
+    if n_common < args.samples:
+        print(f"  every setting cut to its first {n_common} samples (not all chunks finished)")
+    records = []
+    for cell, parts in prefixes:
+        keep, n = [], 0
+        for p in parts:
+            if n >= n_common:
+                break
+            keep.append(p)
+            n += len(p["passes"])
+        parts = keep
         cat = {k: np.concatenate([p[k] for p in parts]) for k in ("tokens", "passes", "queries",
                                                                    "log_prob")}
         n = cat["tokens"].shape[0]
@@ -277,8 +313,9 @@ def collect(cells, args):
                    forward_passes_max=int(cat["passes"].max()),
                    mean_queries_per_pass=float(cat["queries"].sum() / cat["passes"].sum()),
                    **{k: float(sum(p[k] for p in parts)) / n for k in COUNTERS},
-                   nll_bits=float(-cat["log_prob"].mean() / cat["tokens"][0].size
+                   nll_bits=float(-np.nanmean(cat["log_prob"]) / cat["tokens"][0].size
                                   / math.log(2.0)),
+                   nll_samples=int(np.isfinite(cat["log_prob"]).sum()),
                    seconds=seconds, seconds_per_image=seconds / n, cpu="; ".join(cpus))
         verified = rec["drafts_accepted"] + rec["drafts_rejected"]
         rec["draft_acceptance"] = rec["drafts_accepted"] / verified if verified else None
@@ -451,7 +488,7 @@ def analyse(records, tokens):
 
 def report(records, extra, args):
     summary = analyse(records, args.tokens)
-    summary.update(model=args.model, samples_per_setting=args.samples,
+    summary.update(model=args.model, samples_per_setting=min(r["n_samples"] for r in records),
                    cfg_scale=args.cfg_scale, **extra)
     os.makedirs(RESULTS, exist_ok=True)
     clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
@@ -476,7 +513,9 @@ def report(records, extra, args):
              f"FID-proxy floor (test set halves, 5,000 vs 5,000): {extra['fid_floor']:.3f} "
              f"[{extra['fid_floor_low']:.3f}, {extra['fid_floor_high']:.3f}]; classifier test "
              f"accuracy {extra['test_accuracy']:.3f}. Intervals: {args.boot} bootstrap "
-             "resamples of the samples, 95%.", "",
+             f"resamples of the samples, 95%. Sample NLL: exact model, raster teacher forcing, "
+             f"over the first {min(r['nll_samples'] for r in records)} samples of each setting.",
+             "",
              "| setting | passes | step reduction | FID-proxy [95% CI] | vs raster | class acc | "
              "NLL bits/token | diversity | s/img b" + str(args.batch) + " | s/img b1 |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -498,7 +537,8 @@ def report(records, extra, args):
             f"images) and of its first {args.batch1} images one at a time (b1), re-timed side by "
             f"side in one run on {cpu_name()}, {args.workers} single-threaded workers, all busy "
             f"(at least {eq:.0%} of the re-timed images equal the chunks' token for token; "
-            "batch-1 and batch-50 tokens are equal). The chunks ran on: " + machines + ".")
+            f"batch-1 and batch-{args.batch} tokens are equal). The chunks ran on: "
+            + machines + ".")
     else:
         seconds_note = ("Seconds per image: engine time of single-threaded workers, one per "
                         f"core, all cores busy, by machine: {machines}. They compare rows of "
@@ -533,8 +573,7 @@ def report(records, extra, args):
                      f"{c['fixed_fid']:.3f}" + ("" if c["intervals_overlap"] else " (disjoint)")
                      + ".")
     lines.append(f"- Proxies (FID-proxy relative to \"above\" at the same window and schedule, "
-                 f"geometric mean over {len(MODELS[args.model]['windows']) * 2} settings; "
-                 f"best proxy: **{s['best_proxy']}**):")
+                 f"geometric mean over the ZipAR settings; best proxy: **{s['best_proxy']}**):")
     for n_, p in s["proxies"].items():
         lines.append(f"  {n_}: {p['geomean_fid_vs_above']:.2f}x, lowest of the proxies in "
                      f"{p['best_of_proxies_in']} of {p['settings']} settings"
@@ -606,10 +645,13 @@ def main():
                     help="default: 2.0 for vq (the main job's), 1.0 for pixels")
     ap.add_argument("--proxies", nargs="*", choices=PROXIES, default=list(PROXIES))
     ap.add_argument("--boot", type=int, default=200)
+    ap.add_argument("--nll-samples", type=int, default=200,
+                    help="sample NLL of the samples with ids below this (all: --samples)")
     ap.add_argument("--only", type=int, nargs="*", help="indices of settings to generate")
     ap.add_argument("--list", action="store_true", help="print the settings with their index")
-    ap.add_argument("--order", choices=("long", "short"), default="long",
-                    help="generate the settings with the most (long) or fewest passes first")
+    ap.add_argument("--order", choices=("long", "short", "breadth"), default="long",
+                    help="generate the settings with the most (long) or fewest passes first, "
+                    "or the first chunk of every setting, then the second, ... (breadth)")
     ap.add_argument("--stop-after", type=float, default=0,
                     help="seconds: start no chunk that would end later (0: no limit)")
     ap.add_argument("--chunk-seconds", type=float, default=120,
