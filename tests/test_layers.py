@@ -6,7 +6,7 @@ imports form a loop. The layers, lowest first (docs/architecture.md):
 
     binding  zipar._ext                          loads the C extension zipar._core lazily
     io       zipar.io.*                          file formats, NumPy only
-    engine   config, _checks, sampling, policies, session, model, runtime
+    engine   config, _checks, sampling, policies, session, model, calibration, runtime
     families zipar.families.*                    LlamaGen checkpoints, VQ-16
     tools    zipar.reference.*, zipar.fmnist.*, zipar.sweep.*, zipar.__main__
     api      zipar (the package face) and the one-release alias modules
@@ -27,7 +27,7 @@ LAYERS = [
     (0, ("zipar._ext", "zipar._core")),
     (1, ("zipar.io",)),
     (2, ("zipar.config", "zipar._checks", "zipar.sampling", "zipar.policies", "zipar.session",
-         "zipar.model", "zipar.runtime")),
+         "zipar.model", "zipar.calibration", "zipar.runtime")),
     (3, ("zipar.families",)),
     (4, ("zipar.reference",)),
     (5, ("zipar.fmnist",)),

@@ -7,7 +7,7 @@
 
 Layers, lowest first (docs/architecture.md): the C core (csrc/) -> the binding (zipar._core,
 loaded lazily by zipar._ext) -> the engine API (config, sampling, policies, session, model,
-runtime) -> file formats (zipar.io, no engine dependency) and model families
+calibration, runtime) -> file formats (zipar.io, no engine dependency) and model families
 (zipar.families) -> tools (zipar.reference, zipar.fmnist, zipar.sweep, the CLI). Importing
 zipar loads no C code: the extension is loaded by the first model, session or thread call.
 """

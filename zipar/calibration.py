@@ -14,8 +14,10 @@ from typing import Any, Dict
 import numpy as np
 
 from ._checks import INT32_MAX, int_scalar
+from .model import Model
 from .policies import Raster
 from .sampling import Sampling
+from .session import progress_bar
 
 __all__ = ["calibrate_proxy", "ProxyCalibration"]
 
@@ -60,8 +62,6 @@ def calibrate_proxy(model, n_samples: int = 200, seed: int = 0,
     smallest id among equals. To use it: ``model.row_start_proxy = result.token``, then
     ``ZipAR(window, proxy="calibrated")``; ``Model.save`` keeps the token.
     """
-    from .model import Model
-
     if not isinstance(model, Model):
         raise TypeError(f"calibrate_proxy needs a zipar.Model, got {type(model).__name__}")
     c = model.config
@@ -72,11 +72,7 @@ def calibrate_proxy(model, n_samples: int = 200, seed: int = 0,
     batch = int_scalar("batch", batch, 1, INT32_MAX)
     sp = Sampling(cfg_scale=cfg_scale, seed=seed, **sampling)
     counts = np.zeros(c.vocab_size, np.int64)
-    bar = None
-    if progress:
-        from .session import progress_bar
-
-        bar = progress_bar(progress, n_samples, "calibrate")
+    bar = progress_bar(progress, n_samples, "calibrate")
     try:
         for b0 in range(0, n_samples, batch):
             b1 = min(n_samples, b0 + batch)
