@@ -302,6 +302,7 @@ def collect(cells, args):
             keep.append(p)
             n += len(p["passes"])
         parts = keep
+        paths = [_chunk_path(cell, first, args) for first, _ in _chunks(cell, args)][:len(parts)]
         cat = {k: np.concatenate([p[k] for p in parts]) for k in ("tokens", "passes", "queries",
                                                                    "log_prob")}
         n = cat["tokens"].shape[0]
@@ -320,6 +321,7 @@ def collect(cells, args):
         verified = rec["drafts_accepted"] + rec["drafts_rejected"]
         rec["draft_acceptance"] = rec["drafts_accepted"] / verified if verified else None
         rec["_tokens"] = cat["tokens"].astype(np.int32)
+        rec["_paths"] = paths
         rec["_cell"] = cell
         records.append(rec)
         print(f"  {json.dumps(cell):<62} passes {rec['forward_passes']:7.1f}  "
@@ -374,16 +376,56 @@ def _images(model):
     return builtin.default_tokenizer().decode
 
 
+def _decoded_path(chunk):
+    return chunk[:-len(".npz")] + ".images.npz"
+
+
+def _decode_chunk(chunk, model):
+    """Decodes one chunk's tokens to 28x28 grey images and keeps them beside it (the VQ decoder
+    costs about 0.1 s per image on one core: a report re-run must not pay it again)."""
+    out = _decoded_path(chunk)
+    if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(chunk):
+        with np.load(chunk) as z:
+            images = _images(model)(z["tokens"].astype(np.int32))
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), suffix=".tmp.npz")
+        os.close(fd)
+        np.savez_compressed(tmp, images=images)
+        os.replace(tmp, out)
+    return out
+
+
+def decode_all(records, args):
+    """Every chunk's images, decoded in --workers processes (one BLAS thread each)."""
+    chunks = [c for r in records for c in r["_paths"]]
+    todo = [c for c in chunks if not os.path.exists(_decoded_path(c))
+            or os.path.getmtime(_decoded_path(c)) < os.path.getmtime(c)]
+    print(f"decoding {len(todo)} of {len(chunks)} chunks", flush=True)
+    if todo and args.workers > 1:
+
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"  # the spawned workers' NumPy BLAS
+        with _pool(args.workers) as ex:
+            for i, _ in enumerate(ex.map(_decode_chunk, todo, [args.model] * len(todo))):
+                if (i + 1) % 50 == 0:
+                    print(f"  {i + 1} decoded", flush=True)
+    else:
+        for c in todo:
+            _decode_chunk(c, args.model)
+
+
 def evaluate(records, args):
+    decode_all(records, args)
     clf = zeval.Classifier.load_default()
     test_images, test_labels = zeval.test_set()
     ref_feat = clf.features(test_images)
-    decode = _images(args.model)
     out = []
     for rec in records:
         toks = rec.pop("_tokens")
         labels = np.arange(len(toks)) % 10
-        images = np.concatenate([decode(toks[i:i + 100]) for i in range(0, len(toks), 100)])
+        images = []
+        for c in rec.pop("_paths"):
+            with np.load(_decoded_path(c)) as z:
+                images.append(z["images"])
+        images = np.concatenate(images)[:len(toks)]
         fid = zeval.fid_proxy(images, n_boot=args.boot, classifier=clf,
                               reference_features=ref_feat)
         acc = zeval.class_accuracy(images, labels, classifier=clf)
@@ -657,6 +699,8 @@ def main():
     ap.add_argument("--chunk-seconds", type=float, default=120,
                     help="with --stop-after: expected seconds per chunk")
     ap.add_argument("--generate-only", action="store_true")
+    ap.add_argument("--decode-only", action="store_true",
+                    help="decode the finished chunks' images (kept beside them) and stop")
     ap.add_argument("--retime", action="store_true",
                     help="before the report, time each setting's first batch side by side here")
     ap.add_argument("--report-only", action="store_true",
@@ -685,6 +729,9 @@ def main():
     records = collect(cells, args)
     if not any(r["policy"] == "raster" for r in records):
         raise SystemExit("the raster setting is not finished: nothing to compare against")
+    if args.decode_only:
+        decode_all(records, args)
+        return
     if args.retime:
         time_settings(records, args)
     records, extra = evaluate(records, args)
