@@ -54,16 +54,17 @@ def _policy_args(p):
     p.add_argument("--policy", default=None, choices=["raster", "zipar", "adaptive"],
                    metavar="NAME", help="raster, zipar or adaptive (default: raster and zipar)")
     p.add_argument("--window", type=int, default=None,
-                   help="ZipAR window / adaptive min window (default: W/4)")
+                   help="ZipAR window / adaptive min window (default: the built-in model's "
+                        "best measured setting, else W/4)")
     p.add_argument("--max-window", type=int, default=None, metavar="N",
                    help="adaptive: last verification window (default: W)")
     p.add_argument("--threshold", type=float, default=0.0, help="adaptive acceptance threshold")
-    p.add_argument("--schedule", default="eager", choices=["eager", "paper"],
-                   help="when row 1 may start")
-    p.add_argument("--proxy", default="above", type=_proxy_arg,
+    p.add_argument("--schedule", default=None, choices=["eager", "paper"],
+                   help="when row 1 may start (default: eager)")
+    p.add_argument("--proxy", default=None, type=_proxy_arg,
                    metavar="{above,left,calibrated,INT}",
-                   help="stand-in for a missing end of row: above, left, calibrated (the "
-                        "model's row_start_proxy) or a token id")
+                   help="stand-in for a missing end of row: above (default), left, calibrated "
+                        "(the model's row_start_proxy) or a token id")
 
 
 def _proxy_arg(text: str):
@@ -124,20 +125,26 @@ def _is_family(path) -> bool:
                                                      ".bin", ".ckpt"))
 
 
-def _policies(a, W):
+def _policies(a, W, best=None):
+    """The policies to run: --policy alone, else Raster() beside a ZipAR: ``best`` (a built-in
+    model's best measured setting, a dict of ZipAR's fields) when no --window, --schedule or
+    --proxy is given, else ZipAR(--window or W/4)."""
     from .policies import Raster, ZipAR, policy_from_name
 
+    schedule = a.schedule or "eager"
+    proxy = "above" if a.proxy is None else a.proxy
     if a.policy:
-        return [policy_from_name(a.policy, window=a.window, schedule=a.schedule, proxy=a.proxy,
+        return [policy_from_name(a.policy, window=a.window, schedule=schedule, proxy=proxy,
                                  min_window=a.window, max_window=a.max_window,
                                  threshold=a.threshold)]
+    if best and a.window is None and a.schedule is None and a.proxy is None:
+        return [Raster(), ZipAR(best["window"], schedule=best["schedule"], proxy=best["proxy"])]
     w = a.window if a.window else max(1, W // 4)
-    return [Raster(), ZipAR(w, schedule=a.schedule, proxy=a.proxy)]
+    return [Raster(), ZipAR(w, schedule=schedule, proxy=proxy)]
 
 
 def cmd_generate(a):
     from .io import png
-    from .policies import Raster, ZipAR, policy_from_name
 
     _check_out(a.out, (".png",))
     path = _model_path(a)
@@ -148,6 +155,7 @@ def cmd_generate(a):
                          "Lumina-mGPT folders; a LlamaGen c2i model takes --labels")
     a.checkpoint = path
     class_names = None
+    best = None
     if a.checkpoint:
         from .families.llamagen import load_llamagen
 
@@ -162,9 +170,10 @@ def cmd_generate(a):
         cfg = a.cfg_scale if a.cfg_scale is not None else Sampling.cfg_scale
         top_k = a.top_k if a.top_k is not None else 2000
     else:
-        from .fmnist.builtin import CLASS_NAMES, load_default
+        from .fmnist.builtin import CLASS_NAMES, best_zipar, load_default
 
         model = load_default(a.builtin)
+        best = best_zipar(a.builtin)
         default_labels = list(range(model.config.num_classes))
         class_names = CLASS_NAMES
         cfg = a.cfg_scale if a.cfg_scale is not None else 2.0
@@ -181,13 +190,7 @@ def cmd_generate(a):
     else:
         labels = a.labels if a.labels else default_labels
         n = len(labels)
-    if a.policy:
-        policies = [policy_from_name(a.policy, window=a.window, schedule=a.schedule,
-                                     proxy=a.proxy, min_window=a.window,
-                                     max_window=a.max_window, threshold=a.threshold)]
-    else:
-        w = a.window if a.window else max(1, c.W // 4)
-        policies = [Raster(), ZipAR(w, schedule=a.schedule, proxy=a.proxy)]
+    policies = _policies(a, c.W, best)
     columns = []
     summary = []
     for pol in policies:

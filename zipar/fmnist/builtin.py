@@ -40,8 +40,8 @@ from ..model import Model
 from .resize import to_grey28
 from .tokenizer import GreyTokenizer
 
-__all__ = ["CLASS_NAMES", "load_default", "default_tokenizer", "builtin_info", "default_config",
-           "reference", "vq_decoder", "FashionVQDecoder", "BUILTIN_NAMES", "DATA_DIR",
+__all__ = ["CLASS_NAMES", "load_default", "default_tokenizer", "builtin_info", "best_zipar",
+           "default_config", "reference", "vq_decoder", "FashionVQDecoder", "BUILTIN_NAMES", "DATA_DIR",
            "row_start_proxy", "builtin_record_path"]
 
 #: Fashion-MNIST's ten classes, by label
@@ -167,6 +167,17 @@ def builtin_info(name: str = "vq") -> dict:
     builtin.json ("pixels")."""
     with open(builtin_record_path(name)) as f:
         return json.load(f)
+
+
+def best_zipar(name: str = "vq"):
+    """The built-in model's best measured ZipAR setting, or None: a dict with window, schedule,
+    proxy (ZipAR's fields) and where it was measured (the record's "best_zipar": the largest
+    step reduction whose FID-proxy interval overlaps raster's in benchmarks/bench_fidelity.py).
+    The main job (`zipar generate`) runs it beside raster."""
+    best = builtin_info(name).get("best_zipar")
+    if not best:
+        return None
+    return dict(best)
 
 
 def reference(name: str = "vq") -> dict:
