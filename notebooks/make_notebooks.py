@@ -315,14 +315,18 @@ SWEEP = [
     '''),
     ("md", "## The sweep"),
     ("code", '''
+        def proxy_name(p):
+            """A proxy setting as text: its name, or #k for the constant token k."""
+            return p if isinstance(p, str) else f"#{p}"
+
+
         def label(rec):
             """A short name of a cell: raster, Z<window>/<proxy>, A<min_window>/<threshold>/<proxy>."""
             if rec["policy"] == "raster":
                 return "raster"
-            proxy = rec["proxy"] if isinstance(rec["proxy"], str) else f"#{rec['proxy']}"
             if rec["policy"] == "zipar":
-                return f"Z{rec['window']}/{proxy}"
-            return f"A{rec['min_window']}/{rec['threshold']:g}/{proxy}"
+                return f"Z{rec['window']}/{proxy_name(rec['proxy'])}"
+            return f"A{rec['min_window']}/{rec['threshold']:g}/{proxy_name(rec['proxy'])}"
 
 
         def report(i, rec):
@@ -365,9 +369,9 @@ SWEEP = [
                                       if r["policy"] != "raster"))
         by = {label(r): r for r in res.records}
         for y in [m for m in ("nll_bits", "class_accuracy") if m in res.metric_columns]:
-            print(f"{y:>12} " + " ".join(f"{str(p):>11}" for p in proxies))
+            print(f"{y:>12} " + " ".join(f"{proxy_name(p):>11}" for p in proxies))
             for s in settings:
-                cells_s = [by.get(f"{s}/{p if isinstance(p, str) else '#' + str(p)}") for p in proxies]
+                cells_s = [by.get(f"{s}/{proxy_name(p)}") for p in proxies]
                 print(f"{s:>12} " + " ".join(f"{c[y]:11.4f}" if c and c.get(y) is not None
                                              else f"{'-':>11}" for c in cells_s))
             raster_rec = by["raster"]
@@ -401,7 +405,7 @@ SWEEP = [
                         if not recs:
                             continue
                         ax.scatter([r["forward_passes"] for r in recs], [r[y] for r in recs],
-                                   marker=MARKERS[p], color=colour, label=f"{pol}, proxy {p}")
+                                   marker=MARKERS[p], color=colour, label=f"{pol}, proxy {proxy_name(p)}")
                         for r in recs:
                             ax.annotate(label(r).rsplit("/", 1)[0],   # the label without proxy
                                         (r["forward_passes"], r[y]), fontsize=7)
