@@ -24,8 +24,10 @@ CELL_TIMEOUT = 300
 
 
 def _builtin_data_present() -> bool:
+    """The default (VQ) built-in model's GPT and tokenizer files are there (notebooks 01-04)."""
     data = os.path.join(os.path.dirname(os.path.abspath(zipar.__file__)), "data")
-    return os.path.exists(os.path.join(data, "fmnist_gpt.npz"))
+    return all(os.path.exists(os.path.join(data, f))
+               for f in ("fmnist_vq_gpt.npz", "fmnist_vq_tokenizer.npz", "fmnist_vq.json"))
 
 
 def _kernel_env() -> dict:
@@ -84,7 +86,7 @@ def test_notebook_runs(name, tmp_path):
     nbclient = _need("nbclient")
     _need("ipykernel")
     if not _builtin_data_present():
-        pytest.skip("the built-in model's data (zipar/data/fmnist_gpt.npz) are absent")
+        pytest.skip("the built-in VQ model's data (zipar/data/fmnist_vq_*) are absent")
     if name == "05_families.ipynb":
         pytest.importorskip("tokenizers", reason="05_families' text prompts need tokenizers")
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
