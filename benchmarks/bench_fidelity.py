@@ -331,16 +331,20 @@ def collect(cells, args):
 
 
 def _time_one(cell, args):
-    """Seconds per image of the setting's first batch (sample ids 0..batch-1) and of its first
-    --batch1 images one at a time, one engine thread, and both runs' tokens."""
+    """Seconds per image of the setting's first batch (sample ids 0..batch-1; not with
+    --retime b1) and of its first --batch1 images one at a time, one engine thread, and both
+    runs' tokens (None, None when the batch is not timed)."""
     zipar.set_num_threads(1)
     model = zipar.load_default(args.model)
     full = _full_settings(cell, args)
     labels = np.arange(args.batch) % model.config.num_classes
-    tokens, _, _, _, seconds = zsweep.generate_cell(model, full, labels, args.batch)
+    sec = tokens = None
+    if args.retime == "both":
+        tokens, _, _, _, seconds = zsweep.generate_cell(model, full, labels, args.batch)
+        sec = seconds / args.batch
     n1 = min(args.batch1, args.batch)
     tokens1, _, _, _, seconds1 = zsweep.generate_cell(model, full, labels[:n1], 1)
-    return seconds / args.batch, seconds1 / max(n1, 1), tokens, tokens1
+    return sec, seconds1 / max(n1, 1), tokens, tokens1
 
 
 def time_settings(records, args):
@@ -354,16 +358,19 @@ def time_settings(records, args):
         futs = [ex.submit(_time_one, cell, args) for cell in cells]
         for rec, cell, f in zip(records, cells, futs):
             sec, sec1, tokens, tokens1 = f.result()
-            if not np.array_equal(tokens[:len(tokens1)], tokens1):
+            if tokens is not None and not np.array_equal(tokens[:len(tokens1)], tokens1):
                 raise SystemExit(f"{json.dumps(cell)}: batch-1 tokens differ from batch-"
                                  f"{args.batch} tokens on one machine")
-            ref = rec["_tokens"][:args.batch]
-            rec["retime_tokens_equal"] = float(np.mean(np.all(tokens == ref, axis=(1, 2))))
-            rec["seconds_per_image_chunks"] = rec.pop("seconds_per_image")
-            rec["seconds_per_image"] = sec
+            ref = rec["_tokens"][:len(tokens1) if tokens is None else args.batch]
+            mine = tokens1 if tokens is None else tokens
+            rec["retime_tokens_equal"] = float(np.mean(np.all(mine == ref, axis=(1, 2))))
+            if sec is not None:
+                rec["seconds_per_image_chunks"] = rec.pop("seconds_per_image")
+                rec["seconds_per_image"] = sec
             rec["seconds_per_image_batch1"] = sec1
-            print(f"  {json.dumps(cell):<70} {sec:.3f} s/img (batch {args.batch}), "
-                  f"{sec1:.3f} (batch 1); images equal to the chunks' "
+            print(f"  {json.dumps(cell):<70} "
+                  + ("" if sec is None else f"{sec:.3f} s/img (batch {args.batch}), ")
+                  + f"{sec1:.3f} (batch 1); images equal to the chunks' "
                   f"{rec['retime_tokens_equal']:.0%}", flush=True)
 
 
@@ -595,6 +602,7 @@ def report(records, extra, args):
     with open(os.path.join(RESULTS, f"fidelity_{args.model}.json"), "w") as f:
         json.dump(dict(summary=summary, settings=clean), f, indent=2, default=float)
     retimed = all("seconds_per_image_chunks" in r for r in records)
+    b1_only = not retimed and all("seconds_per_image_batch1" in r for r in records)
     where = {}
     for r in records:
         for c in r["cpu"].split("; "):
@@ -646,9 +654,16 @@ def report(records, extra, args):
             f"batch-1 and batch-{args.batch} tokens are equal). The chunks ran on: "
             + machines + ".")
     else:
-        seconds_note = ("Seconds per image: engine time of single-threaded workers, one per "
-                        f"core, all cores busy, by machine: {machines}. They compare rows of "
-                        "one machine only.")
+        seconds_note = (f"s/img b{args.batch}: engine time of single-threaded workers generating "
+                        f"the chunks, one per core, all cores busy, by machine: {machines}. "
+                        "They compare rows of one machine only.")
+        if b1_only:
+            eq = min(r["retime_tokens_equal"] for r in records)
+            seconds_note += (
+                f" s/img b1: the first {args.batch1} images of each setting one at a time, "
+                f"timed side by side in one run on {cpu_name()}, {args.workers} "
+                f"single-threaded workers, all busy (at least {eq:.0%} of them equal the "
+                "chunks' token for token).")
     s = summary
     lines += ["", "`*`: FID-proxy interval overlaps raster's. " + seconds_note,
               "", f"ZipAR-{W} (window = W, either schedule) decodes exactly the raster tokens "
@@ -767,8 +782,10 @@ def main():
                     help="VQ decoder for the FID-proxy images (auto: torch when installed)")
     ap.add_argument("--decode-only", action="store_true",
                     help="decode the finished chunks' images (kept beside them) and stop")
-    ap.add_argument("--retime", action="store_true",
-                    help="before the report, time each setting's first batch side by side here")
+    ap.add_argument("--retime", nargs="?", const="both", choices=("both", "b1"), default=None,
+                    help="before the report, time each setting's first batch and its first "
+                    "--batch1 images at batch 1 side by side here (b1: batch 1 only; the "
+                    "batch column then keeps the chunks' own seconds)")
     ap.add_argument("--report-only", action="store_true",
                     help="no generation: report the settings whose chunks are all finished")
     args = ap.parse_args()
