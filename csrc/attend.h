@@ -1,5 +1,5 @@
 /* attend.h -- the attention of the rows of one stream, as a template: model.c includes this file
- * once per instruction set, after #defining
+ * once per instruction set and K/V element type, after #defining
  *   ZP_ATT_NAME    the function's name
  *   ZP_ATT_TARGET  its target attribute (empty for plain x86-64)
  *   ZP_ATT_V       a GCC float vector type that fits one register of that set, of
@@ -29,7 +29,7 @@
  *   - score of slot s: two chains over the head dimension, one over even d and one over odd d,
  *     each acc += q[d] * k[d][s] in increasing d; then even + odd; then * scale;
  *   - softmax: maximum and sum over 16 lane partials (slot j into partial j % 16, in increasing
- *     j), partials combined by the tree 8, 4, 2, 1; exp_nonpos(score - max) / sum;
+ *     j), partials combined by the tree 8, 4, 2, 1; exp_nonpos(score - max) * (1 / sum);
  *   - output element e: four chains over the visible slots p0 + 4i + k (k = 0..3) of a tile,
  *     acc_k += w[p] * v[p][e] in increasing p, summed (0 + 1) + (2 + 3) and added to the running
  *     output, tile after tile.
