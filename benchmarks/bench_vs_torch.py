@@ -21,7 +21,13 @@ band. Step gain = raster passes / passes.
 
     python benchmarks/bench_vs_torch.py [--models B,L] [--rows 6] [--batches 1,8]
         [--dtypes fp32,bf16] [--policies raster,zipar8,zipar4] [--only 'B:*:1:*,...']
-        [--gain L:bf16:24] [--threads N] [--tag NAME]
+        [--gain L:fp32:24,L:bf16:24] [--gain-repeats 1] [--threads N] [--tag NAME]
+
+``--gain MODEL:DTYPE:GRID[,...]`` also runs zipar alone over the whole square grid, one image:
+raster, ZipAR-4 and ZipAR-8 (paper schedule), greedy, CFG 4.0, alternately --gain-repeats
+times (median wall per policy), and reports step gain (raster passes / passes), wall gain
+(raster seconds / seconds) and their ratio. ``--only ''`` skips the PyTorch table (torch is
+then not imported).
 
 Writes benchmarks/results/vs_torch_<tag>.json (tag defaults to "<threads>t").
 """
@@ -212,12 +218,13 @@ def main():
                     help="cells to run, fnmatch patterns of model:dtype:batch:policy, "
                          "comma-separated (e.g. 'B:*:1:*,L:bf16:1:raster')")
     ap.add_argument("--gain", default="",
-                    help="also zipar alone at the full square grid, e.g. 'L:bf16:24': raster, "
-                         "ZipAR-4 and ZipAR-8 (paper schedule), batch 1: step and wall gain")
+                    help="also zipar alone at the full square grid, e.g. 'L:fp32:24,L:bf16:24': "
+                         "raster, ZipAR-4 and ZipAR-8 (paper schedule), batch 1: step and wall "
+                         "gain")
+    ap.add_argument("--gain-repeats", type=int, default=1,
+                    help="rounds of the --gain policies, run alternately (median wall)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
-
-    import torch
 
     import zipar
     from zipar import Raster, ZipAR
@@ -226,11 +233,15 @@ def main():
     from zipar.model import Model
 
     threads = args.threads or os.cpu_count()
-    torch.set_num_threads(threads)
     zipar.set_num_threads(threads)
+    only = [p for p in args.only.split(",") if p]
+    torch = None
+    if only:  # the PyTorch table
+        import torch
+
+        torch.set_num_threads(threads)
     pols = {"raster": Raster(), "zipar8": ZipAR(8, schedule="paper"),
             "zipar4": ZipAR(4, schedule="paper")}
-    only = [p for p in args.only.split(",") if p]
     tag = args.tag or f"{threads}t"
     out = os.path.join(HERE, "results", f"vs_torch_{tag}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -241,13 +252,13 @@ def main():
     def save(results, gains):
         with open(out, "w") as f:
             json.dump({"threads": threads, "rows": args.rows, "width": W, "cfg_scale": CFG,
-                       "torch": torch.__version__,
+                       "torch": torch.__version__ if torch else None,
                        "machine": platform.processor() or platform.machine(),
                        "cpu_count": os.cpu_count(), "results": results, "full_grid": gains},
                       f, indent=1)
     zipar.show_config()
-    print(f"bench_vs_torch: {threads} threads, torch {torch.__version__}, {args.rows}x{W} "
-          f"cells per image, CFG {CFG}, greedy", flush=True)
+    print(f"bench_vs_torch: {threads} threads, torch {torch.__version__ if torch else '-'}, "
+          f"{args.rows}x{W} cells per image, CFG {CFG}, greedy", flush=True)
     results, gains = [], []
     for name in args.models.split(","):
         if not any(wanted(name, dt, b, p) for dt in args.dtypes.split(",")
@@ -307,28 +318,39 @@ def main():
                           + (f"  raster tokens equal {same:.3f}" if same is not None else ""),
                           flush=True)
             del zmodel, tmodel
-    if args.gain:  # zipar alone, the whole square grid
-        name, dt, grid = args.gain.split(":")
+    for spec in [g for g in args.gain.split(",") if g]:  # zipar alone, the whole square grid
+        name, dt, grid = spec.split(":")
         dim, n_layer, n_head = SIZES[name]
         cfg = ModelConfig(dim=dim, n_layer=n_layer, n_head=n_head, vocab_size=VOCAB,
                           grid=int(grid), num_classes=CLASSES)
         zmodel = Model(cfg, random_state_dict(dim, n_layer, cfg.hidden, seed=1),
                        dtype="float32" if dt == "fp32" else "bfloat16")
-        base = None
-        for pname in ("raster", "zipar4", "zipar8"):
-            res = zmodel.generate([207], policy=pols[pname], cfg_scale=CFG, temperature=0.0,
-                                  decode_images=False)
-            wall, passes = res.stats["seconds"], res.stats["forward_passes"]
-            base = base or (wall, passes)
+        names = ("raster", "zipar4", "zipar8")
+        walls = {p: [] for p in names}
+        passes = {}
+        for rep in range(args.gain_repeats):  # alternately, so that load drift hits all three
+            for pname in names:
+                res = zmodel.generate([207], policy=pols[pname], cfg_scale=CFG,
+                                      temperature=0.0, decode_images=False)
+                walls[pname].append(res.stats["seconds"])
+                passes[pname] = res.stats["forward_passes"]
+                print(f"  GPT-{name} {dt} {grid}x{grid} round {rep} {pname:<7} "
+                      f"{res.stats['seconds']:8.3f} s", flush=True)
+        base_wall, base_passes = float(np.median(walls["raster"])), passes["raster"]
+        for pname in names:
+            wall = float(np.median(walls[pname]))
             row = {"model": f"GPT-{name}", "dtype": dt, "grid": int(grid), "policy": pname,
-                   "threads": threads, "passes": passes, "seconds": wall,
-                   "step_gain": base[1] / passes, "wall_gain": base[0] / wall}
+                   "threads": threads, "passes": passes[pname], "seconds": wall,
+                   "seconds_runs": walls[pname], "step_gain": base_passes / passes[pname],
+                   "wall_gain": base_wall / wall}
             row["wall_over_step"] = row["wall_gain"] / row["step_gain"]
             gains.append(row)
             save(results, gains)
-            print(f"full grid GPT-{name} {dt} {grid}x{grid} {pname:<7} passes {passes:4d}  "
-                  f"{wall:8.3f} s  step gain {row['step_gain']:4.2f}  wall gain "
-                  f"{row['wall_gain']:4.2f}  wall/step {row['wall_over_step']:4.2f}", flush=True)
+            print(f"full grid GPT-{name} {dt} {grid}x{grid} {pname:<7} passes "
+                  f"{passes[pname]:4d}  {wall:8.3f} s (median of {len(walls[pname])})  step "
+                  f"gain {row['step_gain']:4.2f}  wall gain {row['wall_gain']:4.2f}  wall/step "
+                  f"{row['wall_over_step']:4.2f}", flush=True)
+        del zmodel
     save(results, gains)
     print(f"wrote {out}")
 

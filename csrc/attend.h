@@ -1,18 +1,22 @@
 /* attend.h -- the attention of the rows of one stream, as a template: model.c includes this file
- * once per instruction set, after #defining
+ * once per instruction set and K/V element type, after #defining
  *   ZP_ATT_NAME    the function's name
  *   ZP_ATT_TARGET  its target attribute (empty for plain x86-64)
  *   ZP_ATT_V       a GCC float vector type that fits one register of that set, of
  *   ZP_ATT_W       lanes (16: a zmm, 8: a ymm, 4: an xmm)
  *   ZP_ATT_VI      the int32_t vector type of as many lanes
  *   ZP_ATT_LOAD    (const float *) -> ZP_ATT_V, unaligned
+ *   ZP_ATT_KV      the element type of the K/V cache: float, or uint16_t (bf16 bits)
+ *   ZP_ATT_LOADKV  (const ZP_ATT_KV *) -> ZP_ATT_V, unaligned, widened to float32 (exactly)
+ *   ZP_ATT_KV1     (ZP_ATT_KV) -> float, one element widened
  *   ZP_ATT_SLANES  tile lanes whose scores are accumulated at once (a multiple of ZP_ATT_W
  *                  dividing ZP_TILE): 2 * ZP_ATT_SLANES / ZP_ATT_W accumulators
  *   ZP_ATT_VELEMS  head elements whose values are accumulated at once (a multiple of ZP_ATT_W):
  *                  4 * ZP_ATT_VELEMS / ZP_ATT_W accumulators
  *   ZP_ATT_VEXP    1: the softmax's exponentials in vectors, 0: exp_nonpos one by one (the
  *                  same operations per lane)
- * This file #undefs them at its end.
+ * This file #undefs ZP_ATT_NAME, ZP_ATT_KV, ZP_ATT_LOADKV and ZP_ATT_KV1 at its end (an
+ * instruction set's two instances share the others; attend_undef.h clears them).
  *
  * Why a template and not target_clones: a 16-lane GCC vector in an AVX2 or SSE2 clone is split
  * by the compiler into halves that live on the stack (every multiply-add loads and stores them),
@@ -25,7 +29,7 @@
  *   - score of slot s: two chains over the head dimension, one over even d and one over odd d,
  *     each acc += q[d] * k[d][s] in increasing d; then even + odd; then * scale;
  *   - softmax: maximum and sum over 16 lane partials (slot j into partial j % 16, in increasing
- *     j), partials combined by the tree 8, 4, 2, 1; exp_nonpos(score - max) / sum;
+ *     j), partials combined by the tree 8, 4, 2, 1; exp_nonpos(score - max) * (1 / sum);
  *   - output element e: four chains over the visible slots p0 + 4i + k (k = 0..3) of a tile,
  *     acc_k += w[p] * v[p][e] in increasing p, summed (0 + 1) + (2 + 3) and added to the running
  *     output, tile after tile.
@@ -35,12 +39,13 @@
  *
  * rows: (n,) row indices; vis/nv: per row its visible slots (ascending) and their count;
  * q: row r's query heads at q + r*ldq; sc: row r's (nh, nv[r]) scores at sc + r*ldsc;
- * o: row r's output (nh*hd) at o + r*nh*hd; kt: the stream's K, (tile, kvd, ZP_TILE); vt: its V,
- * (tile, n_kv_head, ZP_TILE, hd); cursor: (n,) scratch. All borrowed. */
+ * o: row r's output (nh*hd) at o + r*nh*hd; kt_: the stream's K, (tile, kvd, ZP_TILE); vt_: its
+ * V, (tile, n_kv_head, ZP_TILE, hd), both of ZP_ATT_KV; cursor: (n,) scratch. All borrowed.
+ * Queries, scores, softmax and every accumulation are float32 whatever ZP_ATT_KV is. */
 
 ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t *const *vis,
                                       const int32_t *nv, const float *q, int ldq, float *sc,
-                                      size_t ldsc, float *o, const float *kt, const float *vt,
+                                      size_t ldsc, float *o, const void *kt_, const void *vt_,
                                       int nh, int group, int hd, int kvd, float scale,
                                       int32_t *cursor) {
     enum {
@@ -50,6 +55,8 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
         NP = 16 / ZP_ATT_W,            /* vectors of the softmax's 16 partials */
     };
     const ZP_ATT_V zero = {0};
+    const ZP_ATT_KV *kt = (const ZP_ATT_KV *)kt_, *vt = (const ZP_ATT_KV *)vt_;
+    const size_t tile_bytes = sizeof(ZP_ATT_KV) * (size_t)kvd * ZP_TILE;
     int last = 0;
     for (int a = 0; a < n; a++) {
         cursor[a] = 0;
@@ -58,8 +65,8 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
     }
     /* scores, tile by tile */
     for (int t0 = 0; t0 <= last; t0 += ZP_TILE) {
-        const float *ktile = kt + (size_t)(t0 / ZP_TILE) * kvd * ZP_TILE;
-        if (t0 + ZP_PREFETCH * ZP_TILE <= last) prefetch_tile(ktile, ZP_PREFETCH, kvd);
+        const ZP_ATT_KV *ktile = kt + (size_t)(t0 / ZP_TILE) * kvd * ZP_TILE;
+        if (t0 + ZP_PREFETCH * ZP_TILE <= last) prefetch_tile(ktile, ZP_PREFETCH, tile_bytes);
         for (int a = 0; a < n; a++) {
             int r = rows[a], p0 = cursor[a], p1 = p0;
             while (p1 < nv[r] && vis[r][p1] < t0 + ZP_TILE) p1++;
@@ -68,7 +75,7 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
             float *sr = sc + (size_t)r * ldsc;
             for (int h = 0; h < nh; h++) {
                 const float *qh = qr + (size_t)h * hd;
-                const float *kh = ktile + (size_t)(h / group) * hd * ZP_TILE;
+                const ZP_ATT_KV *kh = ktile + (size_t)(h / group) * hd * ZP_TILE;
                 float acc[ZP_TILE];
                 /* 2 * NS independent chains (d even / odd x NS vectors of lanes) hide the FMA
                  * latency; the tile's lanes in blocks of ZP_ATT_SLANES */
@@ -77,16 +84,16 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
                     for (int i = 0; i < NS; i++) ev[i] = od[i] = zero;
                     int d = 0;
                     for (; d + 2 <= hd; d += 2) {
-                        const float *k0 = kh + (size_t)d * ZP_TILE + l0;
+                        const ZP_ATT_KV *k0 = kh + (size_t)d * ZP_TILE + l0;
                         const float qe = qh[d], qo = qh[d + 1];
                         for (int i = 0; i < NS; i++) {
-                            ev[i] += qe * ZP_ATT_LOAD(k0 + i * W);
-                            od[i] += qo * ZP_ATT_LOAD(k0 + ZP_TILE + i * W);
+                            ev[i] += qe * ZP_ATT_LOADKV(k0 + i * W);
+                            od[i] += qo * ZP_ATT_LOADKV(k0 + ZP_TILE + i * W);
                         }
                     }
                     if (d < hd)
                         for (int i = 0; i < NS; i++)
-                            ev[i] += qh[d] * ZP_ATT_LOAD(kh + (size_t)d * ZP_TILE + l0 + i * W);
+                            ev[i] += qh[d] * ZP_ATT_LOADKV(kh + (size_t)d * ZP_TILE + l0 + i * W);
                     for (int i = 0; i < NS; i++) ZP_VEC_STORE(acc + l0 + i * W, ev[i] + od[i]);
                 }
                 float *sh = sr + (size_t)h * nv[r];
@@ -167,8 +174,8 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
     }
     /* weighted values, tile by tile, in slot order per (row, head, element) */
     for (int t0 = 0; t0 <= last; t0 += ZP_TILE) {
-        const float *vtile = vt + (size_t)(t0 / ZP_TILE) * kvd * ZP_TILE;
-        if (t0 + ZP_PREFETCH * ZP_TILE <= last) prefetch_tile(vtile, ZP_PREFETCH, kvd);
+        const ZP_ATT_KV *vtile = vt + (size_t)(t0 / ZP_TILE) * kvd * ZP_TILE;
+        if (t0 + ZP_PREFETCH * ZP_TILE <= last) prefetch_tile(vtile, ZP_PREFETCH, tile_bytes);
         for (int a = 0; a < n; a++) {
             int r = rows[a], p0 = cursor[a], p1 = p0;
             while (p1 < nv[r] && vis[r][p1] < t0 + ZP_TILE) p1++;
@@ -180,7 +187,7 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
                 const float *wh = sr + (size_t)h * nv[r];
                 float *oh = orow + (size_t)h * hd;
                 /* the head's (ZP_TILE, hd) block, lane = slot - t0 */
-                const float *vh = vtile + (size_t)(h / group) * ZP_TILE * hd - (size_t)t0 * hd;
+                const ZP_ATT_KV *vh = vtile + (size_t)(h / group) * ZP_TILE * hd - (size_t)t0 * hd;
 #define VROW(p) (vh + (size_t)lanes[p] * hd)
                 int d = 0;
                 /* four independent chains (visible slots p0+4i+k, k = 0..3) of NE vectors per
@@ -191,19 +198,19 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
                     int p = p0;
                     for (; p + 4 <= p1; p += 4) {
                         const float w0 = wh[p], w1 = wh[p + 1], w2 = wh[p + 2], w3 = wh[p + 3];
-                        const float *v0 = VROW(p) + d, *v1 = VROW(p + 1) + d, *v2 = VROW(p + 2) + d,
-                                    *v3 = VROW(p + 3) + d;
+                        const ZP_ATT_KV *v0 = VROW(p) + d, *v1 = VROW(p + 1) + d,
+                                        *v2 = VROW(p + 2) + d, *v3 = VROW(p + 3) + d;
                         for (int i = 0; i < NE; i++) {
-                            a0[i] += w0 * ZP_ATT_LOAD(v0 + i * W);
-                            a1[i] += w1 * ZP_ATT_LOAD(v1 + i * W);
-                            a2[i] += w2 * ZP_ATT_LOAD(v2 + i * W);
-                            a3[i] += w3 * ZP_ATT_LOAD(v3 + i * W);
+                            a0[i] += w0 * ZP_ATT_LOADKV(v0 + i * W);
+                            a1[i] += w1 * ZP_ATT_LOADKV(v1 + i * W);
+                            a2[i] += w2 * ZP_ATT_LOADKV(v2 + i * W);
+                            a3[i] += w3 * ZP_ATT_LOADKV(v3 + i * W);
                         }
                     }
                     for (int i = 0; i < NE; i++) {
-                        if (p < p1) a0[i] += wh[p] * ZP_ATT_LOAD(VROW(p) + d + i * W);
-                        if (p + 1 < p1) a1[i] += wh[p + 1] * ZP_ATT_LOAD(VROW(p + 1) + d + i * W);
-                        if (p + 2 < p1) a2[i] += wh[p + 2] * ZP_ATT_LOAD(VROW(p + 2) + d + i * W);
+                        if (p < p1) a0[i] += wh[p] * ZP_ATT_LOADKV(VROW(p) + d + i * W);
+                        if (p + 1 < p1) a1[i] += wh[p + 1] * ZP_ATT_LOADKV(VROW(p + 1) + d + i * W);
+                        if (p + 2 < p1) a2[i] += wh[p + 2] * ZP_ATT_LOADKV(VROW(p + 2) + d + i * W);
                         ZP_VEC_STORE(oh + d + i * W, ZP_ATT_LOAD(oh + d + i * W) +
                                                          ((a0[i] + a1[i]) + (a2[i] + a3[i])));
                     }
@@ -212,14 +219,14 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
                     float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
                     int p = p0;
                     for (; p + 4 <= p1; p += 4) {
-                        a0 += wh[p] * VROW(p)[d];
-                        a1 += wh[p + 1] * VROW(p + 1)[d];
-                        a2 += wh[p + 2] * VROW(p + 2)[d];
-                        a3 += wh[p + 3] * VROW(p + 3)[d];
+                        a0 += wh[p] * ZP_ATT_KV1(VROW(p)[d]);
+                        a1 += wh[p + 1] * ZP_ATT_KV1(VROW(p + 1)[d]);
+                        a2 += wh[p + 2] * ZP_ATT_KV1(VROW(p + 2)[d]);
+                        a3 += wh[p + 3] * ZP_ATT_KV1(VROW(p + 3)[d]);
                     }
-                    if (p < p1) a0 += wh[p] * VROW(p)[d];
-                    if (p + 1 < p1) a1 += wh[p + 1] * VROW(p + 1)[d];
-                    if (p + 2 < p1) a2 += wh[p + 2] * VROW(p + 2)[d];
+                    if (p < p1) a0 += wh[p] * ZP_ATT_KV1(VROW(p)[d]);
+                    if (p + 1 < p1) a1 += wh[p + 1] * ZP_ATT_KV1(VROW(p + 1)[d]);
+                    if (p + 2 < p1) a2 += wh[p + 2] * ZP_ATT_KV1(VROW(p + 2)[d]);
                     oh[d] += (a0 + a1) + (a2 + a3);
                 }
 #undef VROW
@@ -230,11 +237,6 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
 }
 
 #undef ZP_ATT_NAME
-#undef ZP_ATT_TARGET
-#undef ZP_ATT_V
-#undef ZP_ATT_W
-#undef ZP_ATT_VI
-#undef ZP_ATT_VEXP
-#undef ZP_ATT_LOAD
-#undef ZP_ATT_SLANES
-#undef ZP_ATT_VELEMS
+#undef ZP_ATT_KV
+#undef ZP_ATT_LOADKV
+#undef ZP_ATT_KV1

@@ -48,9 +48,12 @@ typedef struct {
 struct zp_cache {
     const zp_model *m;
     int n_images, guided, n_streams, seq_len;
-    float *k;             /* (n_layer, n_streams, tiles, n_kv_head*head_dim, ZP_TILE) OWNED:
+    int kv_type;          /* element type of k and v: ZP_WTYPE_F32 or ZP_WTYPE_BF16 */
+    size_t kv_elems;      /* elements of k (and of v) */
+    size_t kv_mapped;     /* bytes mapped for k (and for v): alloc_streamed */
+    void *k;              /* (n_layer, n_streams, tiles, n_kv_head*head_dim, ZP_TILE) OWNED:
                             * slot s at tile s / ZP_TILE, lane s % ZP_TILE (zp_tiled_len) */
-    float *v;             /* (n_layer, n_streams, tiles, n_kv_head, ZP_TILE, head_dim) OWNED */
+    void *v;              /* (n_layer, n_streams, tiles, n_kv_head, ZP_TILE, head_dim) OWNED */
     int32_t *slots;       /* (n_images, seq_len) OWNED slot states */
     float *prefix;        /* (n_streams, P, dim) OWNED: conditioning inputs per stream */
     uint8_t *prefix_mask; /* (n_images, P) OWNED: 1 = valid key */

@@ -200,22 +200,74 @@ const zp_config *zp_model_config(const zp_model *m) {
 
 /* ================================================================ cache */
 
-/* Zeroed memory for a large array read once per pass (the K/V cache): 2 MiB aligned and
- * advised as huge pages, which spares the walk over it a TLB miss every 4 KiB. */
-static float *alloc_streamed(size_t n) {
+/* One element of the K/V cache as float32. */
+static inline __attribute__((always_inline)) float kv_f32(float x) {
+    return x;
+}
+static inline __attribute__((always_inline)) float kv_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* float32 -> bf16 bits, round to nearest even; NaN stays NaN (quiet). The same conversion as
+ * zipar.io.dtypes.float32_to_bfloat16. */
+static inline uint16_t bf16_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* Zero-filled memory for a large array read once per pass (the K/V cache): fresh anonymous pages,
+ * zero without a memset (so only the pages that passes write become resident, and a buffer that
+ * zp_cache_set_kv_type replaces before any pass costs no page faults), 2 MiB aligned and advised
+ * as huge pages, which spares the walk over it a TLB miss every 4 KiB. *mapped receives the
+ * length to give free_streamed. NULL when the memory cannot be mapped. */
+static void *alloc_streamed(size_t bytes, size_t *mapped) {
     const size_t huge = (size_t)2 << 20;
-    size_t bytes = (n * sizeof(float) + huge - 1) / huge * huge;
-    if (bytes == 0) bytes = huge;
-    void *p = aligned_alloc(huge, bytes);
-    if (!p) return NULL;
+    *mapped = 0;
+    if (bytes > SIZE_MAX - 2 * huge) return NULL;
+    size_t len = bytes == 0 ? huge : (bytes + huge - 1) / huge * huge;
+    char *raw = mmap(NULL, len + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return NULL;
+    /* trim the mapping to a 2 MiB aligned run of len bytes */
+    char *p = raw + (huge - (uintptr_t)raw % huge) % huge;
+    if (p > raw) munmap(raw, (size_t)(p - raw));
+    if (raw + len + huge > p + len) munmap(p + len, (size_t)(raw + len + huge - (p + len)));
 #ifdef MADV_HUGEPAGE
-    madvise(p, bytes, MADV_HUGEPAGE); /* advice only: failure leaves ordinary pages */
+    madvise(p, len, MADV_HUGEPAGE); /* advice only: failure leaves ordinary pages */
 #endif
-    memset(p, 0, bytes);
+    *mapped = len;
     return p;
 }
 
-/* A cache with every buffer allocated: slots unwritten, prefixes and shifts zero, mask all 1. */
+static void free_streamed(void *p, size_t mapped) {
+    if (p) munmap(p, mapped);
+}
+
+/* K/V storage of the cache's size in type kv_type, replacing the current buffers only when both
+ * new ones could be mapped (the cache is unchanged on failure). */
+static zp_status kv_alloc(zp_cache *k, int kv_type) {
+    size_t bytes = k->kv_elems * (size_t)zp_wtype_size(kv_type), mk, mv;
+    void *nk = alloc_streamed(bytes, &mk), *nv = alloc_streamed(bytes, &mv);
+    if (!nk || !nv) {
+        free_streamed(nk, mk);
+        free_streamed(nv, mv);
+        return zp_fail(ZP_ERR_NOMEM, "cannot allocate a KV cache of %.1f MB", 2.0 * bytes / 1e6);
+    }
+    free_streamed(k->k, k->kv_mapped);
+    free_streamed(k->v, k->kv_mapped);
+    k->k = nk;
+    k->v = nv;
+    k->kv_mapped = mk;
+    k->kv_type = kv_type;
+    return ZP_OK;
+}
+
+/* A cache with every buffer allocated: slots unwritten, prefixes and shifts zero, mask all 1,
+ * K/V float32. */
 static zp_status cache_alloc(const zp_model *m, int n_images, int guided, zp_cache **out) {
     *out = NULL;
     const zp_config *c = &m->cfg;
@@ -233,27 +285,76 @@ static zp_status cache_alloc(const zp_model *m, int n_images, int guided, zp_cac
     size_t kn, pn, P = c->cls_token_num, D = c->dim;
     if (__builtin_mul_overflow((size_t)c->n_layer * k->n_streams * zp_tiled_len(k->seq_len),
                                (size_t)c->n_kv_head * c->head_dim, &kn) ||
-        __builtin_mul_overflow((size_t)k->n_streams * P, D, &pn) || kn > SIZE_MAX / 4 ||
+        __builtin_mul_overflow((size_t)k->n_streams * P, D, &pn) || kn > SIZE_MAX / 8 ||
         pn > SIZE_MAX / 4) {
         free(k);
         return zp_fail(ZP_ERR_NOMEM, "a KV cache for %d images exceeds the address space",
                        n_images);
     }
-    k->k = alloc_streamed(kn); /* zeros: the unwritten lanes of a tile are read */
-    k->v = alloc_streamed(kn);
+    k->kv_elems = kn;
+    zp_status st = kv_alloc(k, ZP_WTYPE_F32); /* zeros: the unwritten lanes of a tile are read */
+    if (st) {
+        free(k);
+        return st;
+    }
     k->slots = malloc(sizeof(int32_t) * n_images * k->seq_len);
     k->stamp = calloc((size_t)n_images * k->seq_len, sizeof(uint32_t));
     k->prefix = calloc(pn, sizeof(float));
     k->prefix_mask = malloc((size_t)n_images * P);
     k->shift = calloc((size_t)k->n_streams, sizeof(int32_t));
-    if (!k->k || !k->v || !k->slots || !k->stamp || !k->prefix || !k->prefix_mask || !k->shift) {
+    if (!k->slots || !k->stamp || !k->prefix || !k->prefix_mask || !k->shift) {
         zp_cache_free(k);
-        return zp_fail(ZP_ERR_NOMEM, "cannot allocate a KV cache of %.1f MB",
-                       2.0 * kn * sizeof(float) / 1e6);
+        return zp_fail(ZP_ERR_NOMEM, "cannot allocate the slot tables of a KV cache");
     }
     for (size_t i = 0; i < (size_t)n_images * k->seq_len; i++) k->slots[i] = ZP_SLOT_UNWRITTEN;
     memset(k->prefix_mask, 1, (size_t)n_images * P);
     *out = k;
+    return ZP_OK;
+}
+
+zp_status zp_cache_set_kv_type(zp_cache *k, int kv_type) {
+    if (kv_type != ZP_WTYPE_F32 && kv_type != ZP_WTYPE_BF16)
+        return zp_fail(ZP_ERR_ARG,
+                       "unknown KV cache type %d: ZP_WTYPE_F32 (%d) or ZP_WTYPE_BF16 (%d)", kv_type,
+                       ZP_WTYPE_F32, ZP_WTYPE_BF16);
+    if (kv_type == k->kv_type) return ZP_OK;
+    if (k->pass_id != 0)
+        return zp_fail(ZP_ERR_STATE, "the KV cache type can only change before the first pass");
+    return kv_alloc(k, kv_type);
+}
+
+int zp_cache_kv_type(const zp_cache *k) {
+    return k->kv_type;
+}
+
+size_t zp_cache_kv_bytes(const zp_cache *k) {
+    return 2 * k->kv_elems * (size_t)zp_wtype_size(k->kv_type);
+}
+
+zp_status zp_cache_read_kv(const zp_cache *k, int layer, float *kout, float *vout) {
+    const zp_config *c = &k->m->cfg;
+    if (layer < 0 || layer >= c->n_layer)
+        return zp_fail(ZP_ERR_ARG, "layer %d outside [0, %d)", layer, c->n_layer);
+    const int S = k->seq_len, HD = c->head_dim, NKV = c->n_kv_head, KVD = NKV * HD;
+    const size_t SPAD = (size_t)zp_tiled_len(S), kv_size = (size_t)zp_wtype_size(k->kv_type);
+    for (int t = 0; t < k->n_streams; t++) {
+        /* the stream's tiles in this layer, as zp_forward addresses them */
+        size_t base = ((size_t)layer * k->n_streams + t) * SPAD * KVD;
+        for (int p = 0; p < S; p++) {
+            size_t tile = base + (size_t)(p / ZP_TILE) * ZP_TILE * KVD;
+            int lane = p % ZP_TILE;
+            float *ko = kout + ((size_t)t * S + p) * KVD, *vo = vout + ((size_t)t * S + p) * KVD;
+            for (int g = 0; g < NKV; g++)
+                for (int e = 0; e < HD; e++) {
+                    size_t ki = tile + (size_t)(g * HD + e) * ZP_TILE + lane;
+                    size_t vi = tile + ((size_t)g * ZP_TILE + lane) * HD + e;
+                    ko[g * HD + e] = kv_size == 2 ? kv_bf16(((const uint16_t *)k->k)[ki])
+                                                  : ((const float *)k->k)[ki];
+                    vo[g * HD + e] = kv_size == 2 ? kv_bf16(((const uint16_t *)k->v)[vi])
+                                                  : ((const float *)k->v)[vi];
+                }
+        }
+    }
     return ZP_OK;
 }
 
@@ -350,8 +451,8 @@ void zp_cache_free(zp_cache *k) {
     free(s->grp_rows);
     free(s->grp_start);
     free(s->stream_group);
-    free(k->k);
-    free(k->v);
+    free_streamed(k->k, k->kv_mapped);
+    free_streamed(k->v, k->kv_mapped);
     free(k->slots);
     free(k->stamp);
     free(k->prefix);
@@ -447,8 +548,9 @@ static void rope(float *v, int n_heads, int head_dim, const float *cs, const flo
 }
 
 /* GCC float vectors of 16, 8 and 4 lanes (a zmm, a ymm, an xmm register), with unaligned loads
- * (always inlined, so the ABI note GCC gives for returning such vectors does not apply) and
- * stores (a macro: no vector is passed by value). */
+ * of float32 or bf16 elements (always inlined, so the ABI note GCC gives for returning such
+ * vectors does not apply) and stores (a macro: no vector is passed by value). A bf16 element is
+ * the high half of its float32 value: widening is exact. */
 #pragma GCC diagnostic ignored "-Wpsabi"
 typedef float zp_v16 __attribute__((vector_size(64)));
 typedef float zp_v8 __attribute__((vector_size(32)));
@@ -456,15 +558,26 @@ typedef float zp_v4 __attribute__((vector_size(16)));
 typedef int32_t zp_i16 __attribute__((vector_size(64)));
 typedef int32_t zp_i8 __attribute__((vector_size(32)));
 typedef int32_t zp_i4 __attribute__((vector_size(16)));
-#define ZP_VEC_LOAD(V)                                                                             \
-    static inline __attribute__((always_inline)) zp_##V V##_load(const float *p) {                 \
-        zp_##V v;                                                                                  \
+typedef uint32_t zp_u16 __attribute__((vector_size(64)));
+typedef uint32_t zp_u8 __attribute__((vector_size(32)));
+typedef uint32_t zp_u4 __attribute__((vector_size(16)));
+typedef uint16_t zp_h16 __attribute__((vector_size(32)));
+typedef uint16_t zp_h8 __attribute__((vector_size(16)));
+typedef uint16_t zp_h4 __attribute__((vector_size(8)));
+#define ZP_VEC_LOAD(N)                                                                             \
+    static inline __attribute__((always_inline)) zp_v##N v##N##_load(const float *p) {             \
+        zp_v##N v;                                                                                 \
         memcpy(&v, p, sizeof v);                                                                   \
         return v;                                                                                  \
+    }                                                                                              \
+    static inline __attribute__((always_inline)) zp_v##N v##N##_load_bf16(const uint16_t *p) {     \
+        zp_h##N h;                                                                                 \
+        memcpy(&h, p, sizeof h);                                                                   \
+        return (zp_v##N)(__builtin_convertvector(h, zp_u##N) << 16);                               \
     }
-ZP_VEC_LOAD(v16)
-ZP_VEC_LOAD(v8)
-ZP_VEC_LOAD(v4)
+ZP_VEC_LOAD(16)
+ZP_VEC_LOAD(8)
+ZP_VEC_LOAD(4)
 #undef ZP_VEC_LOAD
 #define ZP_VEC_STORE(p, v)                                                                         \
     do {                                                                                           \
@@ -499,12 +612,12 @@ static inline __attribute__((always_inline)) float exp_nonpos(float x) {
 #define ZP_PREFETCH 2
 #endif
 
-/* Prefetches the K or V tile `ahead` tiles after `tile` (kvd * ZP_TILE floats, either layout),
- * once per tile for all the stream's rows and heads. */
-static inline __attribute__((always_inline)) void prefetch_tile(const float *tile, int ahead,
-                                                                int kvd) {
-    const float *next = tile + (size_t)ahead * kvd * ZP_TILE;
-    for (int e = 0; e < kvd * ZP_TILE; e += 16) __builtin_prefetch(next + e);
+/* Prefetches the K or V tile `ahead` tiles after `tile` (tile_bytes each, either layout), once
+ * per tile for all the stream's rows and heads. */
+static inline __attribute__((always_inline)) void prefetch_tile(const void *tile, int ahead,
+                                                                size_t tile_bytes) {
+    const char *next = (const char *)tile + (size_t)ahead * tile_bytes;
+    for (size_t e = 0; e < tile_bytes; e += 64) __builtin_prefetch(next + e);
 }
 
 /* Attention of the rows of one stream (one image's cond or uncond cache) in this pass. ZipAR
@@ -513,15 +626,17 @@ static inline __attribute__((always_inline)) void prefetch_tile(const float *til
  * K is stored tile-transposed, (tile, kvd, ZP_TILE): a row's scores against a whole tile are
  * vector multiply-adds over the head dimension; the scores of the tile's invisible slots are
  * computed and dropped. The body and its fixed order of operations are in attend.h, compiled
- * here once per instruction set; attend_pick chooses one per pass, the set the matrix kernels
- * use (zp_matmul_isa). */
+ * here once per instruction set and K/V element type (float32, bf16 widened in registers);
+ * attend_pick chooses one per pass: the instruction set of the matrix kernels (zp_matmul_isa)
+ * and the cache's type. */
 typedef void attend_fn(const int32_t *rows, int n, const int32_t *const *vis, const int32_t *nv,
-                       const float *q, int ldq, float *sc, size_t ldsc, float *o, const float *kt,
-                       const float *vt, int nh, int group, int hd, int kvd, float scale,
+                       const float *q, int ldq, float *sc, size_t ldsc, float *o, const void *kt,
+                       const void *vt, int nh, int group, int hd, int kvd, float scale,
                        int32_t *cursor);
 
+/* Per instruction set, one include per K/V element type; attend.h #undefs the per-type
+ * parameters (ZP_ATT_NAME, ZP_ATT_KV, ZP_ATT_LOADKV, ZP_ATT_KV1), the set's are #undef'd below. */
 /* AVX-512: the operations and order of the former 16-lane target_clones("avx512f") clone */
-#define ZP_ATT_NAME   attend_stream_avx512
 #define ZP_ATT_TARGET __attribute__((target("avx512f")))
 #define ZP_ATT_V      zp_v16
 #define ZP_ATT_W      16
@@ -530,10 +645,19 @@ typedef void attend_fn(const int32_t *rows, int n, const int32_t *const *vis, co
 #define ZP_ATT_LOAD   v16_load
 #define ZP_ATT_SLANES 32 /* 4 zmm score accumulators */
 #define ZP_ATT_VELEMS 16 /* 4 zmm value accumulators */
+#define ZP_ATT_NAME   attend_avx512_f32
+#define ZP_ATT_KV     float
+#define ZP_ATT_LOADKV v16_load
+#define ZP_ATT_KV1    kv_f32
 #include "attend.h"
+#define ZP_ATT_NAME   attend_avx512_bf16
+#define ZP_ATT_KV     uint16_t
+#define ZP_ATT_LOADKV v16_load_bf16
+#define ZP_ATT_KV1    kv_bf16
+#include "attend.h"
+#include "attend_undef.h"
 
 /* AVX2 with FMA (haswell and later, zen) */
-#define ZP_ATT_NAME   attend_stream_avx2
 #define ZP_ATT_TARGET __attribute__((target("avx2,fma")))
 #define ZP_ATT_V      zp_v8
 #define ZP_ATT_W      8
@@ -542,10 +666,19 @@ typedef void attend_fn(const int32_t *rows, int n, const int32_t *const *vis, co
 #define ZP_ATT_LOAD   v8_load
 #define ZP_ATT_SLANES 32 /* 8 ymm score accumulators of 16 */
 #define ZP_ATT_VELEMS 16 /* 8 ymm value accumulators */
+#define ZP_ATT_NAME   attend_avx2_f32
+#define ZP_ATT_KV     float
+#define ZP_ATT_LOADKV v8_load
+#define ZP_ATT_KV1    kv_f32
 #include "attend.h"
+#define ZP_ATT_NAME   attend_avx2_bf16
+#define ZP_ATT_KV     uint16_t
+#define ZP_ATT_LOADKV v8_load_bf16
+#define ZP_ATT_KV1    kv_bf16
+#include "attend.h"
+#include "attend_undef.h"
 
 /* plain x86-64 (SSE2, no FMA) */
-#define ZP_ATT_NAME attend_stream_sse2
 #define ZP_ATT_TARGET
 #define ZP_ATT_V      zp_v4
 #define ZP_ATT_W      4
@@ -554,15 +687,27 @@ typedef void attend_fn(const int32_t *rows, int n, const int32_t *const *vis, co
 #define ZP_ATT_LOAD   v4_load
 #define ZP_ATT_SLANES 16 /* 8 xmm score accumulators of 16 */
 #define ZP_ATT_VELEMS 8  /* 8 xmm value accumulators */
+#define ZP_ATT_NAME   attend_sse2_f32
+#define ZP_ATT_KV     float
+#define ZP_ATT_LOADKV v4_load
+#define ZP_ATT_KV1    kv_f32
 #include "attend.h"
+#define ZP_ATT_NAME   attend_sse2_bf16
+#define ZP_ATT_KV     uint16_t
+#define ZP_ATT_LOADKV v4_load_bf16
+#define ZP_ATT_KV1    kv_bf16
+#include "attend.h"
+#include "attend_undef.h"
 
 /* The attention instance for this pass: the instruction set of the matrix kernels, so that
- * zp_matmul_force_isa (testing) reaches both. "avx512" there implies avx512f. */
-static attend_fn *attend_pick(void) {
+ * zp_matmul_force_isa (testing) reaches both ("avx512" there implies avx512f), and the cache's
+ * K/V element type. */
+static attend_fn *attend_pick(int kv_type) {
     const char *isa = zp_matmul_isa();
-    if (strcmp(isa, "avx512") == 0) return attend_stream_avx512;
-    if (strcmp(isa, "avx2") == 0) return attend_stream_avx2;
-    return attend_stream_sse2;
+    int bf16 = kv_type == ZP_WTYPE_BF16;
+    if (strcmp(isa, "avx512") == 0) return bf16 ? attend_avx512_bf16 : attend_avx512_f32;
+    if (strcmp(isa, "avx2") == 0) return bf16 ? attend_avx2_bf16 : attend_avx2_f32;
+    return bf16 ? attend_sse2_bf16 : attend_sse2_f32;
 }
 
 /* ================================================================ the forward primitive */
@@ -718,13 +863,14 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         for (int i = 0; i < rows; i++) s->grp_rows[count[stream_group[s->row_stream[i]]]++] = i;
     }
     const float scale = 1.0f / sqrtf((float)HD);
-    attend_fn *const attend = attend_pick();
+    attend_fn *const attend = attend_pick(k->kv_type);
+    const size_t kv_size = (size_t)zp_wtype_size(k->kv_type); /* bytes per K/V element */
     size_t att_work = 0; /* multiply-adds of one layer's attention */
     for (int i = 0; i < rows; i++) att_work += (size_t)s->vis_n[s->row_query[i]] * NH * HD * 2;
     for (int l = 0; l < c->n_layer; l++) {
         const zp_layer_weights *L = &m->layers[l];
-        float *kl = k->k + (size_t)l * k->n_streams * SPAD * KVD;
-        float *vl = k->v + (size_t)l * k->n_streams * SPAD * KVD;
+        char *kl = (char *)k->k + (size_t)l * k->n_streams * SPAD * KVD * kv_size;
+        char *vl = (char *)k->v + (size_t)l * k->n_streams * SPAD * KVD * kv_size;
 
         /* ---- attention: norm, qkv, rotary, write k/v into the slots */
         /* swin_norm: the norm moves to the sub-layer's output (below) */
@@ -754,11 +900,19 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
             size_t tile =
                 ((size_t)s->row_stream[i] * SPAD + (size_t)(x->pos / ZP_TILE) * ZP_TILE) * KVD;
             int lane = x->pos % ZP_TILE;
-            float *kt = kl + tile + lane;
-            for (int e = 0; e < KVD; e++) kt[(size_t)e * ZP_TILE] = qkv[NH * HD + e];
-            for (int g = 0; g < NKV; g++)
-                memcpy(vl + tile + ((size_t)g * ZP_TILE + lane) * HD, qkv + NH * HD + KVD + g * HD,
-                       sizeof(float) * HD);
+            const float *kx = qkv + NH * HD, *vx = qkv + NH * HD + KVD;
+            if (k->kv_type == ZP_WTYPE_BF16) { /* rounded to nearest even once, here */
+                uint16_t *kt = (uint16_t *)kl + tile + lane, *vt = (uint16_t *)vl + tile;
+                for (int e = 0; e < KVD; e++) kt[(size_t)e * ZP_TILE] = bf16_round(kx[e]);
+                for (int g = 0; g < NKV; g++)
+                    for (int e = 0; e < HD; e++)
+                        vt[((size_t)g * ZP_TILE + lane) * HD + e] = bf16_round(vx[g * HD + e]);
+            } else {
+                float *kt = (float *)kl + tile + lane, *vt = (float *)vl + tile;
+                for (int e = 0; e < KVD; e++) kt[(size_t)e * ZP_TILE] = kx[e];
+                for (int g = 0; g < NKV; g++)
+                    memcpy(vt + ((size_t)g * ZP_TILE + lane) * HD, vx + g * HD, sizeof(float) * HD);
+            }
         }
 
         /* ---- softmax(q k^T / sqrt(hd)) v over the visible slots, one (row, head) per task;
@@ -768,7 +922,7 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         for (int g = 0; g < n_groups; g++) {
             int first = s->grp_start[g], n = s->grp_start[g + 1] - first;
             const int32_t *grp = s->grp_rows + first;
-            size_t off = (size_t)s->row_stream[grp[0]] * SPAD * KVD;
+            size_t off = (size_t)s->row_stream[grp[0]] * SPAD * KVD * kv_size; /* bytes */
             attend(grp, n, (const int32_t *const *)s->row_vis, s->row_nv, s->qkv, QKV, s->scores,
                    (size_t)NH * S, s->att, kl + off, vl + off, NH, GROUP, HD, KVD, scale,
                    s->cursor + first);

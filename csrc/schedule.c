@@ -169,6 +169,14 @@ zp_status zp_session_new_ids(const zp_model *m, int n_images, const int32_t *ids
     return session_new(m, n_images, &pa, sample_ids, sp, pol, record_trace, out);
 }
 
+zp_status zp_session_set_kv_type(zp_session *s, int kv_type) {
+    return zp_cache_set_kv_type(s->cache, kv_type);
+}
+
+size_t zp_session_kv_bytes(const zp_session *s) {
+    return zp_cache_kv_bytes(s->cache);
+}
+
 static zp_status session_new(const zp_model *m, int n_images, const prefix_args *pa,
                              const uint32_t *sample_ids, const zp_sampling *sp,
                              const zp_policy *pol, int record_trace, zp_session **out) {

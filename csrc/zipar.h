@@ -158,6 +158,23 @@ void zp_cache_free(zp_cache *c);
 int32_t *zp_cache_slots(zp_cache *c);
 int zp_cache_n_images(const zp_cache *c);
 int zp_cache_guided(const zp_cache *c);
+/* Storage of the cache's keys and values: ZP_WTYPE_F32 (a new cache's) or ZP_WTYPE_BF16. A bf16
+ * cache rounds each key and value to nearest even (zipar.io.dtypes.float32_to_bfloat16) when a
+ * pass writes it and widens it exactly, in registers, when attention reads it; queries, scores,
+ * softmax and every accumulation stay float32, in the same order of operations, so results stay
+ * independent of thread count and batch composition. Half the bytes of a float32 cache, and half
+ * the memory traffic of attention. Only before the cache's first zp_forward (ZP_ERR_STATE after);
+ * ZP_ERR_ARG for another type; ZP_ERR_NOMEM leaves the cache as it was. */
+zp_status zp_cache_set_kv_type(zp_cache *c, int kv_type);
+int zp_cache_kv_type(const zp_cache *c);
+/* Bytes of the cache's key and value storage together:
+ * 2 * n_layer * streams * zp_tiled_len(seq_len) * n_kv_head * head_dim * (4 or 2). */
+size_t zp_cache_kv_bytes(const zp_cache *c);
+/* The keys and values a layer holds, widened to float32 (exactly): k_out and v_out (n_streams,
+ * seq_len, n_kv_head*head_dim), borrowed; stream 2b is image b's conditional stream and 2b + 1
+ * its unconditional one in a guided cache, stream b image b's otherwise. Keys are stored after
+ * the rotary; unwritten slots read 0. For tests and inspection. */
+zp_status zp_cache_read_kv(const zp_cache *c, int layer, float *k_out, float *v_out);
 
 /* ---------------------------------------------------------------- the forward primitive */
 /* Passed across the Python binding as an (n, ZP_QUERY_FIELDS) int32 array: the layout is pinned
@@ -296,6 +313,9 @@ zp_status zp_session_new_ids(const zp_model *m, int n_images, const int32_t *ids
                              const zp_sampling *sp, const zp_policy *pol, int record_trace,
                              zp_session **out);
 void zp_session_free(zp_session *s);
+/* zp_cache_set_kv_type / zp_cache_kv_bytes of the session's cache (set: before its first pass). */
+zp_status zp_session_set_kv_type(zp_session *s, int kv_type);
+size_t zp_session_kv_bytes(const zp_session *s);
 int zp_session_done(const zp_session *s);
 /* One pass of the session's built-in policy. */
 zp_status zp_session_run_pass(zp_session *s);

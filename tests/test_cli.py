@@ -236,3 +236,13 @@ def test_stored_config_beats_file_name(tmp_path):
     assert ck.load_llamagen(tmp_path / "c2i_384.npz").config.grid == (3, 3)
     assert ck.grid_from_filename(tmp_path / "c2i_384.npz") == 24
     assert ck.grid_from_filename("/some_512/dir/c2i.pt") is None   # the base name only
+
+
+def test_generate_kv_dtype_flag(tmp_path):
+    run_cli(tmp_path, "generate", "--builtin", "vq", "--labels", 3, "--policy", "raster",
+            "--kv-dtype", "bfloat16", "--out", "b.png", "--quiet", "--seed", 2)
+    config = json.loads(png.read_png_text(tmp_path / "b.png")["zipar"])[0]["config"]
+    assert config["kv_dtype"] == "bfloat16"
+    proc = run_cli(tmp_path, "generate", "--builtin", "vq", "--kv-dtype", "float16",
+                   "--out", "c.png", check=False)
+    assert proc.returncode != 0 and "--kv-dtype" in proc.stderr

@@ -198,14 +198,16 @@ def cmd_generate(a):
         res = model.generate(labels, policy=pol, cfg_scale=cfg, cfg_interval=a.cfg_interval,
                              temperature=a.temperature, top_k=top_k, top_p=a.top_p,
                              seed=a.seed, captions=captions, progress=not a.quiet,
-                             sample_ids=np.arange(n) * a.samples if a.samples > 1 else None)
+                             sample_ids=np.arange(n) * a.samples if a.samples > 1 else None,
+                             kv_dtype=a.kv_dtype)
         dt = time.perf_counter() - t0
         extra = [res]
         for k in range(1, a.samples):
             extra.append(model.generate(labels, policy=pol, cfg_scale=cfg, seed=a.seed,
                                         cfg_interval=a.cfg_interval, temperature=a.temperature,
                                         top_k=top_k, top_p=a.top_p, captions=captions,
-                                        sample_ids=np.arange(n) * a.samples + k))
+                                        sample_ids=np.arange(n) * a.samples + k,
+                                        kv_dtype=a.kv_dtype))
         columns.append(extra)
         st = res.stats
         line = (f"{json.dumps(res.config['policy'])}: {st['forward_passes']} passes "
@@ -278,6 +280,8 @@ def _generate_family(a, path):
         raise ValueError("--samples is for LlamaGen checkpoints; give several --prompt instead")
     if a.cfg_interval != Sampling.cfg_interval:
         raise ValueError("--cfg-interval is not supported for Emu3 / Lumina-mGPT")
+    if a.kv_dtype != "float32":
+        raise ValueError("--kv-dtype is not supported for Emu3 / Lumina-mGPT")
     if bool(a.prompt) == bool(a.prompt_ids):
         raise ValueError("an Emu3 / Lumina-mGPT folder needs --prompt TEXT (with its "
                          "tokenizer.json) or --prompt-ids IDS, one of the two")
@@ -562,6 +566,8 @@ def main(argv=None):
     g.add_argument("--scale", type=int, default=0, help="pixel upscaling, 0 = automatic")
     g.add_argument("--plain", action="store_true", help="tiles only: no labels in the PNG")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--kv-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="storage of the K/V cache (bfloat16: half the bytes; LlamaGen models)")
     g.add_argument("--no-decode", action="store_true",
                    help="Emu3 / Lumina-mGPT: skip the VQ decoder (slow on a CPU at full size), "
                         "write the code grids as grey images")

@@ -342,18 +342,20 @@ static int ids_args(const zp_config *cfg, int n, int guided, PyObject *ids, PyOb
 }
 
 /* Cache(model, n_images, guided, prefix_cond, prefix_uncond=None, prefix_mask=None, *,
- *       prefix_ids=None, prefix_len=None, uncond_ids=None, uncond_len=None): conditioning as
- * embeddings, or (prefix_cond None) as token ids of each stream's own length. */
+ *       prefix_ids=None, prefix_len=None, uncond_ids=None, uncond_len=None,
+ *       kv_type=ZP_WTYPE_F32): conditioning as embeddings, or (prefix_cond None) as token ids of
+ * each stream's own length; kv_type: storage of the K/V cache (zp_cache_set_kv_type). */
 static int Cache_init(CacheObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"model",         "n_images",    "guided",     "prefix_cond",
                              "prefix_uncond", "prefix_mask", "prefix_ids", "prefix_len",
-                             "uncond_ids",    "uncond_len",  NULL};
+                             "uncond_ids",    "uncond_len",  "kv_type",    NULL};
     ModelObject *model;
-    int n, guided;
+    int n, guided, kv_type = ZP_WTYPE_F32;
     PyObject *cond, *unc = Py_None, *mask = Py_None;
     PyObject *ids = Py_None, *len = Py_None, *uids = Py_None, *ulen = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!ipO|OO$OOOO", kwlist, &ModelType, &model, &n,
-                                     &guided, &cond, &unc, &mask, &ids, &len, &uids, &ulen)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!ipO|OO$OOOOi", kwlist, &ModelType, &model, &n,
+                                     &guided, &cond, &unc, &mask, &ids, &len, &uids, &ulen,
+                                     &kv_type)) {
         parse_failed();
         return -1;
     }
@@ -386,6 +388,10 @@ static int Cache_init(CacheObject *self, PyObject *args, PyObject *kw) {
         Py_BEGIN_ALLOW_THREADS st = zp_cache_new(model->m, n, guided, pc, pu, pm, &self->c);
         Py_END_ALLOW_THREADS
     }
+    if (!st && (st = zp_cache_set_kv_type(self->c, kv_type))) {
+        zp_cache_free(self->c);
+        self->c = NULL;
+    }
     if (st) {
         raise_status(st);
         return -1;
@@ -393,6 +399,24 @@ static int Cache_init(CacheObject *self, PyObject *args, PyObject *kw) {
     Py_INCREF(model);
     self->model = model;
     return 0;
+}
+
+static PyObject *Cache_kv_bytes(CacheObject *self, void *closure) {
+    (void)closure;
+    if (!self->c) {
+        PyErr_SetString(PyExc_RuntimeError, "Cache not initialised");
+        return NULL;
+    }
+    return PyLong_FromSize_t(zp_cache_kv_bytes(self->c));
+}
+
+static PyObject *Cache_kv_type(CacheObject *self, void *closure) {
+    (void)closure;
+    if (!self->c) {
+        PyErr_SetString(PyExc_RuntimeError, "Cache not initialised");
+        return NULL;
+    }
+    return PyLong_FromLong(zp_cache_kv_type(self->c));
 }
 
 static PyObject *Cache_slots(CacheObject *self, void *closure) {
@@ -462,14 +486,41 @@ static PyObject *Cache_forward(CacheObject *self, PyObject *args, PyObject *kw) 
     return out;
 }
 
+/* read_kv(layer) -> (k, v): float32 (n_streams, seq_len, n_kv_head*head_dim) copies of the keys
+ * and values the layer holds (zp_cache_read_kv). */
+static PyObject *Cache_read_kv(CacheObject *self, PyObject *args) {
+    int layer;
+    if (!PyArg_ParseTuple(args, "i", &layer)) return parse_failed();
+    if (!self->c) {
+        PyErr_SetString(PyExc_RuntimeError, "Cache not initialised");
+        return NULL;
+    }
+    const zp_config *cfg = zp_model_config(self->model->m);
+    npy_intp streams = (npy_intp)zp_cache_n_images(self->c) * (zp_cache_guided(self->c) ? 2 : 1);
+    npy_intp dims[3] = {streams, zp_seq_len(cfg), (npy_intp)cfg->n_kv_head * cfg->head_dim};
+    PyObject *k = PyArray_SimpleNew(3, dims, NPY_FLOAT32), *v = NULL;
+    if (k) v = PyArray_SimpleNew(3, dims, NPY_FLOAT32);
+    zp_status st = v ? zp_cache_read_kv(self->c, layer, DATA(k), DATA(v)) : ZP_OK;
+    if (!v || st) {
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+        return v ? raise_status(st) : NULL;
+    }
+    return Py_BuildValue("(NN)", k, v);
+}
+
 static PyMethodDef Cache_methods[] = {{"forward", (PyCFunction)(void (*)(void))Cache_forward,
                                        METH_VARARGS | METH_KEYWORDS,
                                        "One pass over a batch of queries."},
+                                      {"read_kv", (PyCFunction)Cache_read_kv, METH_VARARGS,
+                                       "(k, v) float32 (n_streams, seq_len, kv_dim) of one layer."},
                                       {NULL, NULL, 0, NULL}};
-static PyGetSetDef Cache_getset[] = {{"slots", (getter)Cache_slots, NULL,
-                                      "(n_images, seq_len) int32 slot states (writable view)",
-                                      NULL},
-                                     {NULL, NULL, NULL, NULL, NULL}};
+static PyGetSetDef Cache_getset[] = {
+    {"slots", (getter)Cache_slots, NULL, "(n_images, seq_len) int32 slot states (writable view)",
+     NULL},
+    {"kv_bytes", (getter)Cache_kv_bytes, NULL, "bytes of the K and V storage", NULL},
+    {"kv_type", (getter)Cache_kv_type, NULL, "ZP_WTYPE_F32 or ZP_WTYPE_BF16: K/V storage", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
 
 /* ================================================================ Session */
 
@@ -491,30 +542,31 @@ static void Session_dealloc(SessionObject *self) {
  *         cfg_scale, cfg_interval, temperature, top_k, top_p, seed,   (zp_sampling, by name)
  *         kind, window, schedule, proxy, proxy_token, min_window, max_window, threshold,
  *         (zp_policy)
- *         trace=False)
+ *         trace=False, kv_type=ZP_WTYPE_F32)
  * Sampling fields left out take zp_sampling_default()'s values; policy fields left out are 0
- * (a kind ignores the fields it does not read, see zipar.h). */
+ * (a kind ignores the fields it does not read, see zipar.h); kv_type: storage of the K/V cache
+ * (zp_session_set_kv_type). */
 static int Session_init(SessionObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {
         "model",       "n_images",   "prefix_cond", "prefix_uncond", "prefix_mask", "sample_ids",
         "prefix_ids",  "prefix_len", "uncond_ids",  "uncond_len",    "cfg_scale",   "cfg_interval",
         "temperature", "top_k",      "top_p",       "seed",          "kind",        "window",
         "schedule",    "proxy",      "proxy_token", "min_window",    "max_window",  "threshold",
-        "trace",       NULL};
+        "trace",       "kv_type",    NULL};
     ModelObject *model;
-    int n, trace = 0;
+    int n, trace = 0, kv_type = ZP_WTYPE_F32;
     PyObject *cond, *unc = Py_None, *mask = Py_None, *sids = Py_None;
     PyObject *pids = Py_None, *plen = Py_None, *uids = Py_None, *ulen = Py_None;
     zp_sampling sp = zp_sampling_default();
     zp_policy pol = {0};
     unsigned long long seed = sp.seed;
     PyObject *seed_obj = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!iO|OOO$OOOOfififOiiiiiiidp", kwlist, &ModelType,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!iO|OOO$OOOOfififOiiiiiiidpi", kwlist, &ModelType,
                                      &model, &n, &cond, &unc, &mask, &sids, &pids, &plen, &uids,
                                      &ulen, &sp.cfg_scale, &sp.cfg_interval, &sp.temperature,
                                      &sp.top_k, &sp.top_p, &seed_obj, &pol.kind, &pol.window,
                                      &pol.schedule, &pol.proxy, &pol.proxy_token, &pol.min_window,
-                                     &pol.max_window, &pol.threshold, &trace)) {
+                                     &pol.max_window, &pol.threshold, &trace, &kv_type)) {
         parse_failed();
         return -1;
     }
@@ -550,7 +602,11 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw) {
     Py_BEGIN_ALLOW_THREADS if (pi) st =
         zp_session_new_ids(model->m, n, pi, pl, pui, pul, ids, &sp, &pol, trace, &self->s);
     else st = zp_session_new(model->m, n, pc, pu, pm, ids, &sp, &pol, trace, &self->s);
-    Py_END_ALLOW_THREADS if (st) {
+    Py_END_ALLOW_THREADS if (!st && (st = zp_session_set_kv_type(self->s, kv_type))) {
+        zp_session_free(self->s);
+        self->s = NULL;
+    }
+    if (st) {
         raise_status(st);
         return -1;
     }
@@ -695,6 +751,15 @@ static PyObject *Session_stats(SessionObject *self, void *c) {
         "engine_seconds", s->total_seconds);
 }
 
+static PyObject *Session_kv_bytes(SessionObject *self, void *c) {
+    (void)c;
+    if (!self->s) {
+        PyErr_SetString(PyExc_RuntimeError, "Session not initialised");
+        return NULL;
+    }
+    return PyLong_FromSize_t(zp_session_kv_bytes(self->s));
+}
+
 static PyMethodDef Session_methods[] = {
     {"run", (PyCFunction)(void (*)(void))Session_run, METH_VARARGS | METH_KEYWORDS,
      "Run passes of the built-in policy."},
@@ -713,6 +778,7 @@ static PyGetSetDef Session_getset[] = {
     {"image_queries", (getter)Session_image_queries, NULL, "(n,) queries of each image", NULL},
     {"trace", (getter)Session_trace, NULL, "(n, 6) pass, image, row, col, role, token", NULL},
     {"stats", (getter)Session_stats, NULL, "counters", NULL},
+    {"kv_bytes", (getter)Session_kv_bytes, NULL, "bytes of the K and V storage", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 /* ================================================================ module functions */

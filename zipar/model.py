@@ -24,7 +24,8 @@ from .session import (GenerationResult, RawSession, expected_passes, histogram, 
                       run_python_policy)
 
 __all__ = ["Model", "GenerationResult", "RawSession", "expected_weight_shapes", "ROLES",  # noqa: F822
-           "LAYER_KEYS", "random_model", "DTYPES", "convert_weight", "is_matrix"]
+           "LAYER_KEYS", "random_model", "DTYPES", "KV_DTYPES", "convert_weight",
+           "is_matrix"]
 
 #: The per-layer weights, in the order of csrc/zipar.h's zp_layer_weights fields: the one list
 #: the binding's weight sequence, the shape table and the checkpoint readers follow.
@@ -81,6 +82,16 @@ _IGNORED_KEYS = {"freqs_cis"}
 #: stay float32. bfloat16 is held as uint16 bit patterns (NumPy has no bfloat16; the package
 #: reads uint16 weights as bfloat16 throughout).
 DTYPES = ("float32", "bfloat16", "float16")
+# Storage of the K/V cache (zp_cache_set_kv_type): the default float32, or bfloat16 (half the
+# bytes; keys and values rounded to nearest even, widened in registers; the rest stays float32).
+KV_DTYPES = ("float32", "bfloat16")
+
+
+def kv_type(kv_dtype) -> int:
+    """The core's ZP_WTYPE_* for a K/V cache dtype name; ValueError for any other value."""
+    if not isinstance(kv_dtype, str) or kv_dtype not in KV_DTYPES:
+        raise ValueError(f"kv_dtype must be one of {KV_DTYPES}, got {kv_dtype!r:.80}")
+    return int(getattr(core(), "ZP_WTYPE_F32" if kv_dtype == "float32" else "ZP_WTYPE_BF16"))
 _NP_OF = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(np.uint16),
           "float16": np.dtype(np.float16)}
 
@@ -338,8 +349,8 @@ class Model:
                  temperature: float = Sampling.temperature, top_k: int = Sampling.top_k,
                  top_p: float = Sampling.top_p, seed: int = Sampling.seed, sample_ids=None,
                  captions=None, caption_mask=None, trace: bool = False, progress=False,
-                 decode_images: bool = True, sampling: "Sampling | None" = None
-                 ) -> GenerationResult:
+                 decode_images: bool = True, sampling: "Sampling | None" = None,
+                 kv_dtype: str = "float32") -> GenerationResult:
         """Generate a batch of token grids.
 
         ``policy``: ``zipar.Raster()`` (default), ``zipar.ZipAR(window, ...)``,
@@ -353,7 +364,12 @@ class Model:
         ``progress=True`` shows a tqdm bar over passes (console or notebook). Ctrl-C stops
         between passes: the ``KeyboardInterrupt`` carries ``.partial_result`` with every token
         decoded so far (-1 elsewhere).
+        ``kv_dtype``: storage of the K/V cache, "float32" (default) or "bfloat16" (half the
+        bytes and half attention's memory traffic; keys and values rounded to nearest even,
+        everything else float32; tokens stay independent of batch and thread count, and ZipAR(W)
+        still equals raster); ``stats["kv_cache_bytes"]`` is its size.
         """
+        kvt = kv_type(kv_dtype)
         policy = Raster() if policy is None else policy
         if not isinstance(policy, (_Builtin, Policy)):
             raise TypeError("policy must be zipar.Raster(), zipar.ZipAR(...), "
@@ -367,7 +383,7 @@ class Model:
         sids = check_sample_ids(sample_ids, B)
         c = self.config
         sess = core().Session(self._core, B, cond, unc, mask, sids, **sampling.c_kwargs(),
-                              **self._policy_kwargs(policy), trace=bool(trace))
+                              **self._policy_kwargs(policy), trace=bool(trace), kv_type=kvt)
         bar = progress_bar(progress, expected_passes(policy, c), "generate")
         t0 = time.perf_counter()
         try:
@@ -377,15 +393,18 @@ class Model:
                 sess.run(-1, bar.update_to if bar is not None else None)
         except KeyboardInterrupt as e:
             # Ctrl-C between passes: keep what was decoded (-1 elsewhere) on the exception
-            partial = self._result(sess, policy, labels, sids, trace, t0, False, sampling)
+            partial = self._result(sess, policy, labels, sids, trace, t0, False, sampling,
+                                   kv_dtype)
             setattr(e, "partial_result", partial)
             raise
         finally:
             if bar is not None:
                 bar.close()
-        return self._result(sess, policy, labels, sids, trace, t0, decode_images, sampling)
+        return self._result(sess, policy, labels, sids, trace, t0, decode_images, sampling,
+                            kv_dtype)
 
-    def _result(self, sess, policy, labels, sids, trace, t0, decode_images, sampling):
+    def _result(self, sess, policy, labels, sids, trace, t0, decode_images, sampling,
+                kv_dtype="float32"):
         c = self.config
         seconds = time.perf_counter() - t0
         stats = dict(sess.stats)
@@ -398,8 +417,9 @@ class Model:
         stats["seconds"] = seconds
         stats["raster_passes"] = c.H * c.W
         stats["step_reduction"] = 1.0 - stats["forward_passes"] / (c.H * c.W)
+        stats["kv_cache_bytes"] = sess.kv_bytes
         config = dict(model=c.to_dict(), policy=policy_record(policy, self.row_start_proxy),
-                      **sampling.to_dict(),
+                      **sampling.to_dict(), kv_dtype=kv_dtype,
                       sample_ids=sids.tolist(),
                       labels=None if labels is None else np.asarray(labels).reshape(-1).tolist())
         result = GenerationResult(tokens=sess.tokens, stats=stats, config=config,
@@ -418,10 +438,12 @@ class Model:
 
     # ------------------------------------------------------------------ scoring
     def logits(self, labels=None, tokens=None, cfg_scale: float = 1.0, *, captions=None,
-               caption_mask=None, batch: int = 8) -> np.ndarray:
+               caption_mask=None, batch: int = 8, kv_dtype: str = "float32") -> np.ndarray:
         """Teacher-forced logits (B, H*W, vocab) predicting every grid cell, all in one pass per
-        ``batch`` images (cell (0, 0) from the last conditioning position)."""
+        ``batch`` images (cell (0, 0) from the last conditioning position); ``kv_dtype`` as
+        :meth:`generate`."""
         c = self.config
+        kvt = kv_type(kv_dtype)
         batch = int_scalar("batch", batch, 1, INT32_MAX)
         cfg_scale = Sampling(cfg_scale=cfg_scale).cfg_scale  # a finite number
         cond, unc, mask = self.prefix(labels, captions=captions, caption_mask=caption_mask)
@@ -434,16 +456,19 @@ class Model:
             n = b1 - b0
             cache = core().Cache(self._core, n, guided, np.ascontiguousarray(cond[b0:b1]),
                                 np.ascontiguousarray(unc[b0:b1]),
-                                None if mask is None else np.ascontiguousarray(mask[b0:b1]))
+                                None if mask is None else np.ascontiguousarray(mask[b0:b1]),
+                                kv_type=kvt)
             q, order = self._teacher_queries(toks[b0:b1], guided)
             lg = cache.forward(q, float(cfg_scale))
             out[b0:b1] = lg[order].reshape(n, c.H * c.W, c.vocab_size)
         return out
 
     def log_prob(self, labels=None, tokens=None, *, captions=None, caption_mask=None,
-                 batch: int = 8) -> np.ndarray:
-        """Per-image log-likelihood (nats, float64) of token grids under the model (no CFG)."""
+                 batch: int = 8, kv_dtype: str = "float32") -> np.ndarray:
+        """Per-image log-likelihood (nats, float64) of token grids under the model (no CFG);
+        ``kv_dtype`` as :meth:`generate`."""
         c = self.config
+        kv_type(kv_dtype)
         batch = int_scalar("batch", batch, 1, INT32_MAX)
         toks = self._check_tokens(tokens, None)
         for what, v in (("labels", labels), ("captions", captions),
@@ -458,7 +483,8 @@ class Model:
             lab = None if labels is None else np.asarray(labels).reshape(-1)[b0:b1]
             cap = None if captions is None else np.asarray(captions)[b0:b1]
             cm = None if caption_mask is None else np.asarray(caption_mask)[b0:b1]
-            lg = self.logits(lab, toks[b0:b1], 1.0, captions=cap, caption_mask=cm, batch=batch)
+            lg = self.logits(lab, toks[b0:b1], 1.0, captions=cap, caption_mask=cm, batch=batch,
+                             kv_dtype=kv_dtype)
             lp = _softmax_logprob(lg)
             flat = toks[b0:b1].reshape(b1 - b0, c.H * c.W)
             out[b0:b1] = np.take_along_axis(lp, flat[..., None], axis=2)[..., 0].sum(axis=1)
@@ -581,12 +607,14 @@ class Model:
 
     # ------------------------------------------------------------------ low level
     def session(self, labels=None, *, cfg_scale: float = 1.0, captions=None, caption_mask=None,
-                seed: int = 0, sample_ids=None) -> "RawSession":
-        """A low-level session: explicit queries, chains, commit/discard (see RawSession)."""
+                seed: int = 0, sample_ids=None, kv_dtype: str = "float32") -> "RawSession":
+        """A low-level session: explicit queries, chains, commit/discard (see RawSession);
+        ``kv_dtype`` as :meth:`generate`."""
         sp = Sampling(cfg_scale=cfg_scale, seed=seed)  # finite scale, seed in [0, 2**64)
+        kvt = kv_type(kv_dtype)
         cond, unc, mask = self.prefix(labels, captions=captions, caption_mask=caption_mask)
         return RawSession(self, cond, unc, mask, sp.cfg_scale, sp.seed,
-                          check_sample_ids(sample_ids, cond.shape[0]))
+                          check_sample_ids(sample_ids, cond.shape[0]), kv_type=kvt)
 
 
 def random_model(*, dim=64, n_layer=2, n_head=4, vocab_size=64, grid=8, num_classes=10,

@@ -77,15 +77,21 @@ class RawSession:
     ``probs``/``uniform``/``draw`` expose the engine's sampling distribution and random stream.
     """
 
-    def __init__(self, model, cond, unc, mask, cfg_scale, seed, sids):
+    def __init__(self, model, cond, unc, mask, cfg_scale, seed, sids, kv_type=0):
         self.model = model
         self.cfg_scale = cfg_scale
         self.seed = seed
         self.sample_ids = sids
         self.n_images = cond.shape[0]
         self.guided = is_guided(cfg_scale)
-        self._cache = core().Cache(model._core, self.n_images, self.guided, cond, unc, mask)
+        self._cache = core().Cache(model._core, self.n_images, self.guided, cond, unc, mask,
+                                   kv_type=kv_type)
         self.passes = 0
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the K/V cache (float32: 4 per element, bfloat16: 2)."""
+        return self._cache.kv_bytes
 
     @property
     def slots(self) -> np.ndarray:

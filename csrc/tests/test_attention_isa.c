@@ -7,7 +7,10 @@
  *    those of one position per pass and one image per cache (batch composition), with 1 and 2
  *    threads (thread count);
  *  - every instruction set agrees with the first one within 1e-4 of the largest logit (the sets
- *    differ in fused multiply-add rounding only).
+ *    differ in fused multiply-add rounding only);
+ *  - all of it with a float32 and with a bf16 K/V cache (zp_cache_set_kv_type), the bf16 one
+ *    within 3e-2 of the float32 one and not equal to it; a bf16 cache holds half the bytes;
+ *    unknown cache types, and changes after the first pass, are refused.
  *
  * Run: make -C csrc/tests   (exit status 0 when every check passes)
  */
@@ -62,14 +65,16 @@ static float *cond, *uncond; /* (N, P, DIM) */
 static int32_t tokens[N][SEQ];
 
 /* Teacher-forced logits (SEQ - 1 rows per image, predicting positions 1..SEQ-1) of the images
- * [first, first + count) into out[image]: all positions in one pass when one_pass, else one
- * position per pass. */
-static void forward(int first, int count, int one_pass, float *out) {
+ * [first, first + count) into out[image], with a K/V cache of kv_type: all positions in one pass
+ * when one_pass, else one position per pass. */
+static void forward(int kv_type, int first, int count, int one_pass, float *out) {
     zp_cache *k;
     zp_status st = zp_cache_new(model, count, 1, cond + (size_t)first * P * DIM,
                                 uncond + (size_t)first * P * DIM, NULL, &k);
     CHECK(st == ZP_OK, "zp_cache_new: %s", zp_last_error());
     if (st) return;
+    st = zp_cache_set_kv_type(k, kv_type);
+    CHECK(st == ZP_OK, "zp_cache_set_kv_type: %s", zp_last_error());
     zp_query q[N * SEQ];
     float *lg = malloc(sizeof(float) * N * SEQ * VOCAB);
     if (!lg) exit(2);
@@ -107,7 +112,11 @@ int main(void) {
                                        random_array(DIM, 0.2f, 1.f),
                                        random_array((size_t)HIDDEN * DIM, 0.6f, 0.f),
                                        random_array((size_t)HIDDEN * DIM, 0.6f, 0.f),
-                                       random_array((size_t)DIM * HIDDEN, 0.4f, 0.f)};
+                                       random_array((size_t)DIM * HIDDEN, 0.4f, 0.f),
+                                       NULL, /* no q/k norm */
+                                       NULL,
+                                       NULL,
+                                       NULL};
     zp_weights w = {random_array((size_t)VOCAB * DIM, 2.f, 0.f), layers,
                     random_array(DIM, 0.2f, 1.f), random_array((size_t)VOCAB * DIM, 1.f, 0.f),
                     ZP_WTYPE_F32};
@@ -136,41 +145,78 @@ int main(void) {
         }
 
     const char *isas[] = {"scalar", "avx2", "avx512"};
+    const int kv_types[] = {ZP_WTYPE_F32, ZP_WTYPE_BF16};
     size_t n_logits = (size_t)N * (SEQ - 1) * VOCAB, bytes = sizeof(float) * n_logits;
-    float *first = malloc(bytes), *one_thread = malloc(bytes), *batch = malloc(bytes),
-          *alone = malloc(bytes);
-    if (!first || !one_thread || !batch || !alone) exit(2);
+    float *first[2], *one_thread = malloc(bytes), *batch = malloc(bytes), *alone = malloc(bytes);
+    first[0] = malloc(bytes);
+    first[1] = malloc(bytes);
+    if (!first[0] || !first[1] || !one_thread || !batch || !alone) exit(2);
     int n_isas = 0;
     for (int s = 0; s < 3; s++) {
         if (zp_matmul_force_isa(isas[s]) != 0) continue;
-        for (int threads = 1; threads <= 2; threads++) {
-            zp_set_num_threads(threads);
-            forward(0, N, 1, batch);
-            for (int b = 0; b < N; b++) forward(b, 1, 0, alone);
-            CHECK(memcmp(batch, alone, bytes) == 0,
-                  "%s, %d threads: one pass of %d images != one position per pass, one image",
-                  isas[s], threads, N);
-            if (threads == 1) memcpy(one_thread, batch, bytes);
-            CHECK(memcmp(one_thread, batch, bytes) == 0, "%s: 2 threads != 1 thread", isas[s]);
+        for (int t = 0; t < 2; t++) {
+            const char *kv = t ? "bf16" : "f32";
+            for (int threads = 1; threads <= 2; threads++) {
+                zp_set_num_threads(threads);
+                forward(kv_types[t], 0, N, 1, batch);
+                for (int b = 0; b < N; b++) forward(kv_types[t], b, 1, 0, alone);
+                CHECK(memcmp(batch, alone, bytes) == 0,
+                      "%s, %s cache, %d threads: one pass of %d images != one position per "
+                      "pass, one image",
+                      isas[s], kv, threads, N);
+                if (threads == 1) memcpy(one_thread, batch, bytes);
+                CHECK(memcmp(one_thread, batch, bytes) == 0, "%s, %s cache: 2 threads != 1",
+                      isas[s], kv);
+            }
+            if (n_isas == 0) memcpy(first[t], batch, bytes);
+            /* max |difference| / max |logit|: from the first set's logits with the same cache,
+             * and (bf16) from the first set's float32 cache */
+            double worst = 0, to_f32 = 0, scale = 0;
+            for (size_t i = 0; i < n_logits; i++) {
+                double d = fabs((double)batch[i] - first[t][i]),
+                       e = fabs((double)batch[i] - first[0][i]);
+                worst = d > worst ? d : worst;
+                to_f32 = e > to_f32 ? e : to_f32;
+                scale = fabs((double)first[t][i]) > scale ? fabs((double)first[t][i]) : scale;
+            }
+            worst /= scale;
+            to_f32 /= scale;
+            CHECK(worst <= 1e-4, "%s, %s cache: %.3g relative from %s", isas[s], kv, worst,
+                  isas[0]);
+            /* bf16 keys and values: a relative rounding error of 2^-9 per element */
+            CHECK(t == 0 || (to_f32 > 0 && to_f32 <= 3e-2),
+                  "%s: bf16 cache %.3g relative from the float32 cache", isas[s], to_f32);
+            printf("  %s, %s cache: exact across batches and threads; max relative difference "
+                   "from the first set %.2e, from its float32 cache %.2e\n",
+                   isas[s], kv, worst, to_f32);
         }
-        if (n_isas++ == 0) memcpy(first, batch, bytes);
-        double worst = 0, scale = 0; /* max |difference| / max |logit| */
-        for (size_t i = 0; i < n_logits; i++) {
-            double d = fabs((double)batch[i] - first[i]);
-            worst = d > worst ? d : worst;
-            scale = fabs((double)first[i]) > scale ? fabs((double)first[i]) : scale;
-        }
-        worst /= scale;
-        CHECK(worst <= 1e-4, "%s: %.3g relative from %s", isas[s], worst, isas[0]);
-        printf("  %s: exact across batches and threads; max relative difference from the first "
-               "set %.2e\n",
-               isas[s], worst);
+        n_isas++;
     }
     CHECK(n_isas >= 1, "no instruction set could be forced");
     zp_matmul_force_isa(NULL);
     zp_set_num_threads(0);
+
+    /* the KV cache type: bytes halve; unknown types and changes after a pass are refused */
+    zp_cache *k;
+    CHECK(zp_cache_new(model, 1, 1, cond, uncond, NULL, &k) == ZP_OK, "%s", zp_last_error());
+    size_t f32_bytes = zp_cache_kv_bytes(k);
+    CHECK(f32_bytes == (size_t)2 * LAYERS * 2 * 64 * KV_HEADS * HD * 4,
+          "float32 cache of %zu bytes", f32_bytes);
+    CHECK(zp_cache_kv_type(k) == ZP_WTYPE_F32, "a new cache is not float32");
+    CHECK(zp_cache_set_kv_type(k, ZP_WTYPE_F16) == ZP_ERR_ARG, "f16 cache accepted");
+    CHECK(zp_cache_set_kv_type(k, 7) == ZP_ERR_ARG, "cache type 7 accepted");
+    CHECK(zp_cache_set_kv_type(k, ZP_WTYPE_BF16) == ZP_OK, "%s", zp_last_error());
+    CHECK(zp_cache_kv_type(k) == ZP_WTYPE_BF16 && 2 * zp_cache_kv_bytes(k) == f32_bytes,
+          "bf16 cache of %zu bytes", zp_cache_kv_bytes(k));
+    zp_query q0 = {.image = 0, .pos = 0, .token = 0, .chain = 0, .want_logits = 0, .guided = 1};
+    CHECK(zp_forward(model, k, &q0, 1, 2.5f, NULL, NULL) == ZP_OK, "%s", zp_last_error());
+    CHECK(zp_cache_set_kv_type(k, ZP_WTYPE_BF16) == ZP_OK, "setting the same type refused");
+    CHECK(zp_cache_set_kv_type(k, ZP_WTYPE_F32) == ZP_ERR_STATE, "type changed after a pass");
+    CHECK(zp_cache_kv_type(k) == ZP_WTYPE_BF16, "type lost");
+    zp_cache_free(k);
     zp_model_free(model);
-    free(first);
+    free(first[0]);
+    free(first[1]);
     free(one_thread);
     free(batch);
     free(alone);

@@ -2,7 +2,8 @@
 
 - :mod:`zipar.reference.forward`: the float64 NumPy forward of the LlamaGen transformer with the
   slot-state KV cache, sampling, the inverse-CDF draw and Philox4x32-10 (``ReferenceModel``,
-  ``sampling_probs``, ``draw``, ``philox4x32_10``, ``uniform``, ``reference_attention``);
+  ``sampling_probs``, ``draw``, ``philox4x32_10``, ``uniform``, ``reference_attention``), with
+  keys and values as a float32 or bfloat16 K/V cache holds them (``kv_round``);
 - :mod:`zipar.reference.policy`: ZipAR's scheduling rule as a Python policy (``ReferenceZipAR``)
   and the row-start proxy rule (``proxy_token``);
 - :mod:`zipar.reference.sjd`: speculative Jacobi decoding on the low-level session API
@@ -16,10 +17,10 @@ Nothing here is fast, and the runtime package never imports it.
 from __future__ import annotations
 
 from .forward import (SLOT_COMMITTED, SLOT_MASKED, SLOT_UNWRITTEN, ReferenceCache, ReferenceModel,
-                      draw, philox4x32_10, reference_attention, sampling_probs, uniform)
+                      draw, kv_round, philox4x32_10, reference_attention, sampling_probs, uniform)
 from .policy import ReferenceZipAR, proxy_token
 from .sjd import sjd_generate
 
 __all__ = ["ReferenceModel", "ReferenceCache", "SLOT_UNWRITTEN", "SLOT_MASKED", "SLOT_COMMITTED",
            "sampling_probs", "draw", "philox4x32_10", "uniform", "reference_attention",
-           "ReferenceZipAR", "proxy_token", "sjd_generate"]
+           "kv_round", "ReferenceZipAR", "proxy_token", "sjd_generate"]

@@ -22,12 +22,13 @@ from typing import Dict, Iterable, Mapping, Sequence, Tuple
 import numpy as np
 
 from ..config import ModelConfig
-from ..io.dtypes import bfloat16_to_float32
+from ..io.dtypes import bfloat16_to_float32, float32_to_bfloat16
 from ..model import LAYER_KEYS
 from ..sampling import is_guided
 
 __all__ = ["ReferenceModel", "ReferenceCache", "SLOT_UNWRITTEN", "SLOT_MASKED", "SLOT_COMMITTED",
-           "sampling_probs", "draw", "philox4x32_10", "uniform", "reference_attention"]
+           "sampling_probs", "draw", "philox4x32_10", "uniform", "reference_attention",
+           "kv_round", "KV_DTYPES"]
 
 # Slot states (zipar.h; tests/test_contract.py checks them against the core's ZP_SLOT_*; the
 # reference keeps its own copy so that it runs without the extension): a query at position p
@@ -52,6 +53,21 @@ def _as_float64(name: str, a) -> np.ndarray:
 
 
 # ============================================================================ small functions
+
+KV_DTYPES = ("float32", "bfloat16")
+
+
+def kv_round(x: np.ndarray, kv_dtype: str) -> np.ndarray:
+    """Keys or values as a K/V cache of ``kv_dtype`` holds them (float64 here): "float32" leaves
+    them as they are; "bfloat16" rounds them to float32 (the engine's working precision), then
+    to bfloat16 with round-to-nearest-even (zp_cache_set_kv_type), and widens them back."""
+    if kv_dtype == "float32":
+        return x
+    if kv_dtype != "bfloat16":
+        raise ValueError(f"kv_dtype must be one of {KV_DTYPES}, got {kv_dtype!r:.80}")
+    bits = float32_to_bfloat16(np.asarray(x, dtype=np.float32))
+    return bfloat16_to_float32(bits).astype(np.float64).reshape(np.shape(x))
+
 
 def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x * rsqrt(mean(x^2) + eps) * weight over the last axis."""
@@ -82,13 +98,14 @@ class ReferenceCache:
     """KV cache of ``n_images`` images; with ``guided`` a second (unconditional) stream each.
 
     k, v: (n_layer, n_streams, n_images, seq_len, n_kv_head, head_dim) float64, stream 0 = cond,
-    1 = uncond. slots: (n_images, seq_len) int32 states shared by both streams (see SLOT_*).
-    prefix: (n_streams, n_images, P, dim) conditioning embeddings; prefix_mask: (n_images, P)
-    bool, True = valid key.
+    1 = uncond, holding what a K/V cache of ``kv_dtype`` stores (:func:`kv_round`). slots:
+    (n_images, seq_len) int32 states shared by both streams (see SLOT_*). prefix: (n_streams,
+    n_images, P, dim) conditioning embeddings; prefix_mask: (n_images, P) bool, True = valid key.
     """
 
     def __init__(self, config: ModelConfig, n_images: int, guided: bool, prefix_cond,
-                 prefix_uncond=None, prefix_mask=None):
+                 prefix_uncond=None, prefix_mask=None, kv_dtype: str = "float32"):
+        kv_round(np.zeros(0), kv_dtype)  # checks the name
         c = config
         P, S = c.cls_token_num, c.seq_len
         if n_images < 1:
@@ -112,6 +129,7 @@ class ReferenceCache:
             if mask.shape != (n_images, P):
                 raise ValueError(f"prefix_mask must have shape {(n_images, P)}, got {mask.shape}")
         self.config = c
+        self.kv_dtype = kv_dtype
         self.n_images = n_images
         self.guided = bool(guided)
         self.prefix = np.stack(streams)
@@ -215,9 +233,9 @@ class ReferenceModel:
 
     # ------------------------------------------------------------------ the forward primitive
     def new_cache(self, n_images: int, guided: bool, prefix_cond, prefix_uncond=None,
-                  prefix_mask=None) -> ReferenceCache:
+                  prefix_mask=None, kv_dtype: str = "float32") -> ReferenceCache:
         return ReferenceCache(self.config, n_images, guided, prefix_cond, prefix_uncond,
-                              prefix_mask)
+                              prefix_mask, kv_dtype)
 
     def forward(self, cache: ReferenceCache, queries: Iterable[Sequence[int]],
                 cfg_scale: float) -> list:
@@ -283,8 +301,8 @@ class ReferenceModel:
             for n, (i, s) in enumerate(rows):   # write every query's k/v before any attention
                 image, pos = qs[i][:2]
                 q_rot[n] = self.rope(q_all[n], pos)
-                cache.k[layer, s, image, pos] = self.rope(k_all[n], pos)
-                cache.v[layer, s, image, pos] = v_all[n]
+                cache.k[layer, s, image, pos] = kv_round(self.rope(k_all[n], pos), cache.kv_dtype)
+                cache.v[layer, s, image, pos] = kv_round(v_all[n], cache.kv_dtype)
             att = np.zeros((len(rows), nh, hd))
             for n, (i, s) in enumerate(rows):
                 image = qs[i][0]
@@ -328,10 +346,12 @@ class ReferenceModel:
             tokens = np.concatenate([tokens, eor], axis=2)
         return tokens.reshape(B, -1)
 
-    def _full_pass(self, prefix: np.ndarray, mask: np.ndarray,
-                   seq_tokens: np.ndarray) -> np.ndarray:
+    def _full_pass(self, prefix: np.ndarray, mask: np.ndarray, seq_tokens: np.ndarray,
+                   kv_dtype: str = "float32", kv=None) -> np.ndarray:
         """Logits (S, vocab) at every position of one image and stream: every slot committed, a
-        full causal mask over the sequence (masked prefix keys visible only to themselves)."""
+        full causal mask over the sequence (masked prefix keys visible only to themselves);
+        keys and values as a ``kv_dtype`` cache holds them, or, given ``kv`` = (K, V) each
+        (n_layer, S, n_kv_head, head_dim), those instead of the ones computed here."""
         c = self.config
         P, S, hd, nh, nkv = c.cls_token_num, c.seq_len, c.head_dim, c.n_head, c.n_kv_head
         x = np.concatenate([prefix, self.w["tok_embeddings.weight"][seq_tokens]], axis=0)
@@ -350,7 +370,10 @@ class ReferenceModel:
             qc = (q[..., 0] + 1j * q[..., 1]) * angle_cis
             kc = (k[..., 0] + 1j * k[..., 1]) * angle_cis
             q = np.stack([qc.real, qc.imag], axis=-1).reshape(S, nh, hd)
-            k = np.stack([kc.real, kc.imag], axis=-1).reshape(S, nkv, hd)
+            k = kv_round(np.stack([kc.real, kc.imag], axis=-1).reshape(S, nkv, hd), kv_dtype)
+            v = kv_round(v, kv_dtype)
+            if kv is not None:
+                k, v = (np.asarray(a[layer], dtype=np.float64) for a in kv)
             k = np.repeat(k, nh // nkv, axis=1)      # head h uses kv head h // (nh / nkv)
             v = np.repeat(v, nh // nkv, axis=1)
             scores = np.einsum("qhd,khd->hqk", q, k) / math.sqrt(hd)
@@ -379,7 +402,8 @@ class ReferenceModel:
             raise ValueError("conditioning and tokens disagree on the batch size")
         return cond, unc, mask
 
-    def logits(self, labels_or_prefix, tokens, cfg_scale: float = 1.0) -> np.ndarray:
+    def logits(self, labels_or_prefix, tokens, cfg_scale: float = 1.0,
+               kv_dtype: str = "float32", kv=None) -> np.ndarray:
         """Teacher-forced logits (B, H*W, vocab) predicting each grid cell in raster order.
 
         labels_or_prefix: class labels (c2i) or (cond, uncond[, mask]) prefix embeddings as from
@@ -387,7 +411,13 @@ class ReferenceModel:
         cell_pos(r, c) - 1: the last conditioning position, the cell to its left, or the end of
         the row above (its last cell when E=0, its end-of-row token when E=1). cfg_scale != 1
         runs the unconditional stream too and returns uncond + (cond - uncond) * cfg_scale.
+        kv_dtype: keys and values as a cache of that dtype holds them (:func:`kv_round`).
+        kv: optional (K, V), each (B, streams, n_layer, S, n_kv_head, head_dim) with stream 0
+        the conditional and 1 the unconditional one: attention reads these keys and values
+        instead of its own (a test feeds the engine's cache contents, to separate the rounding of
+        each key and value from the rest of the computation).
         """
+        kv_round(np.zeros(0), kv_dtype)
         c = self.config
         toks = np.asarray(tokens)
         if toks.ndim != 3 or toks.shape[1:] != (c.H, c.W):
@@ -400,9 +430,11 @@ class ReferenceModel:
         predict_from = [c.cell_pos(r, col) - 1 for r in range(c.H) for col in range(c.W)]
         out = np.zeros((B, c.H * c.W, c.vocab_size))
         for b in range(B):
-            lc = self._full_pass(cond[b], mask[b], seq[b])[predict_from]
+            given = [None, None] if kv is None else \
+                [(kv[0][b, u], kv[1][b, u]) for u in range(np.shape(kv[0])[1])]
+            lc = self._full_pass(cond[b], mask[b], seq[b], kv_dtype, given[0])[predict_from]
             if is_guided(cfg_scale):
-                lu = self._full_pass(unc[b], mask[b], seq[b])[predict_from]
+                lu = self._full_pass(unc[b], mask[b], seq[b], kv_dtype, given[1])[predict_from]
                 lc = lu + (lc - lu) * cfg_scale
             out[b] = lc
         return out
