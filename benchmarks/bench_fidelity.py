@@ -542,8 +542,11 @@ def analyse(records, tokens):
     others = [r for r in records if r["policy"] != "raster"]
     overlap = [r for r in others if r["overlaps_raster"]]
     within = [r for r in others if r["fid_vs_raster"] <= 1.05]
-    best_overlap = max(overlap, key=lambda r: r["step_reduction"], default=None)
-    best_within = max(within, key=lambda r: r["step_reduction"], default=None)
+    # ties in passes (the proxies of one window and schedule): the lowest FID-proxy
+    best_overlap = max(overlap, key=lambda r: (r["step_reduction"], -r["fid_proxy"]),
+                       default=None)
+    best_within = max(within, key=lambda r: (r["step_reduction"], -r["fid_proxy"]),
+                      default=None)
     closest = min(others, key=lambda r: r["fid_vs_raster"], default=raster)
     # adaptive vs fixed at (about) equal passes: nearest fixed eager setting with the same proxy
     comps = []
@@ -574,7 +577,14 @@ def analyse(records, tokens):
                       if n in g and g[n]["fid_proxy"] == min(x["fid_proxy"] for x in g.values()))
         disjoint_better = sum(1 for g in pairs.values() if n in g and n != "above" and
                               "above" in g and g[n]["fid_high"] < g["above"]["fid_low"])
+        by_schedule = {}
+        for sched in ("eager", "paper"):
+            rs = [g[n]["fid_proxy"] / g["above"]["fid_proxy"] for (_, sc), g in pairs.items()
+                  if sc == sched and n in g and "above" in g]
+            if rs:
+                by_schedule[sched] = float(np.exp(np.mean(np.log(rs))))
         proxies[n] = dict(geomean_fid_vs_above=float(np.exp(np.mean(np.log(ratios)))),
+                          geomean_by_schedule=by_schedule,
                           best_of_proxies_in=best_in, settings=len(ratios),
                           better_than_above_disjoint=disjoint_better)
     best_proxy = min(proxies, key=lambda n: proxies[n]["geomean_fid_vs_above"])
@@ -696,7 +706,8 @@ def report(records, extra, args):
     lines.append(f"- Proxies (FID-proxy relative to \"above\" at the same window and schedule, "
                  f"geometric mean over the ZipAR settings; best proxy: **{s['best_proxy']}**):")
     for n_, p in s["proxies"].items():
-        lines.append(f"  {n_}: {p['geomean_fid_vs_above']:.2f}x, lowest of the proxies in "
+        sch = ", ".join(f"{k} {v:.2f}x" for k, v in p["geomean_by_schedule"].items())
+        lines.append(f"  {n_}: {p['geomean_fid_vs_above']:.2f}x ({sch}), lowest of the proxies in "
                      f"{p['best_of_proxies_in']} of {p['settings']} settings"
                      + ("" if n_ == "above" else
                         f", interval below above's in {p['better_than_above_disjoint']}") + ".")

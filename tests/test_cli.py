@@ -4,6 +4,7 @@ Each command runs in a scratch directory with PYTHONPATH pointing at the zipar p
 import (the installed one, else the repository). Tiny fixtures and small grids keep it fast.
 """
 
+import argparse
 import json
 import os
 import shutil
@@ -69,6 +70,34 @@ def test_convert_infers_grid_from_file_name(tmp_path):
 
 
 # ============================================================================ generate
+
+def _policy_ns(**kw):
+    base = dict(policy=None, window=None, schedule=None, proxy=None, max_window=None,
+                threshold=0.0)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+@pytest.mark.parametrize("name", ["vq", "pixels"])
+def test_main_job_runs_the_best_measured_zipar(name):
+    """The built-in models' records name their best measured ZipAR setting; the main job runs
+    it beside raster unless --window, --schedule or --proxy asks for another."""
+    from zipar import __main__ as cli
+    from zipar.fmnist.builtin import best_zipar, default_config
+
+    best = best_zipar(name)
+    assert best is not None and 0.0 < best["step_reduction"] < 1.0
+    W = default_config(name).W
+    raster, fast = cli._policies(_policy_ns(), W, best)
+    assert raster == zipar.Raster()
+    assert fast == zipar.ZipAR(best["window"], schedule=best["schedule"], proxy=best["proxy"])
+    assert cli._policies(_policy_ns(proxy="left"), W, best)[1] == zipar.ZipAR(W // 4,
+                                                                              proxy="left")
+    assert cli._policies(_policy_ns(window=3), W, best)[1] == zipar.ZipAR(3)
+    assert cli._policies(_policy_ns(), W, None)[1] == zipar.ZipAR(W // 4)
+    (only,) = cli._policies(_policy_ns(policy="zipar", window=2, schedule="paper"), W, best)
+    assert only == zipar.ZipAR(2, schedule="paper")
+
 
 def test_generate_c2i_png(tmp_path):
     grid = 3

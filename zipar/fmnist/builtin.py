@@ -41,8 +41,8 @@ from .resize import to_grey28
 from .tokenizer import GreyTokenizer
 
 __all__ = ["CLASS_NAMES", "load_default", "default_tokenizer", "builtin_info", "best_zipar",
-           "default_config", "reference", "vq_decoder", "FashionVQDecoder", "BUILTIN_NAMES", "DATA_DIR",
-           "row_start_proxy", "builtin_record_path"]
+           "default_config", "reference", "vq_decoder", "FashionVQDecoder", "BUILTIN_NAMES",
+           "DATA_DIR", "row_start_proxy", "builtin_record_path"]
 
 #: Fashion-MNIST's ten classes, by label
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
