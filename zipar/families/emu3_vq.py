@@ -49,7 +49,8 @@ from ..io.errors import CheckpointError
 from ..io.formats import load_state_dict
 from ..io.safetensors import read_safetensors
 from .image_tokens import emu3_image_tokens, read_vocabulary
-from .vq16 import GROUPS, _conv1x1, _conv3x3, _group_norm, _swish_inplace, _upsample2
+from .vq16 import (GROUPS, _conv1x1, _conv3x3, _group_norm, _swish_inplace, _upsample2,
+                   decode_latent_images)
 
 __all__ = ["Emu3VQDecoder", "load_emu3_vq", "load_emu3_image_tokens", "to_pixels",
            "random_emu3_vq_state_dict", "canonical_emu3_vq_names", "emu3_image_tokens"]
@@ -492,22 +493,7 @@ class Emu3VQDecoder:
     def decode_latent(self, q) -> np.ndarray:
         """Quantized latent q (B, embed_dim, h, w) -> decoder output (B, 3, s h, s w) float32,
         unclipped (what ``Emu3VQVAE.decode`` returns for a 3-D code array)."""
-        q = np.asarray(q)
-        if q.ndim != 4 or q.shape[1] != self.embed_dim:
-            raise ValueError(f"latent must have shape (B, {self.embed_dim}, h, w), got {q.shape}")
-        if q.shape[2] < 1 or q.shape[3] < 1:
-            raise ValueError(f"latent grid must be at least 1x1, got {q.shape[2:]}")
-        if not (np.issubdtype(q.dtype, np.floating) or np.issubdtype(q.dtype, np.integer)):
-            raise ValueError(f"latent must be a real array, got dtype {q.dtype}")
-        if not np.all(np.isfinite(q)):
-            raise ValueError("latent holds non-finite values")
-        B, _, h, w = q.shape
-        s = self.scale
-        out = np.empty((B, 3, s * h, s * w), np.float32)
-        for b in range(B):
-            x = np.ascontiguousarray(q[b].transpose(1, 2, 0), dtype=np.float32)
-            out[b] = self._decode_one(x).transpose(2, 0, 1)
-        return out
+        return decode_latent_images(q, self.embed_dim, self.scale, self._decode_one)
 
     def decode(self, codes) -> np.ndarray:
         """codes (B, h, w) ints -> pixels (B, s h, s w, 3) uint8 (Emu3's postprocess)."""

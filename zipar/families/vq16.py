@@ -245,7 +245,7 @@ def _contiguous(idx: List[int], what: str) -> int:
 def decode_latent_images(z, embed_dim: int, scale: int, decode_one) -> np.ndarray:
     """Latent (B, embed_dim, h, w) -> (B, 3, scale h, scale w) float32, checked, one image at a
     time (bounded memory) through ``decode_one`` ((h, w, embed_dim) -> (scale h, scale w, 3)).
-    Shared by the VQ-16 and Chameleon VQGAN decoders."""
+    Shared by the VQ-16, Chameleon VQGAN and Emu3 decoders."""
     z = np.asarray(z)
     if z.ndim != 4 or z.shape[1] != embed_dim:
         raise ValueError(f"latent must have shape (B, {embed_dim}, h, w), got {z.shape}")
