@@ -28,6 +28,7 @@ benchmarks/results/fidelity_<model>.json, fidelity_<model>.png and the model's t
 BENCHMARKS.md (between markers).
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -90,8 +91,7 @@ def calibrated_token(model):
     """The "calibrated" proxy: the token the model stores (zipar.calibrate_proxy), or None."""
     from zipar.fmnist import builtin
 
-    token = getattr(builtin.load_default(model), "row_start_proxy", None)
-    return None if token is None else int(token)
+    return builtin.row_start_proxy(model)
 
 
 def proxy_tokens(model, names=("const", "calibrated")):
@@ -374,6 +374,7 @@ def time_settings(records, args):
                   f"{rec['retime_tokens_equal']:.0%}", flush=True)
 
 
+@functools.lru_cache(maxsize=1)
 def _torch_vq_decoder():
     """The VQ model's decoder as the PyTorch module it was trained as (training/
     train_vq_fmnist.py, same float16-rounded weights, float32 math, one thread), or None
@@ -421,7 +422,9 @@ def _images(model, decoder="zipar"):
 
 def decoder_name(model):
     """"torch" for the VQ model when PyTorch is installed (faster), else "zipar"."""
-    return "torch" if model == "vq" and _torch_vq_decoder() is not None else "zipar"
+    import importlib.util
+
+    return "torch" if model == "vq" and importlib.util.find_spec("torch") else "zipar"
 
 
 def decoder_check(args, n=50):
