@@ -347,6 +347,55 @@ def _time_one(cell, args):
     return sec, seconds1 / max(n1, 1), tokens, tokens1
 
 
+def _retime_all(cells, args):
+    """(sec, sec1, tokens, tokens1) of every setting, timed side by side in --workers
+    single-threaded workers, all busy (_time_one each)."""
+    with _pool(args.workers) as ex:
+        futs = [ex.submit(_time_one, cell, args) for cell in cells]
+        return [f.result() for f in futs]
+
+
+def save_retimed(cells, path, args):
+    """--retime-only: time every setting here (no chunks needed) and write the seconds and the
+    timed tokens to an .npz that --retimed FILE reads into a later report (so the seconds can
+    come from one quiet many-core machine and the scores from another)."""
+    out = _retime_all(cells, args)
+    arrays = dict(cells=np.array([json.dumps(c, sort_keys=True) for c in cells]),
+                  cpu=np.array(cpu_name()), workers=np.int64(args.workers),
+                  batch=np.int64(args.batch), batch1=np.int64(min(args.batch1, args.batch)),
+                  sec=np.array([np.nan if o[0] is None else o[0] for o in out]),
+                  sec1=np.array([o[1] for o in out]))
+    for i, (_, _, tokens, tokens1) in enumerate(out):
+        arrays[f"tokens1_{i}"] = tokens1
+        if tokens is not None:
+            arrays[f"tokens_{i}"] = tokens
+    np.savez_compressed(path, **arrays)
+    for c, o in zip(cells, out):
+        print(f"  {json.dumps(c):<70} "
+              + ("" if o[0] is None else f"{o[0]:.3f} s/img (batch {args.batch}), ")
+              + f"{o[1]:.3f} (batch 1)", flush=True)
+    print(f"wrote {path}")
+
+
+def load_retimed(path, cells, args):
+    """What save_retimed wrote, in the order of cells: [(sec, sec1, tokens, tokens1)], and the
+    machine's name and worker count."""
+    with np.load(path) as z:
+        index = {str(c): i for i, c in enumerate(z["cells"])}
+        if int(z["batch"]) != args.batch:
+            raise SystemExit(f"{path}: timed at batch {int(z['batch'])}, not {args.batch}")
+        args.batch1 = int(z["batch1"])
+        out = []
+        for cell in cells:
+            i = index.get(json.dumps(cell, sort_keys=True))
+            if i is None:
+                raise SystemExit(f"{path}: no timing of {json.dumps(cell)}")
+            sec = float(z["sec"][i])
+            out.append((None if np.isnan(sec) or args.retime == "b1" else sec, float(z["sec1"][i]),
+                        z[f"tokens_{i}"] if f"tokens_{i}" in z else None, z[f"tokens1_{i}"]))
+        return out, str(z["cpu"]), int(z["workers"])
+
+
 def time_settings(records, args):
     """Re-time every setting side by side in one run (the chunks' own seconds come from
     different machines and loads): the first batch of each, and its first --batch1 images at
@@ -354,24 +403,26 @@ def time_settings(records, args):
     chunks' (same sample ids; tokens do not depend on the batch composition, but chunks made on
     another CPU may differ where float rounding differs: the fraction equal is recorded)."""
     cells = [r["_cell"] for r in records]
-    with _pool(args.workers) as ex:
-        futs = [ex.submit(_time_one, cell, args) for cell in cells]
-        for rec, cell, f in zip(records, cells, futs):
-            sec, sec1, tokens, tokens1 = f.result()
-            if tokens is not None and not np.array_equal(tokens[:len(tokens1)], tokens1):
-                raise SystemExit(f"{json.dumps(cell)}: batch-1 tokens differ from batch-"
-                                 f"{args.batch} tokens on one machine")
-            ref = rec["_tokens"][:len(tokens1) if tokens is None else args.batch]
-            mine = tokens1 if tokens is None else tokens
-            rec["retime_tokens_equal"] = float(np.mean(np.all(mine == ref, axis=(1, 2))))
-            if sec is not None:
-                rec["seconds_per_image_chunks"] = rec.pop("seconds_per_image")
-                rec["seconds_per_image"] = sec
-            rec["seconds_per_image_batch1"] = sec1
-            print(f"  {json.dumps(cell):<70} "
-                  + ("" if sec is None else f"{sec:.3f} s/img (batch {args.batch}), ")
-                  + f"{sec1:.3f} (batch 1); images equal to the chunks' "
-                  f"{rec['retime_tokens_equal']:.0%}", flush=True)
+    if args.retimed:
+        timed, args.retime_cpu, args.retime_workers = load_retimed(args.retimed, cells, args)
+    else:
+        timed = _retime_all(cells, args)
+        args.retime_cpu, args.retime_workers = cpu_name(), args.workers
+    for rec, cell, (sec, sec1, tokens, tokens1) in zip(records, cells, timed):
+        if tokens is not None and not np.array_equal(tokens[:len(tokens1)], tokens1):
+            raise SystemExit(f"{json.dumps(cell)}: batch-1 tokens differ from batch-"
+                             f"{args.batch} tokens on one machine")
+        ref = rec["_tokens"][:len(tokens1) if tokens is None else args.batch]
+        mine = tokens1 if tokens is None else tokens
+        rec["retime_tokens_equal"] = float(np.mean(np.all(mine == ref, axis=(1, 2))))
+        if sec is not None:
+            rec["seconds_per_image_chunks"] = rec.pop("seconds_per_image")
+            rec["seconds_per_image"] = sec
+        rec["seconds_per_image_batch1"] = sec1
+        print(f"  {json.dumps(cell):<70} "
+              + ("" if sec is None else f"{sec:.3f} s/img (batch {args.batch}), ")
+              + f"{sec1:.3f} (batch 1); images equal to the chunks' "
+              f"{rec['retime_tokens_equal']:.0%}", flush=True)
 
 
 @functools.lru_cache(maxsize=1)
@@ -662,7 +713,8 @@ def report(records, extra, args):
         seconds_note = (
             f"s/img: engine seconds per image of each setting's first batch ({args.batch} "
             f"images) and of its first {args.batch1} images one at a time (b1), re-timed side by "
-            f"side in one run on {cpu_name()}, {args.workers} single-threaded workers, all busy "
+            f"side in one run on {args.retime_cpu}, {args.retime_workers} single-threaded "
+            "workers, all busy "
             f"(at least {eq:.0%} of the re-timed images equal the chunks' token for token; "
             f"batch-1 and batch-{args.batch} tokens are equal). The chunks ran on: "
             + machines + ".")
@@ -674,7 +726,7 @@ def report(records, extra, args):
             eq = min(r["retime_tokens_equal"] for r in records)
             seconds_note += (
                 f" s/img b1: the first {args.batch1} images of each setting one at a time, "
-                f"timed side by side in one run on {cpu_name()}, {args.workers} "
+                f"timed side by side in one run on {args.retime_cpu}, {args.retime_workers} "
                 f"single-threaded workers, all busy (at least {eq:.0%} of them equal the "
                 "chunks' token for token).")
     s = summary
@@ -800,6 +852,12 @@ def main():
                     help="before the report, time each setting's first batch and its first "
                     "--batch1 images at batch 1 side by side here (b1: batch 1 only; the "
                     "batch column then keeps the chunks' own seconds)")
+    ap.add_argument("--retime-only", metavar="FILE",
+                    help="time every setting as --retime does (no chunks needed), write the "
+                    "seconds and tokens to FILE (.npz) and stop")
+    ap.add_argument("--retimed", metavar="FILE",
+                    help="with --retime: the seconds from a --retime-only FILE instead of timing "
+                    "here (tokens still checked against the chunks')")
     ap.add_argument("--report-only", action="store_true",
                     help="no generation: report the settings whose chunks are all finished")
     args = ap.parse_args()
@@ -819,6 +877,12 @@ def main():
         return
     if args.only:
         cells = [cells[i] for i in args.only]
+    if args.retime_only:
+        args.retime = args.retime or "both"
+        save_retimed(cells, args.retime_only, args)
+        return
+    if args.retimed and not args.retime:
+        ap.error("--retimed needs --retime (both or b1, as the file was made)")
     t0 = time.perf_counter()
     if not args.report_only:
         generate(cells, args)
