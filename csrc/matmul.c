@@ -651,8 +651,8 @@ static void share(int64_t n, int part, int n_parts, int64_t *lo, int64_t *hi) {
     *hi = *lo + q + (part < r);
 }
 
-zp_cols zp_matmul_part(const float *x, int m, int K, const zp_matmul_out *out, int n_out,
-                       int flags, int part, int n_parts) {
+zp_cols zp_matmul_part(const float *x, int m, int K, const zp_matmul_out *out, int n_out, int flags,
+                       int part, int n_parts) {
     zp_cols mine = {0, 0};
     if (x == NULL || out == NULL || m <= 0 || K < 0 || n_out <= 0 || n_parts < 1 || part < 0 ||
         part >= n_parts)

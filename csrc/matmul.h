@@ -128,8 +128,8 @@ typedef struct {
  * n_out == 1 or ZP_MATMUL_JOINT (of every output), else {0, 0}. Allocates nothing; safe to call
  * from every thread of a team at once (sgemm from part 0 only). Out-of-range arguments (m <= 0,
  * K < 0, n_parts < 1, part outside [0, n_parts)) compute nothing. */
-zp_cols zp_matmul_part(const float *x, int m, int K, const zp_matmul_out *out, int n_out,
-                       int flags, int part, int n_parts);
+zp_cols zp_matmul_part(const float *x, int m, int K, const zp_matmul_out *out, int n_out, int flags,
+                       int part, int n_parts);
 
 /* Threads for the skinny kernel (OpenMP) and for OpenBLAS. n = 0 restores the default (OpenMP's
  * omp_get_max_threads() at the time of each call). Returns 0, or -1 and changes nothing when n is

@@ -1,16 +1,20 @@
 /* model.c -- the transformer forward pass over a batch of queries with per-slot visibility. */
 #include <math.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sched.h>
 #ifdef _OPENMP
 #include <omp.h>
 #else
-static inline int omp_get_thread_num(void) { return 0; }
-static inline int omp_get_num_threads(void) { return 1; }
+static inline int omp_get_thread_num(void) {
+    return 0;
+}
+static inline int omp_get_num_threads(void) {
+    return 1;
+}
 #endif
 
 #include "internal.h"
@@ -847,8 +851,9 @@ typedef struct {
     const zp_query *q;
     zp_capture *cap;
     int rows, n_groups;
-    int flags;   /* zp_matmul_flags(rows), read once */
-    float scale; /* 1 / sqrt(head_dim) */
+    int flags;       /* zp_matmul_flags(rows), read once */
+    int att_threads; /* > 1: a team of one opens a region of its own for the attention */
+    float scale;     /* 1 / sqrt(head_dim) */
     attend_fn *attend;
     zp_team team;
 } zp_pass;
@@ -916,6 +921,28 @@ static void capture_layer(const zp_pass *p, int l) {
     }
 }
 
+/* The stream groups of layer l, each taken by the next free thread from the team's counter:
+ * q/k norm, rotary and K/V cache write of the group's rows, then their attention. A group is
+ * one stream and reads only that stream's cache, so no other group waits for it. */
+static void attend_groups(zp_pass *p, const zp_layer_weights *L, char *kl, char *vl) {
+    const zp_config *c = &p->m->cfg;
+    zp_scratch *s = &p->k->s;
+    const int NH = c->n_head, HD = c->head_dim, KVD = c->n_kv_head * HD;
+    const size_t kv_size = (size_t)zp_wtype_size(p->k->kv_type);
+    const size_t stream_bytes = (size_t)zp_tiled_len(p->k->seq_len) * KVD * kv_size;
+    for (;;) {
+        int g = __atomic_fetch_add(&p->team.next, 1, __ATOMIC_RELAXED);
+        if (g >= p->n_groups) break;
+        int first = s->grp_start[g], n = s->grp_start[g + 1] - first;
+        const int32_t *grp = s->grp_rows + first;
+        for (int a = 0; a < n; a++) row_to_cache(p, L, grp[a], kl, vl);
+        size_t off = (size_t)s->row_stream[grp[0]] * stream_bytes;
+        p->attend(grp, n, (const int32_t *const *)s->row_vis, s->row_nv, s->qkv, p->m->qkv_dim,
+                  s->scores, (size_t)NH * p->k->seq_len, s->att, kl + off, vl + off, NH,
+                  NH / c->n_kv_head, HD, KVD, p->scale, s->cursor + first);
+    }
+}
+
 /* x[i][n] += xb[i][n] for rows i < rows and the columns cols (row stride ld). */
 static void add_cols(float *x, const float *xb, int rows, int ld, zp_cols cols) {
     for (int i = 0; i < rows; i++)
@@ -924,8 +951,8 @@ static void add_cols(float *x, const float *xb, int rows, int ld, zp_cols cols) 
 
 /* After a sub-layer's product into xb: x += xb (the columns this thread produced), or with
  * swin_norm x += norm(xb) (whole rows, so after a barrier); then a barrier. */
-static void residual(zp_pass *p, const float *norm_w, zp_cols cols, int r0, int r1,
-                     int nth, int *sense) {
+static void residual(zp_pass *p, const float *norm_w, zp_cols cols, int r0, int r1, int nth,
+                     int *sense) {
     const zp_config *c = &p->m->cfg;
     zp_scratch *s = &p->k->s;
     const int D = c->dim;
@@ -962,31 +989,24 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
     /* ---- attention: norm, qkv, then per stream group rotary, K/V write and attention */
     if (!c->swin_norm) { /* swin_norm: the norm moves to the sub-layer's output */
         for (int i = r0; i < r1; i++)
-            rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, L->attention_norm, D,
-                    c->norm_eps);
+            rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, L->attention_norm, D, c->norm_eps);
         team_wait(&p->team, nth, sense);
     }
     zp_matmul_out qkv = {s->qkv, QKV, L->wqkv, wt, QKV};
     zp_matmul_part(c->swin_norm ? s->x : s->xb, rows, D, &qkv, 1, p->flags, tid, nth);
     if (tid == 0) __atomic_store_n(&p->team.next, 0, __ATOMIC_RELAXED); /* nobody takes yet */
     team_wait(&p->team, nth, sense);
-    for (;;) {
-        int g = __atomic_fetch_add(&p->team.next, 1, __ATOMIC_RELAXED);
-        if (g >= p->n_groups) break;
-        int first = s->grp_start[g], n = s->grp_start[g + 1] - first;
-        const int32_t *grp = s->grp_rows + first;
-        for (int a = 0; a < n; a++) row_to_cache(p, L, grp[a], kl, vl);
-        size_t off = (size_t)s->row_stream[grp[0]] * SPAD * KVD * kv_size; /* bytes */
-        p->attend(grp, n, (const int32_t *const *)s->row_vis, s->row_nv, s->qkv, QKV, s->scores,
-                  (size_t)NH * k->seq_len, s->att, kl + off, vl + off, NH, NH / NKV, HD, KVD,
-                  p->scale, s->cursor + first);
+    if (nth == 1 && p->att_threads > 1) { /* a team of one (BLAS pass): a region of its own */
+#pragma omp parallel num_threads(p->att_threads)
+        attend_groups(p, L, kl, vl);
+    } else {
+        attend_groups(p, L, kl, vl);
     }
     team_wait(&p->team, nth, sense);
     if (tid == 0 && p->cap) capture_layer(p, l);
     zp_matmul_out wo = {s->xb, D, L->wo, wt, D};
     residual(p, L->attention_norm,
-             zp_matmul_part(s->att, rows, NH * HD, &wo, 1, p->flags, tid, nth), r0, r1, nth,
-             sense);
+             zp_matmul_part(s->att, rows, NH * HD, &wo, 1, p->flags, tid, nth), r0, r1, nth, sense);
 
     /* ---- SwiGLU feed-forward */
     if (!c->swin_norm) {
@@ -1124,9 +1144,16 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
     for (int i = 0; i < rows; i++) att_work += (size_t)s->vis_n[s->row_query[i]] * NH * HD * 2;
     if ((size_t)NH * HD * D > big) big = (size_t)NH * HD * D;
     if ((size_t)2 * D * c->hidden > big) big = (size_t)2 * D * c->hidden; /* w1 and w3 */
-    int team = zp_get_num_threads();
-    if (big * (size_t)(rows + 4) < ZP_PARALLEL_MIN_WORK && att_work < ZP_PARALLEL_MIN_WORK)
+    /* float32 products that go to BLAS (opt-in: zp_set_blas_min_rows) bring their own threads,
+     * and OpenBLAS must not be called from inside an OpenMP region (its pthreads build warns
+     * and may hang): such a pass runs its layers on a team of one, sgemm with all of its threads
+     * and the attention in a region of its own, as before the team */
+    int blas = (pass.flags & ZP_MATMUL_BLAS) && m->w.wtype == ZP_WTYPE_F32;
+    int threads = zp_get_num_threads(), team = threads;
+    if (blas ||
+        (big * (size_t)(rows + 4) < ZP_PARALLEL_MIN_WORK && att_work < ZP_PARALLEL_MIN_WORK))
         team = 1;
+    pass.att_threads = team == 1 && att_work >= ZP_PARALLEL_MIN_WORK ? threads : 1;
 #pragma omp parallel num_threads(team) if (team > 1)
     {
         int tid = omp_get_thread_num(), nth = omp_get_num_threads(), sense = 0;
