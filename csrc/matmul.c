@@ -657,6 +657,9 @@ zp_cols zp_matmul_part(const float *x, int m, int K, const zp_matmul_out *out, i
     if (x == NULL || out == NULL || m <= 0 || K < 0 || n_out <= 0 || n_parts < 1 || part < 0 ||
         part >= n_parts)
         return mine;
+    /* never sgemm inside an active parallel region (OpenBLAS's pthreads build warns and may hang
+     * there); all threads of a team see the same answer, so they number the groups alike */
+    if ((flags & ZP_MATMUL_BLAS) && omp_in_parallel()) flags &= ~ZP_MATMUL_BLAS;
     const int isa = isa_current(), wide = (flags & ZP_MATMUL_WIDE) != 0;
     const int width = wide ? ZP_WIDE : ZP_COLS; /* numbering unit, fixed by the caller's flags */
     if (flags & ZP_MATMUL_JOINT) {

@@ -105,7 +105,9 @@ enum {
     ZP_MATMUL_JOINT = 1, /* the outputs (same N and wtype) are split together by column: a group
                           * is the same columns of every output, so a thread owns e.g. the gate
                           * and the up projection of the same hidden units */
-    ZP_MATMUL_BLAS = 2,  /* float32 outputs (K >= 1) go to BLAS sgemm, whole, on part 0 */
+    ZP_MATMUL_BLAS = 2,  /* float32 outputs (K >= 1) go to BLAS sgemm, whole, on part 0;
+                          * ignored inside an active OpenMP parallel region (OpenBLAS's pthreads
+                          * build warns and may hang there): call from a team of one */
     ZP_MATMUL_WIDE = 4,  /* groups of 6 columns (the wide AVX-512 tile) */
 };
 /* The flags the kernel settings give for a product of m rows: ZP_MATMUL_WIDE when the AVX-512
@@ -126,8 +128,8 @@ typedef struct {
  * nothing is computed). The n_parts calls together write every column of every output exactly
  * once; each call writes only its own columns. Returns the columns this part wrote when
  * n_out == 1 or ZP_MATMUL_JOINT (of every output), else {0, 0}. Allocates nothing; safe to call
- * from every thread of a team at once (sgemm from part 0 only). Out-of-range arguments (m <= 0,
- * K < 0, n_parts < 1, part outside [0, n_parts)) compute nothing. */
+ * from every thread of a team at once. Out-of-range arguments (m <= 0, K < 0, n_parts < 1, part
+ * outside [0, n_parts)) compute nothing. */
 zp_cols zp_matmul_part(const float *x, int m, int K, const zp_matmul_out *out, int n_out, int flags,
                        int part, int n_parts);
 
