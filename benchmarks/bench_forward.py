@@ -8,11 +8,24 @@ same run), and pass(m) / pass(1); then seconds per image of raster generation.
 
 Writes benchmarks/results/forward.json. Targets: a 1-query pass reaches >= 70% of read
 bandwidth; pass(m <= 16) <= 1.25 x pass(1).
+
+One-query passes only (the decode step of one image with CFG: 2 rows), of random LlamaGen-shaped
+models in float32 and bf16 at a given thread count: ms per pass, weight bytes read per pass, GB/s
+and its fraction of the read bandwidth measured in the same process:
+
+    python benchmarks/bench_forward.py --one-query [--shapes GPT-B GPT-L] [--dtypes fp32 bf16]
+        [--threads N] [--ab OLD_CHECKOUT NEW_CHECKOUT [--repeats 3]]
+
+With --ab the two checkouts (each with an in-place build) run alternately in fresh processes, as
+benchmarks/bench_ab.py does, so load drift on a shared machine hits both; prints each run and the
+medians side by side. Writes nothing.
 """
 import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -48,10 +61,89 @@ def pass_time(model, m, reps):
     return float(np.median(times))
 
 
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def one_query(shapes, dtypes, threads, reps):
+    """Rows of ms/pass, weight bytes, GB/s and bandwidth fraction of a one-query CFG pass."""
+    if threads:
+        zipar.set_num_threads(threads)
+    bw = zipar.runtime.read_bandwidth(512 << 20, 5)
+    out = []
+    for shape in shapes:
+        n_layer, n_head, dim = zipar.config.LLAMAGEN_SIZES[shape]
+        base = zipar.random_model(dim=dim, n_layer=n_layer, n_head=n_head, vocab_size=16384,
+                                  grid=16, num_classes=1000, seed=0)
+        for dt in dtypes:
+            model = base if dt == "fp32" else zipar.Model(base.config, base.weights,
+                                                          dtype=DTYPES[dt])
+            elems = (sum(a.size for k, a in base.weights.items() if k.startswith("layers.")
+                         and a.ndim == 2) + base.weights["output.weight"].size)
+            wbytes = elems * (4 if dt == "fp32" else 2)
+            t = pass_time(model, 1, reps)
+            out.append(dict(shape=shape, dtype=dt, threads=zipar.get_num_threads(),
+                            pass_ms=t * 1e3, weight_bytes=wbytes, weight_gbps=wbytes / t / 1e9,
+                            read_gbps=bw / 1e9, bandwidth_fraction=wbytes / t / bw))
+            del model
+    return out
+
+
+def print_rows(rows, label=""):
+    for r in rows:
+        print(f"{label}{r['shape']:>6} {r['dtype']:>5} {r['threads']:>3} thr "
+              f"{r['pass_ms']:>8.2f} ms {r['weight_bytes'] / 1e6:>7.0f} MB "
+              f"{r['weight_gbps']:>6.1f} GB/s of {r['read_gbps']:>5.1f} = "
+              f"{r['bandwidth_fraction']:>6.1%}", flush=True)
+
+
+def ab(args):
+    """The one-query rows of two checkouts, alternately in fresh processes."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--one-query", "--json", "--reps",
+           str(args.reps), "--shapes", *args.shapes, "--dtypes", *args.dtypes]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    runs = {"old": [], "new": []}
+    for rep in range(args.repeats):
+        for side, path in (("old", args.ab[0]), ("new", args.ab[1])):
+            env = dict(os.environ, PYTHONPATH=os.path.abspath(path))
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd="/",
+                                 env=env)
+            runs[side].append(json.loads(res.stdout.strip().splitlines()[-1]))
+            print_rows(runs[side][-1], f"{side} {rep}: ")
+    print("medians:")
+    for i, r in enumerate(runs["old"][0]):
+        med = {side: float(np.median([run[i]["pass_ms"] for run in runs[side]]))
+               for side in runs}
+        frac = {side: float(np.median([run[i]["bandwidth_fraction"] for run in runs[side]]))
+                for side in runs}
+        print(f"{r['shape']:>6} {r['dtype']:>5} {r['threads']:>3} thr: old {med['old']:.2f} ms "
+              f"({frac['old']:.1%} of bw), new {med['new']:.2f} ms ({frac['new']:.1%}), "
+              f"speed-up {med['old'] / med['new']:.2f}x (median of {args.repeats})")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--one-query", action="store_true", help="one-query CFG passes only")
+    ap.add_argument("--shapes", nargs="+", default=["GPT-B", "GPT-L"],
+                    choices=sorted(zipar.config.LLAMAGEN_SIZES))
+    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
+    ap.add_argument("--threads", type=int, default=0, help="engine threads (0: default)")
+    ap.add_argument("--reps", type=int, default=25, help="passes timed per model (median)")
+    ap.add_argument("--ab", nargs=2, metavar=("OLD", "NEW"), help="compare two checkouts")
+    ap.add_argument("--repeats", type=int, default=3, help="--ab: runs per checkout")
+    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # --ab's children
     args = ap.parse_args()
+    if args.one_query:
+        if args.ab:
+            ab(args)
+            return
+        rows = one_query(args.shapes, args.dtypes, args.threads, args.reps)
+        if args.json:
+            print(json.dumps(rows))
+        else:
+            print_rows(rows)
+        return
     reps = 7 if args.quick else 25
     model = gpt_b()
     weight_bytes = 4 * (sum(a.size for k, a in model.weights.items()

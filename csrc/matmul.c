@@ -47,9 +47,6 @@ enum {
 #ifndef ZP_KBLOCK
 #define ZP_KBLOCK 512
 #endif
-/* Below this many multiply-adds (+ a w-read term) a product runs on the calling thread only:
- * forking costs a few microseconds. */
-#define ZP_PARALLEL_MIN_WORK ((size_t)1 << 18)
 
 /* ---------------------------------------------------------------- settings */
 enum { ZP_ISA_UNSET = 0, ZP_ISA_SCALAR = 1, ZP_ISA_AVX2 = 2, ZP_ISA_AVX512 = 3 };
@@ -587,13 +584,11 @@ void zp_widen(float *dst, const void *src, int wtype, size_t n) {
 typedef void (*zp_group_fn)(float *y, int ldy, const float *x, const char *w, int m, int K, int N,
                             int n0);
 
-/* The vector group function for (isa, wtype, m) and its width in output columns; NULL for the
- * scalar kernel. The wide AVX-512 tile serves passes of >= zp_wide_rows rows (default: none);
- * it sums in the same order, so the choice never changes a bit. */
-static zp_group_fn group_fn(int isa, int wtype, int m, int *width) {
+/* The vector group function for (isa, wtype) and its width in output columns (4, or 6 for the
+ * wide AVX-512 tile when `wide`); NULL for the scalar kernel (4 columns a group). */
+static zp_group_fn group_fn(int isa, int wtype, int wide, int *width) {
     *width = ZP_COLS;
     if (isa == ZP_ISA_AVX512) {
-        int wide = m >= __atomic_load_n(&zp_wide_rows, __ATOMIC_RELAXED);
         *width = wide ? ZP_WIDE : ZP_COLS;
         switch (wtype) {
         case ZP_WTYPE_F32: return wide ? group_wide_avx512_f32 : group_avx512_f32;
@@ -608,65 +603,149 @@ static zp_group_fn group_fn(int isa, int wtype, int m, int *width) {
     return NULL;
 }
 
-/* The skinny products of one x: the groups of output columns of every product, numbered one
- * after the other, split into one contiguous block per thread (static schedule), so each thread
- * streams its own slice of the weights exactly once and the threads wake once for all of them. */
-static void matmul_skinny(const float *x, int m, int K, const zp_matmul_out *out, int n_out) {
-    enum { MAX_OUT = 8 };
-    int isa = isa_current();
-    zp_group_fn fn[MAX_OUT];
-    int width[MAX_OUT], first[MAX_OUT + 1];
-    size_t work = 0;
-    first[0] = 0;
-    for (int j = 0; j < n_out; j++) {
-        fn[j] = group_fn(isa, out[j].wtype, m, &width[j]);
-        first[j + 1] = first[j] + (out[j].N + width[j] - 1) / width[j];
-        work += (size_t)K * (size_t)out[j].N * (size_t)(m + 4);
-    }
-    int groups = first[n_out];
-    int threads = zp_get_num_threads();
-    int parallel = threads > 1 && groups > 1 && work >= ZP_PARALLEL_MIN_WORK;
+int zp_matmul_flags(int m) {
+    int flags = 0;
+    if (isa_current() == ZP_ISA_AVX512 && m >= __atomic_load_n(&zp_wide_rows, __ATOMIC_RELAXED))
+        flags |= ZP_MATMUL_WIDE;
+    if (m >= zp_get_blas_min_rows()) flags |= ZP_MATMUL_BLAS;
+    return flags;
+}
 
-#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
-    for (int g = 0; g < groups; g++) {
-        int j = 0;
-        while (g >= first[j + 1]) j++;
-        const zp_matmul_out *o = &out[j];
-        int n0 = (g - first[j]) * width[j];
-        if (fn[j])
-            fn[j](o->y, o->ldy, x, (const char *)o->w, m, K, o->N, n0);
+static int out_valid(const zp_matmul_out *o) {
+    return o->y != NULL && o->w != NULL && zp_wtype_size(o->wtype) > 0 && o->N > 0 &&
+           o->ldy >= o->N;
+}
+
+/* Whether output o goes to BLAS sgemm under these flags (float32 only; its lda must be >= 1). */
+static int out_blas(const zp_matmul_out *o, int K, int flags) {
+    return (flags & ZP_MATMUL_BLAS) && o->wtype == ZP_WTYPE_F32 && K > 0;
+}
+
+/* All of output o through sgemm (float32 weights, K >= 1). */
+static void blas_product(const float *x, int m, int K, const zp_matmul_out *o) {
+    ZP_BLAS_FN(cblas_sgemm)
+    (ZP_BLAS_ROW_MAJOR, ZP_BLAS_NO_TRANS, ZP_BLAS_TRANS, m, o->N, K, 1.0f, x, K,
+     (const float *)o->w, K, 0.0f, o->y, o->ldy);
+}
+
+/* Columns [n0, n1) of output o for all m rows, walked in the kernel's own groups (a wide group
+ * numbered by a caller whose ISA was since forced to a narrower kernel takes two calls). n1 is
+ * given to the group function as its N, so no group writes, or prefetches, past the block. */
+static void run_cols(int isa, int wide, const float *x, int m, int K, const zp_matmul_out *o,
+                     int n0, int n1) {
+    int width;
+    zp_group_fn fn = group_fn(isa, o->wtype, wide, &width);
+    for (int n = n0; n < n1; n += width) {
+        if (fn)
+            fn(o->y, o->ldy, x, (const char *)o->w, m, K, n1, n);
         else
-            group_scalar(o->y, o->ldy, x, (const char *)o->w, o->wtype, m, K, o->N, n0);
+            group_scalar(o->y, o->ldy, x, (const char *)o->w, o->wtype, m, K, n1, n);
     }
 }
 
-void zp_matmul_multi(const float *x, int m, int K, const zp_matmul_out *out, int n_out) {
-    enum { MAX_OUT = 8 };
-    zp_matmul_out valid[MAX_OUT];
-    if (m <= 0 || K < 0 || n_out <= 0 || out == NULL) return;
-    while (n_out > 0) { /* at most MAX_OUT per parallel region */
-        int n = 0, take = n_out < MAX_OUT ? n_out : MAX_OUT;
-        for (int j = 0; j < take; j++)
-            if (zp_wtype_size(out[j].wtype) > 0 && out[j].N > 0 && out[j].ldy >= out[j].N)
-                valid[n++] = out[j];
-        if (n > 0) matmul_skinny(x, m, K, valid, n);
-        out += take;
-        n_out -= take;
+/* First and one-past-last of the `part`-th of n_parts contiguous shares of n units (the first
+ * n % n_parts shares one unit larger: OpenMP's schedule(static)). */
+static void share(int64_t n, int part, int n_parts, int64_t *lo, int64_t *hi) {
+    int64_t q = n / n_parts, r = n % n_parts;
+    *lo = part * q + (part < r ? part : r);
+    *hi = *lo + q + (part < r);
+}
+
+zp_cols zp_matmul_part(const float *x, int m, int K, const zp_matmul_out *out, int n_out, int flags,
+                       int part, int n_parts) {
+    zp_cols mine = {0, 0};
+    if (x == NULL || out == NULL || m <= 0 || K < 0 || n_out <= 0 || n_parts < 1 || part < 0 ||
+        part >= n_parts)
+        return mine;
+    /* never sgemm inside an active parallel region (OpenBLAS's pthreads build warns and may hang
+     * there); all threads of a team see the same answer, so they number the groups alike */
+    if ((flags & ZP_MATMUL_BLAS) && omp_in_parallel()) flags &= ~ZP_MATMUL_BLAS;
+    const int isa = isa_current(), wide = (flags & ZP_MATMUL_WIDE) != 0;
+    const int width = wide ? ZP_WIDE : ZP_COLS; /* numbering unit, fixed by the caller's flags */
+    if (flags & ZP_MATMUL_JOINT) {
+        /* group g: columns [g width, (g + 1) width) of every output (same N and wtype) */
+        for (int j = 0; j < n_out; j++)
+            if (!out_valid(&out[j]) || out[j].N != out[0].N || out[j].wtype != out[0].wtype)
+                return mine;
+        const int N = out[0].N;
+        if (out_blas(&out[0], K, flags)) { /* all of it on part 0 */
+            if (part != 0) return mine;
+            for (int j = 0; j < n_out; j++) blas_product(x, m, K, &out[j]);
+            mine.n1 = N;
+            return mine;
+        }
+        int64_t g0, g1;
+        share((N + width - 1) / width, part, n_parts, &g0, &g1);
+        mine.n0 = (int)(g0 * width);
+        mine.n1 = (int)(g1 * width < N ? g1 * width : N);
+        for (int64_t g = g0; g < g1; g++) {
+            int n0 = (int)(g * width), n1 = n0 + width < N ? n0 + width : N;
+            for (int j = 0; j < n_out; j++) run_cols(isa, wide, x, m, K, &out[j], n0, n1);
+        }
+        return mine;
     }
+    /* groups of every skinny output numbered one after the other; BLAS outputs on part 0 */
+    int64_t groups = 0;
+    for (int j = 0; j < n_out; j++)
+        if (out_valid(&out[j]) && !out_blas(&out[j], K, flags))
+            groups += (out[j].N + width - 1) / width;
+    int64_t g0, g1, first = 0;
+    share(groups, part, n_parts, &g0, &g1);
+    for (int j = 0; j < n_out; j++) {
+        const zp_matmul_out *o = &out[j];
+        if (!out_valid(o)) continue;
+        if (out_blas(o, K, flags)) {
+            if (part == 0) {
+                blas_product(x, m, K, o);
+                if (n_out == 1) mine.n1 = o->N;
+            }
+            continue;
+        }
+        int64_t count = (o->N + width - 1) / width;
+        int64_t a = g0 > first ? g0 : first, b = g1 < first + count ? g1 : first + count;
+        if (a < b) {
+            int n0 = (int)((a - first) * width), n1 = (int)((b - first) * width);
+            if (n1 > o->N) n1 = o->N;
+            run_cols(isa, wide, x, m, K, o, n0, n1);
+            if (n_out == 1) mine.n0 = n0, mine.n1 = n1;
+        }
+        first += count;
+    }
+    return mine;
+}
+
+/* The skinny products of one x in one parallel region: every thread runs its zp_matmul_part
+ * (the groups of output columns of every product, numbered one after the other, in one
+ * contiguous block per thread), so each thread streams its own slice of the weights exactly once
+ * and the threads wake once for all of them. Never BLAS. */
+static void matmul_skinny(const float *x, int m, int K, const zp_matmul_out *out, int n_out) {
+    int flags = zp_matmul_flags(m) & ~ZP_MATMUL_BLAS; /* read once: every thread agrees */
+    size_t work = 0, groups = 0;
+    for (int j = 0; j < n_out; j++) {
+        if (out[j].N <= 0) continue;
+        work += (size_t)K * (size_t)out[j].N * (size_t)(m + 4);
+        groups += (size_t)(out[j].N + ZP_COLS - 1) / ZP_COLS;
+    }
+    int threads = zp_get_num_threads();
+    int parallel = threads > 1 && groups > 1 && work >= ZP_PARALLEL_MIN_WORK;
+#pragma omp parallel num_threads(threads) if (parallel)
+    zp_matmul_part(x, m, K, out, n_out, flags, omp_get_thread_num(), omp_get_num_threads());
+}
+
+void zp_matmul_multi(const float *x, int m, int K, const zp_matmul_out *out, int n_out) {
+    if (m <= 0 || K < 0 || n_out <= 0 || out == NULL) return;
+    matmul_skinny(x, m, K, out, n_out);
 }
 
 void zp_matmul_w(float *y, int ldy, const float *x, const void *w, int wtype, int m, int K, int N) {
     if (m <= 0 || N <= 0 || K < 0 || ldy < N || zp_wtype_size(wtype) == 0) return;
     /* BLAS only for float32, with K >= 1 (its lda must be >= 1) and never from inside a parallel
      * region: there the skinny kernel runs on the calling thread (nested regions are inactive). */
-    if (wtype == ZP_WTYPE_F32 && m >= zp_get_blas_min_rows() && K > 0 && !omp_in_parallel()) {
-        ZP_BLAS_FN(cblas_sgemm)
-        (ZP_BLAS_ROW_MAJOR, ZP_BLAS_NO_TRANS, ZP_BLAS_TRANS, m, N, K, 1.0f, x, K, (const float *)w,
-         K, 0.0f, y, ldy);
-        return;
-    }
     zp_matmul_out one = {y, ldy, w, wtype, N};
-    matmul_skinny(x, m, K, &one, 1);
+    if (wtype == ZP_WTYPE_F32 && m >= zp_get_blas_min_rows() && K > 0 && !omp_in_parallel())
+        blas_product(x, m, K, &one);
+    else
+        matmul_skinny(x, m, K, &one, 1);
 }
 
 void zp_matmul_ld(float *y, int ldy, const float *x, const float *w, int m, int K, int N) {

@@ -10,8 +10,8 @@
  * Two paths, chosen per call by the number of rows m:
  *   - m < zp_get_blas_min_rows() (default: all m): the "skinny" kernel written here. Decode passes
  *     have few rows, so the product is bound by reading w from memory; the kernel streams w once,
- *     split into blocks of output columns across OpenMP threads, and uses AVX-512 (or AVX2, or
- *     plain C) chosen at run time.
+ *     split into blocks of output columns across threads (zp_matmul_part below: one block per
+ *     thread of an OpenMP team), and uses AVX-512 (or AVX2, or plain C) chosen at run time.
  *   - m >= zp_get_blas_min_rows(): OpenBLAS sgemm (see blas.h), which wins when compute-bound.
  *
  * Weights may be float32, bfloat16 or float16 (zp_matmul_w); activations x, outputs y and every
@@ -74,10 +74,9 @@ void zp_widen(float *dst, const void *src, int wtype, size_t n);
 void zp_matmul_w(float *y, int ldy, const float *x, const void *w, int wtype, int m, int K, int N);
 
 /* Several products of the same x (m, K), in ONE parallel region: out[j].y (m, out[j].N, row
- * stride out[j].ldy) = x . out[j].w^T. Used for the gate and up projections of a feed-forward
- * layer (w1, w3), so that a one-row pass wakes the threads once and streams both matrices
- * back to back. Each output is bitwise the one zp_matmul_w would give. Entries with an unknown
- * wtype, N <= 0 or ldy < N are skipped. Never uses BLAS. */
+ * stride out[j].ldy) = x . out[j].w^T. Each output is bitwise the one zp_matmul_w would give.
+ * Entries with an unknown wtype, N <= 0, ldy < N or a NULL pointer are skipped. Never uses
+ * BLAS. */
 typedef struct {
     float *y;      /* (m, N), row stride ldy; borrowed */
     int ldy;       /* >= N */
@@ -86,6 +85,53 @@ typedef struct {
     int N;
 } zp_matmul_out;
 void zp_matmul_multi(const float *x, int m, int K, const zp_matmul_out *out, int n_out);
+
+/* ---------------------------------------------------------------- products inside a thread team
+ * How threads work: the output columns of a product are cut into groups of 4 (6 for the wide
+ * tile), and a team of n_parts threads splits the groups into n_parts contiguous blocks, one per
+ * thread (the first groups % n_parts blocks one group larger). zp_matmul_w / zp_matmul_multi open
+ * their own OpenMP region and call zp_matmul_part on every thread of it; zp_forward (model.c)
+ * keeps ONE team for all the layers of a pass and calls zp_matmul_part from each of its threads,
+ * with its own barrier between stages. Which thread computes a column never changes its bits
+ * (above). */
+
+/* Below this many multiply-adds (K * N * (m + 4): the + 4 stands for reading w) a product, or a
+ * forward pass whose largest product is this small, runs on the calling thread only: waking
+ * threads costs more than it saves. */
+#define ZP_PARALLEL_MIN_WORK ((size_t)1 << 18)
+
+/* Flags of zp_matmul_part. */
+enum {
+    ZP_MATMUL_JOINT = 1, /* the outputs (same N and wtype) are split together by column: a group
+                          * is the same columns of every output, so a thread owns e.g. the gate
+                          * and the up projection of the same hidden units */
+    ZP_MATMUL_BLAS = 2,  /* float32 outputs (K >= 1) go to BLAS sgemm, whole, on part 0;
+                          * ignored inside an active OpenMP parallel region (OpenBLAS's pthreads
+                          * build warns and may hang there): call from a team of one */
+    ZP_MATMUL_WIDE = 4,  /* groups of 6 columns (the wide AVX-512 tile) */
+};
+/* The flags the kernel settings give for a product of m rows: ZP_MATMUL_WIDE when the AVX-512
+ * kernel runs and m >= the wide-tile threshold, ZP_MATMUL_BLAS when m >= zp_get_blas_min_rows().
+ * Read it ONCE for all the threads of a team: settings changed meanwhile (from another thread)
+ * must not make two threads number the groups differently. */
+int zp_matmul_flags(int m);
+
+/* Output columns [n0, n1) a part computed (n0 == n1: none). */
+typedef struct {
+    int n0, n1;
+} zp_cols;
+
+/* Share `part` (0 <= part < n_parts) of the products of zp_matmul_multi(x, m, K, out, n_out):
+ * without ZP_MATMUL_JOINT the groups of out[0], then out[1], ... numbered one after the other
+ * (BLAS outputs are not numbered: part 0 runs them whole); with it, group g is columns
+ * [g w, (g + 1) w) of every output (then all outputs must have the same N and wtype, else
+ * nothing is computed). The n_parts calls together write every column of every output exactly
+ * once; each call writes only its own columns. Returns the columns this part wrote when
+ * n_out == 1 or ZP_MATMUL_JOINT (of every output), else {0, 0}. Allocates nothing; safe to call
+ * from every thread of a team at once. Out-of-range arguments (m <= 0, K < 0, n_parts < 1, part
+ * outside [0, n_parts)) compute nothing. */
+zp_cols zp_matmul_part(const float *x, int m, int K, const zp_matmul_out *out, int n_out, int flags,
+                       int part, int n_parts);
 
 /* Threads for the skinny kernel (OpenMP) and for OpenBLAS. n = 0 restores the default (OpenMP's
  * omp_get_max_threads() at the time of each call). Returns 0, or -1 and changes nothing when n is

@@ -1,5 +1,6 @@
 /* model.c -- the transformer forward pass over a batch of queries with per-slot visibility. */
 #include <math.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,6 +8,13 @@
 #include <sys/mman.h>
 #ifdef _OPENMP
 #include <omp.h>
+#else
+static inline int omp_get_thread_num(void) {
+    return 0;
+}
+static inline int omp_get_num_threads(void) {
+    return 1;
+}
 #endif
 
 #include "internal.h"
@@ -759,6 +767,268 @@ static int build_visibility(const zp_cache *k, const zp_query *x, int32_t *vis) 
     return n;
 }
 
+/* ================================================================ the pass's thread team
+ *
+ * How threads work in a pass. The layers of a pass run inside ONE OpenMP parallel region (a team
+ * of zp_get_num_threads() threads, or of 1 when the pass is too small to be worth waking threads
+ * for: ZP_PARALLEL_MIN_WORK). Every stage of a layer is split between the team's threads by a
+ * fixed rule (rows of the norms by zp_matmul_part-style shares, output columns of the products
+ * by zp_matmul_part, attention by stream groups taken from a shared counter), and stages that
+ * read what other threads wrote are separated by team_wait, a barrier that spins: waking
+ * sleeping threads through the kernel (libgomp with OMP_WAIT_POLICY=PASSIVE, which zipar sets so
+ * that idle threads never spin between passes) costs microseconds to tens of microseconds per
+ * region on some hosts (a gVisor VM: ~30 us), which the former five regions per layer paid ~120
+ * times a pass. Threads spin only inside a pass; between passes they sleep in libgomp as before.
+ *
+ * Per layer (B: team_wait; x, xb, qkv, att, h1, h3: the scratch rows):
+ *   norm rows x -> xb        B   (swin_norm: none; qkv reads x)
+ *   qkv = xb . wqkv^T, by columns   B
+ *   per stream group (one stream, a shared counter hands them out): q/k norm, rotary, K/V cache
+ *     write of its rows, then its attention (a group reads only its own stream's cache)   B
+ *   capture (thread 0, nothing else reads it)
+ *   xb = att . wo^T by columns, x += xb on the same columns   B   norm rows x -> xb   B
+ *     (swin_norm: B, then per row xb = norm(xb), x += xb, B)
+ *   h1, h3 = xb . w1^T, xb . w3^T, the SAME columns of both per thread (ZP_MATMUL_JOINT), then
+ *     h1 = silu(h1) * h3 on those columns   B
+ *   xb = h1 . w2^T by columns, x += xb on the same columns   B   (swin_norm as after wo)
+ * Every element is computed by one thread with the operations of the serial code, so the logits
+ * are bitwise those of one thread, whatever the team size (tests/test_team.py). Nothing in the
+ * region allocates or fails: the scratch is reserved before it. */
+
+/* Pause iterations a waiting thread spins before it yields the CPU in its loop: tens of
+ * microseconds (a pause takes ~10-140 cycles by CPU; 31 ns on the AMD EPYC development machine,
+ * so ~32 us), longer than a balanced stage's skew, and bounded so that an oversubscribed machine
+ * (more threads than free cores) still progresses. */
+#ifndef ZP_TEAM_SPIN
+#define ZP_TEAM_SPIN 1024
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+#define ZP_PAUSE() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define ZP_PAUSE() __asm__ __volatile__("yield")
+#else
+#define ZP_PAUSE() ((void)0)
+#endif
+
+/* Shared state of one pass's team; each field on its own cache line. */
+typedef struct {
+    _Alignas(64) int arrived; /* threads at the barrier in this phase */
+    _Alignas(64) int sense;   /* flips when the last thread of a phase arrives */
+    _Alignas(64) int next;    /* the next attention group to take */
+} zp_team;
+
+/* Centralized sense-reversing barrier of the nth threads of the team (nth = 1: no-op). *sense is
+ * the calling thread's own phase flag, 0 at the start of the region. Everything a thread wrote
+ * before it is visible to every thread after it (acquire/release on arrived and sense). */
+static void team_wait(zp_team *t, int nth, int *sense) {
+    if (nth <= 1) return;
+    int mine = !*sense;
+    *sense = mine;
+    if (__atomic_add_fetch(&t->arrived, 1, __ATOMIC_ACQ_REL) == nth) { /* the last one */
+        __atomic_store_n(&t->arrived, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&t->sense, mine, __ATOMIC_RELEASE);
+        return;
+    }
+    for (int spins = 0; __atomic_load_n(&t->sense, __ATOMIC_ACQUIRE) != mine; spins++) {
+        if (spins < ZP_TEAM_SPIN)
+            ZP_PAUSE();
+        else
+            sched_yield();
+    }
+}
+
+/* [*lo, *hi): share `part` of n_parts of n items (the first n % n_parts shares one larger). */
+static void team_share(int n, int part, int n_parts, int *lo, int *hi) {
+    int q = n / n_parts, r = n % n_parts;
+    *lo = part * q + (part < r ? part : r);
+    *hi = *lo + q + (part < r);
+}
+
+/* What every thread of a pass reads: set before the region, read-only in it but for team. */
+typedef struct {
+    const zp_model *m;
+    zp_cache *k;
+    const zp_query *q;
+    zp_capture *cap;
+    int rows, n_groups;
+    int flags;       /* zp_matmul_flags(rows), read once */
+    int att_threads; /* > 1: a team of one opens a region of its own for the attention */
+    float scale;     /* 1 / sqrt(head_dim) */
+    attend_fn *attend;
+    zp_team team;
+} zp_pass;
+
+/* Row i's q and k of layer l: q/k norm and rotary in place in s->qkv; then its k and v written
+ * into its slot of the cache (kl, vl: the layer's K and V). */
+static void row_to_cache(const zp_pass *p, const zp_layer_weights *L, int i, char *kl, char *vl) {
+    const zp_config *c = &p->m->cfg;
+    const zp_cache *k = p->k;
+    const zp_scratch *s = &k->s;
+    const int NH = c->n_head, NKV = c->n_kv_head, HD = c->head_dim, KVD = NKV * HD;
+    const zp_query *x = &p->q[s->row_query[i]];
+    float *qkv = s->qkv + (size_t)i * p->m->qkv_dim;
+    int rpos = x->pos - k->shift[s->row_stream[i]]; /* the stream's own position */
+    if (rpos < 0) rpos = 0;                         /* padding row: never read */
+    const float *cs = p->m->rope_cos + (size_t)rpos * (HD / 2);
+    const float *sn = p->m->rope_sin + (size_t)rpos * (HD / 2);
+    if (c->qk_norm) {
+        head_layernorm(qkv, NH, HD, L->q_norm_w, L->q_norm_b, c->qk_norm_eps);
+        head_layernorm(qkv + NH * HD, NKV, HD, L->k_norm_w, L->k_norm_b, c->qk_norm_eps);
+    }
+    if (c->rope_1d) {
+        rope_half(qkv, NH, HD, cs, sn);
+        rope_half(qkv + NH * HD, NKV, HD, cs, sn);
+    } else {
+        rope(qkv, NH, HD, cs, sn);
+        rope(qkv + NH * HD, NKV, HD, cs, sn);
+    }
+    size_t tile = ((size_t)s->row_stream[i] * zp_tiled_len(k->seq_len) +
+                   (size_t)(x->pos / ZP_TILE) * ZP_TILE) *
+                  KVD;
+    int lane = x->pos % ZP_TILE;
+    const float *kx = qkv + NH * HD, *vx = qkv + NH * HD + KVD;
+    if (k->kv_type == ZP_WTYPE_BF16) { /* rounded to nearest even once, here */
+        uint16_t *kt = (uint16_t *)kl + tile + lane, *vt = (uint16_t *)vl + tile;
+        for (int e = 0; e < KVD; e++) kt[(size_t)e * ZP_TILE] = bf16_round(kx[e]);
+        for (int g = 0; g < NKV; g++)
+            for (int e = 0; e < HD; e++)
+                vt[((size_t)g * ZP_TILE + lane) * HD + e] = bf16_round(vx[g * HD + e]);
+    } else {
+        float *kt = (float *)kl + tile + lane, *vt = (float *)vl + tile;
+        for (int e = 0; e < KVD; e++) kt[(size_t)e * ZP_TILE] = kx[e];
+        for (int g = 0; g < NKV; g++)
+            memcpy(vt + ((size_t)g * ZP_TILE + lane) * HD, vx + g * HD, sizeof(float) * HD);
+    }
+}
+
+/* The requested attention weights of layer l (cond stream rows) into cap->out. */
+static void capture_layer(const zp_pass *p, int l) {
+    const zp_cache *k = p->k;
+    const zp_scratch *s = &k->s;
+    const zp_capture *cap = p->cap;
+    const int S = k->seq_len, NH = p->m->cfg.n_head;
+    for (int i = 0; i < p->rows; i++) {
+        int qi = s->row_query[i];
+        if (s->row_stream[i] != (k->guided ? 2 * p->q[qi].image : p->q[qi].image)) continue;
+        for (int rq = 0; rq < cap->n; rq++)
+            if (cap->query[rq] == qi && cap->layer[rq] == l) {
+                float *out = cap->out + (size_t)rq * S;
+                const float *wrow =
+                    s->scores + (size_t)i * NH * S + (size_t)cap->head[rq] * s->row_nv[i];
+                memset(out, 0, sizeof(float) * S);
+                for (int j = 0; j < s->row_nv[i]; j++) out[s->row_vis[i][j]] = wrow[j];
+            }
+    }
+}
+
+/* The stream groups of layer l, each taken by the next free thread from the team's counter:
+ * q/k norm, rotary and K/V cache write of the group's rows, then their attention. A group is
+ * one stream and reads only that stream's cache, so no other group waits for it. */
+static void attend_groups(zp_pass *p, const zp_layer_weights *L, char *kl, char *vl) {
+    const zp_config *c = &p->m->cfg;
+    zp_scratch *s = &p->k->s;
+    const int NH = c->n_head, HD = c->head_dim, KVD = c->n_kv_head * HD;
+    const size_t kv_size = (size_t)zp_wtype_size(p->k->kv_type);
+    const size_t stream_bytes = (size_t)zp_tiled_len(p->k->seq_len) * KVD * kv_size;
+    for (;;) {
+        int g = __atomic_fetch_add(&p->team.next, 1, __ATOMIC_RELAXED);
+        if (g >= p->n_groups) break;
+        int first = s->grp_start[g], n = s->grp_start[g + 1] - first;
+        const int32_t *grp = s->grp_rows + first;
+        for (int a = 0; a < n; a++) row_to_cache(p, L, grp[a], kl, vl);
+        size_t off = (size_t)s->row_stream[grp[0]] * stream_bytes;
+        p->attend(grp, n, (const int32_t *const *)s->row_vis, s->row_nv, s->qkv, p->m->qkv_dim,
+                  s->scores, (size_t)NH * p->k->seq_len, s->att, kl + off, vl + off, NH,
+                  NH / c->n_kv_head, HD, KVD, p->scale, s->cursor + first);
+    }
+}
+
+/* x[i][n] += xb[i][n] for rows i < rows and the columns cols (row stride ld). */
+static void add_cols(float *x, const float *xb, int rows, int ld, zp_cols cols) {
+    for (int i = 0; i < rows; i++)
+        for (int n = cols.n0; n < cols.n1; n++) x[(size_t)i * ld + n] += xb[(size_t)i * ld + n];
+}
+
+/* After a sub-layer's product into xb: x += xb (the columns this thread produced), or with
+ * swin_norm x += norm(xb) (whole rows, so after a barrier); then a barrier. */
+static void residual(zp_pass *p, const float *norm_w, zp_cols cols, int r0, int r1, int nth,
+                     int *sense) {
+    const zp_config *c = &p->m->cfg;
+    zp_scratch *s = &p->k->s;
+    const int D = c->dim;
+    zp_team *t = &p->team;
+    if (!c->swin_norm) {
+        add_cols(s->x, s->xb, p->rows, D, cols);
+    } else {
+        team_wait(t, nth, sense);
+        for (int i = r0; i < r1; i++) {
+            float *xb = s->xb + (size_t)i * D, *x = s->x + (size_t)i * D;
+            rmsnorm(xb, xb, norm_w, D, c->norm_eps);
+            for (int e = 0; e < D; e++) x[e] += xb[e];
+        }
+    }
+    team_wait(t, nth, sense);
+}
+
+/* Layer l on thread tid of nth (the stages above). Starts after a barrier (or the region's
+ * start) with s->x complete; ends with a barrier after which s->x is complete. */
+static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
+    const zp_model *m = p->m;
+    const zp_config *c = &m->cfg;
+    zp_cache *k = p->k;
+    zp_scratch *s = &k->s;
+    const zp_layer_weights *L = &m->layers[l];
+    const int D = c->dim, HD = c->head_dim, NH = c->n_head, NKV = c->n_kv_head, KVD = NKV * HD;
+    const int QKV = m->qkv_dim, rows = p->rows, H = c->hidden, wt = m->w.wtype;
+    const size_t kv_size = (size_t)zp_wtype_size(k->kv_type), SPAD = zp_tiled_len(k->seq_len);
+    char *kl = (char *)k->k + (size_t)l * k->n_streams * SPAD * KVD * kv_size;
+    char *vl = (char *)k->v + (size_t)l * k->n_streams * SPAD * KVD * kv_size;
+    int r0, r1;
+    team_share(rows, tid, nth, &r0, &r1);
+
+    /* ---- attention: norm, qkv, then per stream group rotary, K/V write and attention */
+    if (!c->swin_norm) { /* swin_norm: the norm moves to the sub-layer's output */
+        for (int i = r0; i < r1; i++)
+            rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, L->attention_norm, D, c->norm_eps);
+        team_wait(&p->team, nth, sense);
+    }
+    zp_matmul_out qkv = {s->qkv, QKV, L->wqkv, wt, QKV};
+    zp_matmul_part(c->swin_norm ? s->x : s->xb, rows, D, &qkv, 1, p->flags, tid, nth);
+    if (tid == 0) __atomic_store_n(&p->team.next, 0, __ATOMIC_RELAXED); /* nobody takes yet */
+    team_wait(&p->team, nth, sense);
+    if (nth == 1 && p->att_threads > 1) { /* a team of one (BLAS pass): a region of its own */
+#pragma omp parallel num_threads(p->att_threads)
+        attend_groups(p, L, kl, vl);
+    } else {
+        attend_groups(p, L, kl, vl);
+    }
+    team_wait(&p->team, nth, sense);
+    if (tid == 0 && p->cap) capture_layer(p, l);
+    zp_matmul_out wo = {s->xb, D, L->wo, wt, D};
+    residual(p, L->attention_norm,
+             zp_matmul_part(s->att, rows, NH * HD, &wo, 1, p->flags, tid, nth), r0, r1, nth, sense);
+
+    /* ---- SwiGLU feed-forward */
+    if (!c->swin_norm) {
+        for (int i = r0; i < r1; i++)
+            rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, L->ffn_norm, D, c->norm_eps);
+        team_wait(&p->team, nth, sense);
+    }
+    zp_matmul_out gate_up[2] = {{s->h1, H, L->w1, wt, H}, {s->h3, H, L->w3, wt, H}};
+    zp_cols cols = zp_matmul_part(c->swin_norm ? s->x : s->xb, rows, D, gate_up, 2,
+                                  p->flags | ZP_MATMUL_JOINT, tid, nth);
+    for (int i = 0; i < rows; i++) /* this thread's hidden units, of both products */
+        for (int n = cols.n0; n < cols.n1; n++) {
+            float a = s->h1[(size_t)i * H + n];
+            s->h1[(size_t)i * H + n] = a / (1.f + expf(-a)) * s->h3[(size_t)i * H + n];
+        }
+    team_wait(&p->team, nth, sense);
+    zp_matmul_out w2 = {s->xb, D, L->w2, wt, D};
+    residual(p, L->ffn_norm, zp_matmul_part(s->h1, rows, H, &w2, 1, p->flags, tid, nth), r0, r1,
+             nth, sense);
+}
+
 zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, float cfg_scale,
                      float *logits, zp_capture *cap) {
     const zp_config *c = &m->cfg;
@@ -772,10 +1042,8 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
                 cap->layer[i] >= c->n_layer || cap->head[i] < 0 || cap->head[i] >= c->n_head)
                 return zp_fail(ZP_ERR_ARG, "attention capture request %d out of range", i);
 
-    const int D = c->dim, HD = c->head_dim, NH = c->n_head, NKV = c->n_kv_head,
-              P = c->cls_token_num;
-    const int QKV = m->qkv_dim, KVD = NKV * HD, S = k->seq_len, GROUP = NH / NKV;
-    const int SPAD = zp_tiled_len(S);
+    const int D = c->dim, HD = c->head_dim, NH = c->n_head, P = c->cls_token_num;
+    const int QKV = m->qkv_dim, S = k->seq_len;
     zp_scratch *s = &k->s;
 
     /* ---- rows: one per query and stream. A guided cache runs the unconditional stream for every
@@ -862,107 +1130,35 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         for (int g = 0; g < n_groups; g++) count[g] = s->grp_start[g];
         for (int i = 0; i < rows; i++) s->grp_rows[count[stream_group[s->row_stream[i]]]++] = i;
     }
-    const float scale = 1.0f / sqrtf((float)HD);
-    attend_fn *const attend = attend_pick(k->kv_type);
-    const size_t kv_size = (size_t)zp_wtype_size(k->kv_type); /* bytes per K/V element */
-    size_t att_work = 0; /* multiply-adds of one layer's attention */
+    /* ---- the layers: one thread team for all of them (see "the pass's thread team") */
+    zp_pass pass = {.m = m,
+                    .k = k,
+                    .q = q,
+                    .cap = cap,
+                    .rows = rows,
+                    .n_groups = n_groups,
+                    .flags = zp_matmul_flags(rows), /* once: every thread numbers alike */
+                    .scale = 1.0f / sqrtf((float)HD),
+                    .attend = attend_pick(k->kv_type)};
+    /* the team only when the largest product or the attention is worth waking threads for */
+    size_t att_work = 0, big = (size_t)D * QKV; /* multiply-adds of one layer's attention */
     for (int i = 0; i < rows; i++) att_work += (size_t)s->vis_n[s->row_query[i]] * NH * HD * 2;
-    for (int l = 0; l < c->n_layer; l++) {
-        const zp_layer_weights *L = &m->layers[l];
-        char *kl = (char *)k->k + (size_t)l * k->n_streams * SPAD * KVD * kv_size;
-        char *vl = (char *)k->v + (size_t)l * k->n_streams * SPAD * KVD * kv_size;
-
-        /* ---- attention: norm, qkv, rotary, write k/v into the slots */
-        /* swin_norm: the norm moves to the sub-layer's output (below) */
-        if (!c->swin_norm)
-            for (int i = 0; i < rows; i++)
-                rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, L->attention_norm, D,
-                        c->norm_eps);
-        zp_matmul_w(s->qkv, QKV, c->swin_norm ? s->x : s->xb, L->wqkv, m->w.wtype, rows, D, QKV);
-        for (int i = 0; i < rows; i++) {
-            const zp_query *x = &q[s->row_query[i]];
-            float *qkv = s->qkv + (size_t)i * QKV;
-            int rpos = x->pos - k->shift[s->row_stream[i]]; /* the stream's own position */
-            if (rpos < 0) rpos = 0;                         /* padding row: never read */
-            const float *cs = m->rope_cos + (size_t)rpos * (HD / 2);
-            const float *sn = m->rope_sin + (size_t)rpos * (HD / 2);
-            if (c->qk_norm) {
-                head_layernorm(qkv, NH, HD, L->q_norm_w, L->q_norm_b, c->qk_norm_eps);
-                head_layernorm(qkv + NH * HD, NKV, HD, L->k_norm_w, L->k_norm_b, c->qk_norm_eps);
-            }
-            if (c->rope_1d) {
-                rope_half(qkv, NH, HD, cs, sn);
-                rope_half(qkv + NH * HD, NKV, HD, cs, sn);
-            } else {
-                rope(qkv, NH, HD, cs, sn);
-                rope(qkv + NH * HD, NKV, HD, cs, sn);
-            }
-            size_t tile =
-                ((size_t)s->row_stream[i] * SPAD + (size_t)(x->pos / ZP_TILE) * ZP_TILE) * KVD;
-            int lane = x->pos % ZP_TILE;
-            const float *kx = qkv + NH * HD, *vx = qkv + NH * HD + KVD;
-            if (k->kv_type == ZP_WTYPE_BF16) { /* rounded to nearest even once, here */
-                uint16_t *kt = (uint16_t *)kl + tile + lane, *vt = (uint16_t *)vl + tile;
-                for (int e = 0; e < KVD; e++) kt[(size_t)e * ZP_TILE] = bf16_round(kx[e]);
-                for (int g = 0; g < NKV; g++)
-                    for (int e = 0; e < HD; e++)
-                        vt[((size_t)g * ZP_TILE + lane) * HD + e] = bf16_round(vx[g * HD + e]);
-            } else {
-                float *kt = (float *)kl + tile + lane, *vt = (float *)vl + tile;
-                for (int e = 0; e < KVD; e++) kt[(size_t)e * ZP_TILE] = kx[e];
-                for (int g = 0; g < NKV; g++)
-                    memcpy(vt + ((size_t)g * ZP_TILE + lane) * HD, vx + g * HD, sizeof(float) * HD);
-            }
-        }
-
-        /* ---- softmax(q k^T / sqrt(hd)) v over the visible slots, one (row, head) per task;
-         * threads only when there is enough work to pay for waking them */
-#pragma omp parallel for schedule(dynamic, 1)                                                      \
-    num_threads(zp_get_num_threads()) if (att_work >= 262144)
-        for (int g = 0; g < n_groups; g++) {
-            int first = s->grp_start[g], n = s->grp_start[g + 1] - first;
-            const int32_t *grp = s->grp_rows + first;
-            size_t off = (size_t)s->row_stream[grp[0]] * SPAD * KVD * kv_size; /* bytes */
-            attend(grp, n, (const int32_t *const *)s->row_vis, s->row_nv, s->qkv, QKV, s->scores,
-                   (size_t)NH * S, s->att, kl + off, vl + off, NH, GROUP, HD, KVD, scale,
-                   s->cursor + first);
-        }
-        if (cap)
-            for (int i = 0; i < rows; i++) {
-                int qi = s->row_query[i];
-                if (s->row_stream[i] != (k->guided ? 2 * q[qi].image : q[qi].image)) continue;
-                for (int rq = 0; rq < cap->n; rq++)
-                    if (cap->query[rq] == qi && cap->layer[rq] == l) {
-                        float *out = cap->out + (size_t)rq * S;
-                        const float *wrow =
-                            s->scores + (size_t)i * NH * S + (size_t)cap->head[rq] * s->row_nv[i];
-                        memset(out, 0, sizeof(float) * S);
-                        for (int j = 0; j < s->row_nv[i]; j++) out[s->row_vis[i][j]] = wrow[j];
-                    }
-            }
-        zp_matmul_w(s->xb, D, s->att, L->wo, m->w.wtype, rows, NH * HD, D);
-        if (c->swin_norm)
-            for (int i = 0; i < rows; i++)
-                rmsnorm(s->xb + (size_t)i * D, s->xb + (size_t)i * D, L->attention_norm, D,
-                        c->norm_eps);
-        for (size_t e = 0; e < (size_t)rows * D; e++) s->x[e] += s->xb[e];
-
-        /* ---- SwiGLU feed-forward */
-        if (!c->swin_norm)
-            for (int i = 0; i < rows; i++)
-                rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, L->ffn_norm, D, c->norm_eps);
-        zp_matmul_out gate_up[2] = {{s->h1, c->hidden, L->w1, m->w.wtype, c->hidden},
-                                    {s->h3, c->hidden, L->w3, m->w.wtype, c->hidden}};
-        zp_matmul_multi(c->swin_norm ? s->x : s->xb, rows, D, gate_up, 2); /* one thread team */
-        for (size_t e = 0; e < (size_t)rows * c->hidden; e++) {
-            float a = s->h1[e];
-            s->h1[e] = a / (1.f + expf(-a)) * s->h3[e];
-        }
-        zp_matmul_w(s->xb, D, s->h1, L->w2, m->w.wtype, rows, c->hidden, D);
-        if (c->swin_norm)
-            for (int i = 0; i < rows; i++)
-                rmsnorm(s->xb + (size_t)i * D, s->xb + (size_t)i * D, L->ffn_norm, D, c->norm_eps);
-        for (size_t e = 0; e < (size_t)rows * D; e++) s->x[e] += s->xb[e];
+    if ((size_t)NH * HD * D > big) big = (size_t)NH * HD * D;
+    if ((size_t)2 * D * c->hidden > big) big = (size_t)2 * D * c->hidden; /* w1 and w3 */
+    /* float32 products that go to BLAS (opt-in: zp_set_blas_min_rows) bring their own threads,
+     * and OpenBLAS must not be called from inside an OpenMP region (its pthreads build warns
+     * and may hang): such a pass runs its layers on a team of one, sgemm with all of its threads
+     * and the attention in a region of its own, as before the team */
+    int blas = (pass.flags & ZP_MATMUL_BLAS) && m->w.wtype == ZP_WTYPE_F32;
+    int threads = zp_get_num_threads(), team = threads;
+    if (blas ||
+        (big * (size_t)(rows + 4) < ZP_PARALLEL_MIN_WORK && att_work < ZP_PARALLEL_MIN_WORK))
+        team = 1;
+    pass.att_threads = team == 1 && att_work >= ZP_PARALLEL_MIN_WORK ? threads : 1;
+#pragma omp parallel num_threads(team) if (team > 1)
+    {
+        int tid = omp_get_thread_num(), nth = omp_get_num_threads(), sense = 0;
+        for (int l = 0; l < c->n_layer; l++) layer_stages(&pass, l, tid, nth, &sense);
     }
 
     /* ---- output head for the rows whose query wants logits */

@@ -10,7 +10,9 @@ finds it in any install layout), and it sets ``OMP_WAIT_POLICY=PASSIVE`` unless 
 already set. GNU OpenMP reads that variable once, when the core is loaded: threads that sleep
 between parallel regions keep a pass fast when other processes share the cores (sweeps,
 notebooks, CI); with the default spinning policy a busy neighbour made tiny-model passes 200x
-slower. Set ``OMP_WAIT_POLICY=ACTIVE`` before the first model is built to spin instead.
+slower. Set ``OMP_WAIT_POLICY=ACTIVE`` before the first model is built to spin instead. (Inside
+one forward pass the core's thread team spins between its stages for tens of microseconds, then
+yields: see docs/architecture.md, "Threads".)
 """
 
 from __future__ import annotations
