@@ -792,7 +792,7 @@ static int build_visibility(const zp_cache *k, const zp_query *x, int32_t *vis) 
  *     h1 = silu(h1) * h3 on those columns   B
  *   xb = h1 . w2^T by columns, x += xb on the same columns   B   (swin_norm as after wo)
  * Every element is computed by one thread with the operations of the serial code, so the logits
- * are bitwise those of one thread, whatever the team size (tests/test_team.py). Nothing in the
+ * are bitwise those of one thread, whatever the team size (csrc/tests/test_team.c). Nothing in the
  * region allocates or fails: the scratch is reserved before it. */
 
 /* Pause iterations a waiting thread spins before it yields the CPU in its loop: tens of
@@ -1141,7 +1141,8 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
                     .scale = 1.0f / sqrtf((float)HD),
                     .attend = attend_pick(k->kv_type)};
     /* the team only when the largest product or the attention is worth waking threads for */
-    size_t att_work = 0, big = (size_t)D * QKV; /* multiply-adds of one layer's attention */
+    size_t att_work = 0;          /* multiply-adds of one layer's attention */
+    size_t big = (size_t)D * QKV; /* K * N of the layer's largest product */
     for (int i = 0; i < rows; i++) att_work += (size_t)s->vis_n[s->row_query[i]] * NH * HD * 2;
     if ((size_t)NH * HD * D > big) big = (size_t)NH * HD * D;
     if ((size_t)2 * D * c->hidden > big) big = (size_t)2 * D * c->hidden; /* w1 and w3 */
