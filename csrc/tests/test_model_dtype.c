@@ -13,17 +13,7 @@
 #include <string.h>
 
 #include "../zipar.h"
-
-static int failures = 0;
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                   \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fprintf(stderr, "\n");                                                                 \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 enum { DIM = 48, LAYERS = 2, HEADS = 3, HD = 16, HIDDEN = 136, VOCAB = 40, H = 4, W = 6, N = 2 };
 

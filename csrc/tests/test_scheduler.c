@@ -16,17 +16,7 @@
 #include <string.h>
 
 #include "../zipar.h"
-
-static int failures = 0;
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                   \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fprintf(stderr, "\n");                                                                 \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 enum { DIM = 32, LAYERS = 2, HEADS = 2, HD = 16, HIDDEN = 96, VOCAB = 24, H = 4, W = 5, N = 2 };
 

@@ -18,21 +18,7 @@
 #include <string.h>
 
 #include "../zipar.h"
-
-static int failures = 0;
-static long checks = 0;
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        checks++;                                                                                  \
-        if (!(cond)) {                                                                             \
-            if (failures < 20) {                                                                   \
-                fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                               \
-                fprintf(stderr, __VA_ARGS__);                                                      \
-                fprintf(stderr, "\n");                                                             \
-            }                                                                                      \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 enum { D = 256, NL = 3, NH = 4, HD = 64, FF = 688, V = 300, GH = 6, GW = 6, IMAGES = 4 };
 enum { MAX_Q = 20, MAX_BUFS = 64 };
