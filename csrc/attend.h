@@ -41,13 +41,17 @@
  * q: row r's query heads at q + r*ldq; sc: row r's (nh, nv[r]) scores at sc + r*ldsc;
  * o: row r's output (nh*hd) at o + r*nh*hd; kt_: the stream's K, (tile, kvd, ZP_TILE); vt_: its
  * V, (tile, n_kv_head, ZP_TILE, hd), both of ZP_ATT_KV; cursor: (n,) scratch. All borrowed.
+ * Only the query heads [h0, h1) are computed (scores and output of the others are untouched):
+ * every head's arithmetic is the same whatever the range, so calls over disjoint ranges of the
+ * same rows (each with its own cursor) may run on different threads and give the bits of one
+ * call over all heads.
  * Queries, scores, softmax and every accumulation are float32 whatever ZP_ATT_KV is. */
 
 ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t *const *vis,
                                       const int32_t *nv, const float *q, int ldq, float *sc,
                                       size_t ldsc, float *o, const void *kt_, const void *vt_,
-                                      int nh, int group, int hd, int kvd, float scale,
-                                      int32_t *cursor) {
+                                      int nh, int h0, int h1, int group, int hd, int kvd,
+                                      float scale, int32_t *cursor) {
     enum {
         W = ZP_ATT_W,
         NS = ZP_ATT_SLANES / ZP_ATT_W, /* score vectors per chain */
@@ -73,7 +77,7 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
             if (p1 == p0) continue;
             const float *qr = q + (size_t)r * ldq;
             float *sr = sc + (size_t)r * ldsc;
-            for (int h = 0; h < nh; h++) {
+            for (int h = h0; h < h1; h++) {
                 const float *qh = qr + (size_t)h * hd;
                 const ZP_ATT_KV *kh = ktile + (size_t)(h / group) * hd * ZP_TILE;
                 float acc[ZP_TILE];
@@ -105,7 +109,7 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
     /* softmax per row and head: maximum and sum in 16 lane partials (16 / W vectors) */
     for (int a = 0; a < n; a++) {
         int r = rows[a], m = nv[r];
-        for (int h = 0; h < nh; h++) {
+        for (int h = h0; h < h1; h++) {
             float *row = sc + (size_t)r * ldsc + (size_t)h * m;
             float part[16];
             ZP_ATT_V pv[NP];
@@ -169,7 +173,7 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
             for (j = 0; j < m; j++) row[j] *= inv;
         }
         float *orow = o + (size_t)r * nh * hd;
-        for (int e = 0; e < nh * hd; e++) orow[e] = 0.f;
+        for (int e = h0 * hd; e < h1 * hd; e++) orow[e] = 0.f;
         cursor[a] = 0;
     }
     /* weighted values, tile by tile, in slot order per (row, head, element) */
@@ -183,7 +187,7 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
             const float *sr = sc + (size_t)r * ldsc;
             float *orow = o + (size_t)r * nh * hd;
             const int32_t *lanes = vis[r];
-            for (int h = 0; h < nh; h++) {
+            for (int h = h0; h < h1; h++) {
                 const float *wh = sr + (size_t)h * nv[r];
                 float *oh = orow + (size_t)h * hd;
                 /* the head's (ZP_TILE, hd) block, lane = slot - t0 */

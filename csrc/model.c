@@ -639,8 +639,8 @@ static inline __attribute__((always_inline)) void prefetch_tile(const void *tile
  * and the cache's type. */
 typedef void attend_fn(const int32_t *rows, int n, const int32_t *const *vis, const int32_t *nv,
                        const float *q, int ldq, float *sc, size_t ldsc, float *o, const void *kt,
-                       const void *vt, int nh, int group, int hd, int kvd, float scale,
-                       int32_t *cursor);
+                       const void *vt, int nh, int h0, int h1, int group, int hd, int kvd,
+                       float scale, int32_t *cursor);
 
 /* Per instruction set, one include per K/V element type; attend.h #undefs the per-type
  * parameters (ZP_ATT_NAME, ZP_ATT_KV, ZP_ATT_LOADKV, ZP_ATT_KV1), the set's are #undef'd below. */
@@ -854,6 +854,7 @@ typedef struct {
     int rows, n_groups;
     int flags;       /* zp_matmul_flags(rows), read once */
     int att_threads; /* > 1: a team of one opens a region of its own for the attention */
+    int splits;      /* attention tasks per stream group: its K/V heads cut into this many runs */
     float scale;     /* 1 / sqrt(head_dim) */
     attend_fn *attend;
     zp_team team;
@@ -922,25 +923,33 @@ static void capture_layer(const zp_pass *p, int l) {
     }
 }
 
-/* The stream groups of layer l, each taken by the next free thread from the team's counter:
- * q/k norm, rotary and K/V cache write of the group's rows, then their attention. A group is
- * one stream and reads only that stream's cache, so no other group waits for it. */
+/* The attention of layer l as n_groups x splits tasks, each taken by the next free thread from
+ * the team's counter: stream group g (one stream, reading only its own cache) and the query heads
+ * of its j-th run of K/V heads. With one task per group it first does the q/k norm, rotary and
+ * K/V cache write of the group's rows (with several, the caller did them for all rows before a
+ * barrier). Each head's arithmetic is that of one call over all heads (attend.h), so the split,
+ * which follows the team size, never changes a bit. Task j of a group uses its own cursor run
+ * (s->cursor: splits x rows). */
 static void attend_groups(zp_pass *p, const zp_layer_weights *L, char *kl, char *vl) {
     const zp_config *c = &p->m->cfg;
     zp_scratch *s = &p->k->s;
-    const int NH = c->n_head, HD = c->head_dim, KVD = c->n_kv_head * HD;
+    const int NH = c->n_head, NKV = c->n_kv_head, HD = c->head_dim, KVD = NKV * HD;
+    const int GROUP = NH / NKV, splits = p->splits;
     const size_t kv_size = (size_t)zp_wtype_size(p->k->kv_type);
     const size_t stream_bytes = (size_t)zp_tiled_len(p->k->seq_len) * KVD * kv_size;
     for (;;) {
-        int g = __atomic_fetch_add(&p->team.next, 1, __ATOMIC_RELAXED);
-        if (g >= p->n_groups) break;
+        int task = __atomic_fetch_add(&p->team.next, 1, __ATOMIC_RELAXED);
+        if (task >= p->n_groups * splits) break;
+        int g = task / splits, j = task % splits;
         int first = s->grp_start[g], n = s->grp_start[g + 1] - first;
         const int32_t *grp = s->grp_rows + first;
-        for (int a = 0; a < n; a++) row_to_cache(p, L, grp[a], kl, vl);
+        if (splits == 1)
+            for (int a = 0; a < n; a++) row_to_cache(p, L, grp[a], kl, vl);
+        int h0 = j * NKV / splits * GROUP, h1 = (j + 1) * NKV / splits * GROUP;
         size_t off = (size_t)s->row_stream[grp[0]] * stream_bytes;
         p->attend(grp, n, (const int32_t *const *)s->row_vis, s->row_nv, s->qkv, p->m->qkv_dim,
-                  s->scores, (size_t)NH * p->k->seq_len, s->att, kl + off, vl + off, NH,
-                  NH / c->n_kv_head, HD, KVD, p->scale, s->cursor + first);
+                  s->scores, (size_t)NH * p->k->seq_len, s->att, kl + off, vl + off, NH, h0, h1,
+                  GROUP, HD, KVD, p->scale, s->cursor + (size_t)j * p->rows + first);
     }
 }
 
@@ -997,6 +1006,10 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
     zp_matmul_part(c->swin_norm ? s->x : s->xb, rows, D, &qkv, 1, p->flags, tid, nth);
     if (tid == 0) __atomic_store_n(&p->team.next, 0, __ATOMIC_RELAXED); /* nobody takes yet */
     team_wait(&p->team, nth, sense);
+    if (p->splits > 1) { /* several tasks per group read its K/V: every row's written first */
+        for (int i = r0; i < r1; i++) row_to_cache(p, L, i, kl, vl);
+        team_wait(&p->team, nth, sense);
+    }
     if (nth == 1 && p->att_threads > 1) { /* a team of one (BLAS pass): a region of its own */
 #pragma omp parallel num_threads(p->att_threads)
         attend_groups(p, L, kl, vl);
@@ -1057,7 +1070,8 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         return st;
     if ((st = zp_reserve((void **)&s->row_vis, &s->cap_row_vis, (size_t)rows, sizeof(int32_t *))) ||
         (st = zp_reserve((void **)&s->row_nv, &s->cap_row_nv, (size_t)rows, sizeof(int32_t))) ||
-        (st = zp_reserve((void **)&s->cursor, &s->cap_cursor, (size_t)rows, sizeof(int32_t))) ||
+        (st = zp_reserve((void **)&s->cursor, &s->cap_cursor, (size_t)rows * c->n_kv_head,
+                         sizeof(int32_t))) || /* a run per attention task of a group */
         (st = zp_reserve((void **)&s->grp_rows, &s->cap_grp_rows, (size_t)rows, sizeof(int32_t))) ||
         (st = zp_reserve((void **)&s->grp_start, &s->cap_grp_start, (size_t)rows + 1,
                          sizeof(int32_t))) ||
@@ -1156,6 +1170,14 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         (big * (size_t)(rows + 4) < ZP_PARALLEL_MIN_WORK && att_work < ZP_PARALLEL_MIN_WORK))
         team = 1;
     pass.att_threads = team == 1 && att_work >= ZP_PARALLEL_MIN_WORK ? threads : 1;
+    /* fewer stream groups than threads (a one-image pass has two under CFG): each group's K/V
+     * heads cut into runs, so that every thread gets attention work */
+    int workers = team > 1 ? team : pass.att_threads;
+    pass.splits = 1;
+    if (workers > n_groups && att_work >= ZP_PARALLEL_MIN_WORK) {
+        pass.splits = (workers + n_groups - 1) / n_groups;
+        if (pass.splits > c->n_kv_head) pass.splits = c->n_kv_head;
+    }
 #pragma omp parallel num_threads(team) if (team > 1)
     {
         int tid = omp_get_thread_num(), nth = omp_get_num_threads(), sense = 0;

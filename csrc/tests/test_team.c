@@ -158,7 +158,10 @@ static void run(const zp_model *m, int kv_type, float *lg, size_t *n_lg, float *
         int nq = 0, left = 0;
         for (int im = 0; im < IMAGES; im++) left += pos[im] < S;
         if (!left) break;
-        int n_im = 1 + pass % 4, width = 1 + (3 * pass) % 5;
+        /* every fifth pass one image with MAX_Q queries: two stream groups with enough
+         * attention work that 3 and 4 threads split each group's heads between them */
+        int one = pass % 5 == 4;
+        int n_im = one ? 1 : 1 + pass % 4, width = one ? MAX_Q : 1 + (3 * pass) % 5;
         for (int j = 0; j < IMAGES && n_im > 0; j++) {
             int im = (pass + j) % IMAGES;
             if (pos[im] >= S) continue;
