@@ -785,6 +785,8 @@ static int build_visibility(const zp_cache *k, const zp_query *x, int32_t *vis) 
  *   qkv = xb . wqkv^T, by columns   B
  *   per stream group (one stream, a shared counter hands them out): q/k norm, rotary, K/V cache
  *     write of its rows, then its attention (a group reads only its own stream's cache)   B
+ *     (fewer groups than threads: q/k norm, rotary and K/V write by rows   B, then each group's
+ *     K/V heads cut into runs, one task each: attend_groups)
  *   capture (thread 0, nothing else reads it)
  *   xb = att . wo^T by columns, x += xb on the same columns   B   norm rows x -> xb   B
  *     (swin_norm: B, then per row xb = norm(xb), x += xb, B)
