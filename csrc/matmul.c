@@ -643,14 +643,6 @@ static void run_cols(int isa, int wide, const float *x, int m, int K, const zp_m
     }
 }
 
-/* First and one-past-last of the `part`-th of n_parts contiguous shares of n units (the first
- * n % n_parts shares one unit larger: OpenMP's schedule(static)). */
-static void share(int64_t n, int part, int n_parts, int64_t *lo, int64_t *hi) {
-    int64_t q = n / n_parts, r = n % n_parts;
-    *lo = part * q + (part < r ? part : r);
-    *hi = *lo + q + (part < r);
-}
-
 zp_cols zp_matmul_part(const float *x, int m, int K, const zp_matmul_out *out, int n_out, int flags,
                        int part, int n_parts) {
     zp_cols mine = {0, 0};
@@ -675,7 +667,7 @@ zp_cols zp_matmul_part(const float *x, int m, int K, const zp_matmul_out *out, i
             return mine;
         }
         int64_t g0, g1;
-        share((N + width - 1) / width, part, n_parts, &g0, &g1);
+        zp_share((N + width - 1) / width, part, n_parts, &g0, &g1);
         mine.n0 = (int)(g0 * width);
         mine.n1 = (int)(g1 * width < N ? g1 * width : N);
         for (int64_t g = g0; g < g1; g++) {
@@ -690,7 +682,7 @@ zp_cols zp_matmul_part(const float *x, int m, int K, const zp_matmul_out *out, i
         if (out_valid(&out[j]) && !out_blas(&out[j], K, flags))
             groups += (out[j].N + width - 1) / width;
     int64_t g0, g1, first = 0;
-    share(groups, part, n_parts, &g0, &g1);
+    zp_share(groups, part, n_parts, &g0, &g1);
     for (int j = 0; j < n_out; j++) {
         const zp_matmul_out *o = &out[j];
         if (!out_valid(o)) continue;

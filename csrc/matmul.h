@@ -45,6 +45,7 @@
 #define ZP_MATMUL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -115,6 +116,15 @@ enum {
  * Read it ONCE for all the threads of a team: settings changed meanwhile (from another thread)
  * must not make two threads number the groups differently. */
 int zp_matmul_flags(int m);
+
+/* [*lo, *hi): the `part`-th of n_parts contiguous shares of n units, the first n % n_parts
+ * shares one unit larger (OpenMP's schedule(static)). How zp_matmul_part splits column groups
+ * and how a forward pass's team splits rows. */
+static inline void zp_share(int64_t n, int part, int n_parts, int64_t *lo, int64_t *hi) {
+    int64_t q = n / n_parts, r = n % n_parts;
+    *lo = part * q + (part < r ? part : r);
+    *hi = *lo + q + (part < r);
+}
 
 /* Output columns [n0, n1) a part computed (n0 == n1: none). */
 typedef struct {

@@ -840,13 +840,6 @@ static void team_wait(zp_team *t, int nth, int *sense) {
     }
 }
 
-/* [*lo, *hi): share `part` of n_parts of n items (the first n % n_parts shares one larger). */
-static void team_share(int n, int part, int n_parts, int *lo, int *hi) {
-    int q = n / n_parts, r = n % n_parts;
-    *lo = part * q + (part < r ? part : r);
-    *hi = *lo + q + (part < r);
-}
-
 /* What every thread of a pass reads: set before the region, read-only in it but for team. */
 typedef struct {
     const zp_model *m;
@@ -961,6 +954,18 @@ static void add_cols(float *x, const float *xb, int rows, int ld, zp_cols cols) 
         for (int n = cols.n0; n < cols.n1; n++) x[(size_t)i * ld + n] += xb[(size_t)i * ld + n];
 }
 
+/* Before a sub-layer: xb = norm(x) for this thread's rows [r0, r1), then a barrier; nothing with
+ * swin_norm (the norm moves to the sub-layer's output: residual below). */
+static void norm_rows(zp_pass *p, const float *norm_w, int r0, int r1, int nth, int *sense) {
+    const zp_config *c = &p->m->cfg;
+    zp_scratch *s = &p->k->s;
+    const int D = c->dim;
+    if (c->swin_norm) return;
+    for (int i = r0; i < r1; i++)
+        rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, norm_w, D, c->norm_eps);
+    team_wait(&p->team, nth, sense);
+}
+
 /* After a sub-layer's product into xb: x += xb (the columns this thread produced), or with
  * swin_norm x += norm(xb) (whole rows, so after a barrier); then a barrier. */
 static void residual(zp_pass *p, const float *norm_w, zp_cols cols, int r0, int r1, int nth,
@@ -995,15 +1000,12 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
     const size_t kv_size = (size_t)zp_wtype_size(k->kv_type), SPAD = zp_tiled_len(k->seq_len);
     char *kl = (char *)k->k + (size_t)l * k->n_streams * SPAD * KVD * kv_size;
     char *vl = (char *)k->v + (size_t)l * k->n_streams * SPAD * KVD * kv_size;
-    int r0, r1;
-    team_share(rows, tid, nth, &r0, &r1);
+    int64_t lo, hi; /* this thread's rows for the row-wise stages */
+    zp_share(rows, tid, nth, &lo, &hi);
+    const int r0 = (int)lo, r1 = (int)hi;
 
     /* ---- attention: norm, qkv, then per stream group rotary, K/V write and attention */
-    if (!c->swin_norm) { /* swin_norm: the norm moves to the sub-layer's output */
-        for (int i = r0; i < r1; i++)
-            rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, L->attention_norm, D, c->norm_eps);
-        team_wait(&p->team, nth, sense);
-    }
+    norm_rows(p, L->attention_norm, r0, r1, nth, sense);
     zp_matmul_out qkv = {s->qkv, QKV, L->wqkv, wt, QKV};
     zp_matmul_part(c->swin_norm ? s->x : s->xb, rows, D, &qkv, 1, p->flags, tid, nth);
     if (tid == 0) __atomic_store_n(&p->team.next, 0, __ATOMIC_RELAXED); /* nobody takes yet */
@@ -1025,11 +1027,7 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
              zp_matmul_part(s->att, rows, NH * HD, &wo, 1, p->flags, tid, nth), r0, r1, nth, sense);
 
     /* ---- SwiGLU feed-forward */
-    if (!c->swin_norm) {
-        for (int i = r0; i < r1; i++)
-            rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, L->ffn_norm, D, c->norm_eps);
-        team_wait(&p->team, nth, sense);
-    }
+    norm_rows(p, L->ffn_norm, r0, r1, nth, sense);
     zp_matmul_out gate_up[2] = {{s->h1, H, L->w1, wt, H}, {s->h3, H, L->w3, wt, H}};
     zp_cols cols = zp_matmul_part(c->swin_norm ? s->x : s->xb, rows, D, gate_up, 2,
                                   p->flags | ZP_MATMUL_JOINT, tid, nth);
