@@ -48,6 +48,14 @@ enum {
 #define ZP_KBLOCK 512
 #endif
 
+/* Cache level the software prefetch of the next weights targets; ZP_PF_OFF compiles the prefetch
+ * out (hardware prefetch only). Measured on the 16-core AVX-512 host (BENCHMARKS.md, issue 13):
+ * T0 and T1 (L2) within its noise; off, a GPT-L bf16 one-query pass took 1.4x as long at 2
+ * threads and 1.2x at 16. */
+#ifndef ZP_PF_HINT
+#define ZP_PF_HINT _MM_HINT_T0
+#endif
+
 /* ---------------------------------------------------------------- settings */
 enum { ZP_ISA_UNSET = 0, ZP_ISA_SCALAR = 1, ZP_ISA_AVX2 = 2, ZP_ISA_AVX512 = 3 };
 
@@ -166,6 +174,15 @@ int zp_wtype_size(int wtype) {
     }
 }
 
+/* Rows of weights that a caller reads after a run of groups (the next output's columns in a joint
+ * product, the next product of a multi-product call): the last group of the run prefetches them
+ * while it computes, so that memory does not idle between runs. rows = 0 or w = NULL: none. */
+typedef struct {
+    const char *w; /* first row, K elements of es bytes each, rows contiguous */
+    int rows;
+    int es;
+} zp_after;
+
 /* ---------------------------------------------------------------- AVX-512 kernel */
 /* 16 weights at p (element type DT, a constant after inlining) as float32. Widening bf16 (a
  * shift into the high half) and f16 (vcvtph2ps) is exact, so the products and sums that follow
@@ -265,7 +282,7 @@ ZP_INLINE ZP_TARGET_AVX512 void tile_avx512(float *y, int ldy, const float *x,
     for (; k + ZP_LANES <= k1; k += ZP_LANES, pf_off += ZP_LANES) {
         if (pf_off < pf->len && (pf_off * pf->es) % 64 == 0)
             for (int j = 0; j < pf->n; j++)
-                _mm_prefetch(pf->row[j] + (size_t)pf_off * pf->es, _MM_HINT_T0);
+                _mm_prefetch(pf->row[j] + (size_t)pf_off * pf->es, ZP_PF_HINT);
         __m512 xv[ZP_ROWS];
         for (int r = 0; r < MR; r++) xv[r] = _mm512_loadu_ps(x + (size_t)r * K + k);
         for (int c = 0; c < NC; c++) {
@@ -312,13 +329,21 @@ ZP_INLINE ZP_TARGET_AVX512 void tile_avx512(float *y, int ldy, const float *x,
 }
 
 /* The w rows and K range that the block after (group n0, block [k0, k1)) reads: the next K block
- * of the same rows, else the first K block of the next group of NC rows (none after the last). */
-static inline void next_block(const char *w, size_t es, int K, int N, int n0, int k1, int kblock,
-                              int NC, const char *rows[ZP_WIDE], int *n_rows, int *len) {
-    int first = k1 < K ? n0 : n0 + NC, k = k1 < K ? k1 : 0;
-    *n_rows = N - first < NC ? (N - first > 0 ? N - first : 0) : NC;
+ * of the same rows, else the first K block of the next group of NC rows, else (after the last
+ * group of the run, n0 + NC >= N) the caller's next rows `after`. *es: their bytes per element. */
+static inline void next_block(const char *w, size_t *es, int K, int N, int n0, int k1, int kblock,
+                              int NC, zp_after after, const char *rows[ZP_WIDE], int *n_rows,
+                              int *len) {
+    int first = k1 < K ? n0 : n0 + NC, k = k1 < K ? k1 : 0, avail = N - first;
+    if (k1 >= K && first >= N) { /* the run's last group: what the caller reads next */
+        w = after.w, first = 0, avail = after.w ? after.rows : 0, *es = (size_t)after.es;
+    }
+    *n_rows = avail < NC ? (avail > 0 ? avail : 0) : NC;
+#ifdef ZP_PF_OFF
+    *n_rows = 0;
+#endif
     *len = K - k < kblock ? K - k : kblock;
-    for (int c = 0; c < *n_rows; c++) rows[c] = w + ((size_t)(first + c) * K + k) * es;
+    for (int c = 0; c < *n_rows; c++) rows[c] = w + ((size_t)(first + c) * K + k) * *es;
 }
 
 /* Widens rows src[c][k0 .. k1) (c < NC, 2-byte elements of type DT) into
@@ -348,8 +373,8 @@ ZP_INLINE ZP_TARGET_AVX512 void widen_block_avx512(float *dst, int ld,
  * float32 scratch block that the tiles then share, so the conversion is paid once per block, not
  * once per tile (the tiles read the same float32 values either way: same bits). */
 ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x, const char *w,
-                                               int m, int K, int N, int n0, const int NC,
-                                               const int DT) {
+                                               int m, int K, int N, int n0, zp_after after,
+                                               const int NC, const int DT) {
     const size_t es = DT == ZP_WTYPE_F32 ? 4 : 2;
     int nc = N - n0 < NC ? N - n0 : NC;
     const char *wrow[ZP_WIDE], *srow[ZP_WIDE];
@@ -369,7 +394,8 @@ ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x
             int k1 = K - k0 < kblock ? K : k0 + kblock;
             const char *next[ZP_WIDE];
             int n_next, len;
-            next_block(w, es, K, N, n0, k1, kblock, NC, next, &n_next, &len);
+            size_t next_es = es;
+            next_block(w, &next_es, K, N, n0, k1, kblock, NC, after, next, &n_next, &len);
             if (widen) {
                 int ld = (kblock + ZP_LANES - 1) / ZP_LANES * ZP_LANES; /* <= 2 * ZP_KBLOCK */
                 widen_block_avx512(scratch, ld, wrow, k0, k1, NC, DT);
@@ -378,7 +404,7 @@ ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x
             }
             for (int t = 0; t < tiles; t++) {
                 int i = i0 + ZP_ROWS * t;
-                zp_prefetch pf = {{NULL}, 0, len, (int)es};
+                zp_prefetch pf = {{NULL}, 0, len, (int)next_es};
                 int from = tiles >= NC ? t : n_next * t / tiles;
                 int to = tiles >= NC ? t + 1 : n_next * (t + 1) / tiles;
                 for (int c = from; c < to && c < n_next; c++) pf.row[pf.n++] = next[c];
@@ -430,8 +456,8 @@ ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x
 /* One instance per (tile width, weight type). */
 #define ZP_GROUP_AVX512(name, NC, DT)                                                              \
     static ZP_TARGET_AVX512 void name(float *y, int ldy, const float *x, const char *w, int m,     \
-                                      int K, int N, int n0) {                                      \
-        group_avx512_t(y, ldy, x, w, m, K, N, n0, NC, DT);                                         \
+                                      int K, int N, int n0, zp_after after) {                      \
+        group_avx512_t(y, ldy, x, w, m, K, N, n0, after, NC, DT);                                  \
     }
 ZP_GROUP_AVX512(group_avx512_f32, ZP_COLS, ZP_WTYPE_F32)
 ZP_GROUP_AVX512(group_avx512_bf16, ZP_COLS, ZP_WTYPE_BF16)
@@ -462,15 +488,19 @@ ZP_INLINE ZP_TARGET_AVX2 float reduce_avx2(__m256 lo, __m256 hi) {
 }
 
 /* y[c] = x . w_c for c < nc: one row of x (K floats) against 4 rows of w; 8 ymm accumulators.
- * Per 16 elements of K: 8 loads of w, 2 of x, 8 fused multiply-adds. */
+ * Per 16 elements of K: 8 loads of w, 2 of x, 8 fused multiply-adds, and pf->n prefetches of
+ * the rows read next (once per 64 bytes of them; pf->n = 0 for none). */
 ZP_INLINE ZP_TARGET_AVX2 void tile_avx2(float *y, const float *x, const char *const wrow[ZP_COLS],
-                                        int K, int nc, const int DT) {
+                                        int K, int nc, const zp_prefetch *pf, const int DT) {
     const size_t es = DT == ZP_WTYPE_F32 ? 4 : 2;
     __m256 lo[ZP_COLS], hi[ZP_COLS]; /* lanes 0-7 and 8-15 of each dot's partial sums */
     for (int c = 0; c < ZP_COLS; c++) lo[c] = hi[c] = _mm256_setzero_ps();
 
     int k = 0;
     for (; k + ZP_LANES <= K; k += ZP_LANES) {
+        if (k < pf->len && (k * pf->es) % 64 == 0)
+            for (int j = 0; j < pf->n; j++)
+                _mm_prefetch(pf->row[j] + (size_t)k * pf->es, ZP_PF_HINT);
         __m256 xlo = _mm256_loadu_ps(x + k), xhi = _mm256_loadu_ps(x + k + 8);
         for (int c = 0; c < ZP_COLS; c++) {
             const char *p = wrow[c] + (size_t)k * es;
@@ -495,20 +525,26 @@ ZP_INLINE ZP_TARGET_AVX2 void tile_avx2(float *y, const float *x, const char *co
     for (int c = 0; c < nc; c++) y[c] = reduce_avx2(lo[c], hi[c]);
 }
 
+/* Output columns n0 .. n0+3 (clipped at N) for all m rows, one row of x at a time (the 4 rows of
+ * w stay in L1 after the first); the first row's tile prefetches the next group's rows (or the
+ * caller's `after` past the last group). */
 ZP_INLINE ZP_TARGET_AVX2 void group_avx2_t(float *y, int ldy, const float *x, const char *w, int m,
-                                           int K, int N, int n0, const int DT) {
-    const size_t es = DT == ZP_WTYPE_F32 ? 4 : 2;
+                                           int K, int N, int n0, zp_after after, const int DT) {
+    size_t es = DT == ZP_WTYPE_F32 ? 4 : 2, next_es = es;
     int nc = N - n0 < ZP_COLS ? N - n0 : ZP_COLS;
     const char *wrow[ZP_COLS];
     for (int c = 0; c < ZP_COLS; c++) wrow[c] = w + (size_t)(n0 + (c < nc ? c : nc - 1)) * K * es;
+    zp_prefetch pf = {{NULL}, 0, 0, 0}, none = {{NULL}, 0, 0, 4};
+    next_block(w, &next_es, K, N, n0, K, K > 0 ? K : 1, ZP_COLS, after, pf.row, &pf.n, &pf.len);
+    pf.es = (int)next_es;
     for (int i = 0; i < m; i++)
-        tile_avx2(y + (size_t)i * ldy + n0, x + (size_t)i * K, wrow, K, nc, DT);
+        tile_avx2(y + (size_t)i * ldy + n0, x + (size_t)i * K, wrow, K, nc, i ? &none : &pf, DT);
 }
 
 #define ZP_GROUP_AVX2(name, DT)                                                                    \
     static ZP_TARGET_AVX2 void name(float *y, int ldy, const float *x, const char *w, int m,       \
-                                    int K, int N, int n0) {                                        \
-        group_avx2_t(y, ldy, x, w, m, K, N, n0, DT);                                               \
+                                    int K, int N, int n0, zp_after after) {                        \
+        group_avx2_t(y, ldy, x, w, m, K, N, n0, after, DT);                                        \
     }
 ZP_GROUP_AVX2(group_avx2_f32, ZP_WTYPE_F32)
 ZP_GROUP_AVX2(group_avx2_bf16, ZP_WTYPE_BF16)
@@ -582,7 +618,7 @@ void zp_widen(float *dst, const void *src, int wtype, size_t n) {
 
 /* ---------------------------------------------------------------- dispatch */
 typedef void (*zp_group_fn)(float *y, int ldy, const float *x, const char *w, int m, int K, int N,
-                            int n0);
+                            int n0, zp_after after);
 
 /* The vector group function for (isa, wtype) and its width in output columns (4, or 6 for the
  * wide AVX-512 tile when `wide`); NULL for the scalar kernel (4 columns a group). */
@@ -630,17 +666,114 @@ static void blas_product(const float *x, int m, int K, const zp_matmul_out *o) {
 
 /* Columns [n0, n1) of output o for all m rows, walked in the kernel's own groups (a wide group
  * numbered by a caller whose ISA was since forced to a narrower kernel takes two calls). n1 is
- * given to the group function as its N, so no group writes, or prefetches, past the block. */
+ * given to the group function as its N, so no group writes, or prefetches, past the block; its
+ * last group prefetches `after` instead (the rows the caller runs next). */
 static void run_cols(int isa, int wide, const float *x, int m, int K, const zp_matmul_out *o,
-                     int n0, int n1) {
+                     int n0, int n1, zp_after after) {
     int width;
     zp_group_fn fn = group_fn(isa, o->wtype, wide, &width);
     for (int n = n0; n < n1; n += width) {
         if (fn)
-            fn(o->y, o->ldy, x, (const char *)o->w, m, K, n1, n);
+            fn(o->y, o->ldy, x, (const char *)o->w, m, K, n1, n, after);
         else
             group_scalar(o->y, o->ldy, x, (const char *)o->w, o->wtype, m, K, n1, n);
     }
+}
+
+/* Rows [n0, n1) of output o's weights as the `after` of a run (none when n0 >= n1). */
+static zp_after rows_of(const zp_matmul_out *o, int K, int n0, int n1) {
+    int es = zp_wtype_size(o->wtype);
+    zp_after a = {NULL, 0, es > 0 ? es : 4};
+    if (n0 < n1 && es > 0) a.w = (const char *)o->w + (size_t)n0 * K * es, a.rows = n1 - n0;
+    return a;
+}
+
+/* Whether a call's outputs can be numbered: all valid, same N and wtype when joint. */
+static int joint_ok(const zp_matmul_out *out, int n_out) {
+    for (int j = 0; j < n_out; j++)
+        if (!out_valid(&out[j]) || out[j].N != out[0].N || out[j].wtype != out[0].wtype) return 0;
+    return 1;
+}
+
+int64_t zp_matmul_groups(int K, const zp_matmul_out *out, int n_out, int flags) {
+    const int width = flags & ZP_MATMUL_WIDE ? ZP_WIDE : ZP_COLS;
+    if (out == NULL || n_out <= 0 || K < 0) return 0;
+    if (flags & ZP_MATMUL_JOINT)
+        return joint_ok(out, n_out) && !out_blas(&out[0], K, flags) ? (out[0].N + width - 1) / width
+                                                                    : 0;
+    int64_t groups = 0;
+    for (int j = 0; j < n_out; j++)
+        if (out_valid(&out[j]) && !out_blas(&out[j], K, flags))
+            groups += (out[j].N + width - 1) / width;
+    return groups;
+}
+
+/* Where group g of the numbering starts (output *j, column *n0) and ends (*n1); 0 when g is not a
+ * group. Non-joint numbering only. */
+static int locate(int K, const zp_matmul_out *out, int n_out, int flags, int width, int64_t g,
+                  int *j, int *n0, int *n1) {
+    int64_t first = 0;
+    for (int o = 0; o < n_out; o++) {
+        if (!out_valid(&out[o]) || out_blas(&out[o], K, flags)) continue;
+        int64_t count = (out[o].N + width - 1) / width;
+        if (g >= first && g < first + count) {
+            *j = o, *n0 = (int)((g - first) * width);
+            *n1 = *n0 + width < out[o].N ? *n0 + width : out[o].N;
+            return 1;
+        }
+        first += count;
+    }
+    return 0;
+}
+
+zp_cols zp_matmul_range(const float *x, int m, int K, const zp_matmul_out *out, int n_out,
+                        int flags, int64_t g0, int64_t g1, int64_t next) {
+    zp_cols mine = {0, 0};
+    if (x == NULL || out == NULL || m <= 0 || K < 0 || n_out <= 0 || g0 < 0 || g1 <= g0)
+        return mine;
+    if ((flags & ZP_MATMUL_BLAS) && omp_in_parallel()) flags &= ~ZP_MATMUL_BLAS;
+    const int isa = isa_current(), wide = (flags & ZP_MATMUL_WIDE) != 0;
+    const int width = wide ? ZP_WIDE : ZP_COLS; /* numbering unit, fixed by the caller's flags */
+    const int64_t groups = zp_matmul_groups(K, out, n_out, flags);
+    if (g1 > groups) g1 = groups;
+    if (g0 >= g1) return mine;
+    if (flags & ZP_MATMUL_JOINT) {
+        /* group g: columns [g width, (g + 1) width) of every output (same N and wtype) */
+        const int N = out[0].N;
+        mine.n0 = (int)(g0 * width);
+        mine.n1 = (int)(g1 * width < N ? g1 * width : N);
+        for (int64_t g = g0; g < g1; g++) {
+            int n0 = (int)(g * width), n1 = n0 + width < N ? n0 + width : N;
+            int64_t after = g + 1 < g1 ? g + 1 : next; /* the group computed next, if any */
+            int a0 = (int)(after * width), a1 = a0 + width < N ? a0 + width : N;
+            for (int j = 0; j < n_out; j++) /* then the same columns of the next output, or
+                                             * the next group of the first */
+                run_cols(isa, wide, x, m, K, &out[j], n0, n1,
+                         j + 1 < n_out                  ? rows_of(&out[j + 1], K, n0, n1)
+                         : after >= 0 && after < groups ? rows_of(&out[0], K, a0, a1)
+                                                        : rows_of(&out[0], K, 0, 0));
+        }
+        return mine;
+    }
+    /* groups of every skinny output numbered one after the other: the range cut into runs of one
+     * output each, each run prefetching the start of the one after it */
+    int j, n0, n1, nj, m0, m1;
+    locate(K, out, n_out, flags, width, g0, &j, &n0, &n1);
+    for (int64_t g = g0; g < g1;) {
+        /* this run: from group g to the end of output j or of the range */
+        int64_t left = g1 - g, in_out = (out[j].N - n0 + width - 1) / width;
+        int64_t take = left < in_out ? left : in_out;
+        int end = (int)(n0 + take * width < out[j].N ? n0 + take * width : out[j].N);
+        int64_t after = g + take < g1 ? g + take : next;
+        zp_after a = rows_of(&out[0], K, 0, 0);
+        if (after >= 0 && locate(K, out, n_out, flags, width, after, &nj, &m0, &m1))
+            a = rows_of(&out[nj], K, m0, m1);
+        run_cols(isa, wide, x, m, K, &out[j], n0, end, a);
+        if (n_out == 1) mine.n0 = n0, mine.n1 = end;
+        g += take;
+        if (g < g1) locate(K, out, n_out, flags, width, g, &j, &n0, &n1);
+    }
+    return mine;
 }
 
 zp_cols zp_matmul_part(const float *x, int m, int K, const zp_matmul_out *out, int n_out, int flags,
@@ -652,57 +785,17 @@ zp_cols zp_matmul_part(const float *x, int m, int K, const zp_matmul_out *out, i
     /* never sgemm inside an active parallel region (OpenBLAS's pthreads build warns and may hang
      * there); all threads of a team see the same answer, so they number the groups alike */
     if ((flags & ZP_MATMUL_BLAS) && omp_in_parallel()) flags &= ~ZP_MATMUL_BLAS;
-    const int isa = isa_current(), wide = (flags & ZP_MATMUL_WIDE) != 0;
-    const int width = wide ? ZP_WIDE : ZP_COLS; /* numbering unit, fixed by the caller's flags */
-    if (flags & ZP_MATMUL_JOINT) {
-        /* group g: columns [g width, (g + 1) width) of every output (same N and wtype) */
-        for (int j = 0; j < n_out; j++)
-            if (!out_valid(&out[j]) || out[j].N != out[0].N || out[j].wtype != out[0].wtype)
-                return mine;
-        const int N = out[0].N;
-        if (out_blas(&out[0], K, flags)) { /* all of it on part 0 */
-            if (part != 0) return mine;
-            for (int j = 0; j < n_out; j++) blas_product(x, m, K, &out[j]);
-            mine.n1 = N;
-            return mine;
-        }
-        int64_t g0, g1;
-        zp_share((N + width - 1) / width, part, n_parts, &g0, &g1);
-        mine.n0 = (int)(g0 * width);
-        mine.n1 = (int)(g1 * width < N ? g1 * width : N);
-        for (int64_t g = g0; g < g1; g++) {
-            int n0 = (int)(g * width), n1 = n0 + width < N ? n0 + width : N;
-            for (int j = 0; j < n_out; j++) run_cols(isa, wide, x, m, K, &out[j], n0, n1);
-        }
-        return mine;
-    }
-    /* groups of every skinny output numbered one after the other; BLAS outputs on part 0 */
-    int64_t groups = 0;
+    if ((flags & ZP_MATMUL_JOINT) && !joint_ok(out, n_out)) return mine;
+    /* BLAS outputs: whole, on part 0 (joint: all of them, as out[0] decides) */
     for (int j = 0; j < n_out; j++)
-        if (out_valid(&out[j]) && !out_blas(&out[j], K, flags))
-            groups += (out[j].N + width - 1) / width;
-    int64_t g0, g1, first = 0;
-    zp_share(groups, part, n_parts, &g0, &g1);
-    for (int j = 0; j < n_out; j++) {
-        const zp_matmul_out *o = &out[j];
-        if (!out_valid(o)) continue;
-        if (out_blas(o, K, flags)) {
-            if (part == 0) {
-                blas_product(x, m, K, o);
-                if (n_out == 1) mine.n1 = o->N;
-            }
-            continue;
+        if (out_valid(&out[j]) && out_blas(&out[(flags & ZP_MATMUL_JOINT) ? 0 : j], K, flags) &&
+            part == 0) {
+            blas_product(x, m, K, &out[j]);
+            if (n_out == 1 || (flags & ZP_MATMUL_JOINT)) mine.n1 = out[j].N;
         }
-        int64_t count = (o->N + width - 1) / width;
-        int64_t a = g0 > first ? g0 : first, b = g1 < first + count ? g1 : first + count;
-        if (a < b) {
-            int n0 = (int)((a - first) * width), n1 = (int)((b - first) * width);
-            if (n1 > o->N) n1 = o->N;
-            run_cols(isa, wide, x, m, K, o, n0, n1);
-            if (n_out == 1) mine.n0 = n0, mine.n1 = n1;
-        }
-        first += count;
-    }
+    int64_t g0, g1;
+    zp_share(zp_matmul_groups(K, out, n_out, flags), part, n_parts, &g0, &g1);
+    if (g0 < g1) mine = zp_matmul_range(x, m, K, out, n_out, flags, g0, g1, -1);
     return mine;
 }
 

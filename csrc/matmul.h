@@ -92,9 +92,9 @@ void zp_matmul_multi(const float *x, int m, int K, const zp_matmul_out *out, int
  * tile), and a team of n_parts threads splits the groups into n_parts contiguous blocks, one per
  * thread (the first groups % n_parts blocks one group larger). zp_matmul_w / zp_matmul_multi open
  * their own OpenMP region and call zp_matmul_part on every thread of it; zp_forward (model.c)
- * keeps ONE team for all the layers of a pass and calls zp_matmul_part from each of its threads,
- * with its own barrier between stages. Which thread computes a column never changes its bits
- * (above). */
+ * keeps ONE team for all the layers of a pass and hands out the groups itself (a static block
+ * per thread, then chunks from a counter) through zp_matmul_range, with its own barrier between
+ * stages. Which thread computes a column never changes its bits (above). */
 
 /* Below this many multiply-adds (K * N * (m + 4): the + 4 stands for reading w) a product, or a
  * forward pass whose largest product is this small, runs on the calling thread only: waking
@@ -142,6 +142,19 @@ typedef struct {
  * outside [0, n_parts)) compute nothing. */
 zp_cols zp_matmul_part(const float *x, int m, int K, const zp_matmul_out *out, int n_out, int flags,
                        int part, int n_parts);
+
+/* The column groups that zp_matmul_part's shares split (the numbering above: without
+ * ZP_MATMUL_JOINT the groups of every output that does not go to BLAS, one output after the
+ * other; with it, the column blocks common to all outputs, 0 when they differ in N or wtype). */
+int64_t zp_matmul_groups(int K, const zp_matmul_out *out, int n_out, int flags);
+
+/* Groups [g0, g1) of that numbering (clipped to it), for teams that hand out groups themselves
+ * (zp_forward takes chunks of them from a shared counter). `next`: the first group the calling
+ * thread computes after these (< 0: none), whose weights the last group prefetches. Never BLAS.
+ * Returns the columns written as zp_matmul_part does (when the range lies in one output, or
+ * joint). Each column's bits are those of any other split. */
+zp_cols zp_matmul_range(const float *x, int m, int K, const zp_matmul_out *out, int n_out,
+                        int flags, int64_t g0, int64_t g1, int64_t next);
 
 /* Threads for the skinny kernel (OpenMP) and for OpenBLAS. n = 0 restores the default (OpenMP's
  * omp_get_max_threads() at the time of each call). Returns 0, or -1 and changes nothing when n is

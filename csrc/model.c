@@ -772,9 +772,10 @@ static int build_visibility(const zp_cache *k, const zp_query *x, int32_t *vis) 
  * How threads work in a pass. The layers of a pass run inside ONE OpenMP parallel region (a team
  * of zp_get_num_threads() threads, or of 1 when the pass is too small to be worth waking threads
  * for: ZP_PARALLEL_MIN_WORK). Every stage of a layer is split between the team's threads by a
- * fixed rule (rows of the norms by zp_matmul_part-style shares, output columns of the products
- * by zp_matmul_part, attention by stream groups taken from a shared counter), and stages that
- * read what other threads wrote are separated by team_wait, a barrier that spins: waking
+ * rule (rows of the norms by zp_share, output columns of the products by a static block per
+ * thread then chunks from a shared counter: product(), attention by stream groups taken from a
+ * shared counter), and stages that read what other threads wrote are separated by team_wait,
+ * a barrier that spins: waking
  * sleeping threads through the kernel (libgomp with OMP_WAIT_POLICY=PASSIVE, which zipar sets so
  * that idle threads never spin between passes) costs microseconds to tens of microseconds per
  * region on some hosts (a gVisor VM: ~30 us), which the former five regions per layer paid ~120
@@ -785,8 +786,8 @@ static int build_visibility(const zp_cache *k, const zp_query *x, int32_t *vis) 
  *   qkv = xb . wqkv^T, by columns   B
  *   per stream group (one stream, a shared counter hands them out): q/k norm, rotary, K/V cache
  *     write of its rows, then its attention (a group reads only its own stream's cache)   B
- *     (fewer groups than threads: q/k norm, rotary and K/V write by rows   B, then each group's
- *     K/V heads cut into runs, one task each: attend_groups)
+ *     (fewer groups than threads: each group's K/V heads cut into runs, one task each, which
+ *     does the norm, rotary, K/V write and attention of its heads only: attend_groups)
  *   capture (thread 0, nothing else reads it)
  *   xb = att . wo^T by columns, x += xb on the same columns   B   norm rows x -> xb   B
  *     (swin_norm: B, then per row xb = norm(xb), x += xb, B)
@@ -813,23 +814,62 @@ static int build_visibility(const zp_cache *k, const zp_query *x, int32_t *vis) 
 #define ZP_PAUSE() ((void)0)
 #endif
 
+/* The product stages of a layer, each with its own chunk counter (zp_team.cols). */
+enum { ZP_QKV, ZP_WO, ZP_GATE_UP, ZP_W2, ZP_PRODUCTS };
+
 /* Shared state of one pass's team; each field on its own cache line. */
 typedef struct {
     _Alignas(64) int arrived; /* threads at the barrier in this phase */
     _Alignas(64) int sense;   /* flips when the last thread of a phase arrives */
     _Alignas(64) int next;    /* the next attention group to take */
+    struct {
+        _Alignas(64) int next; /* the next chunk of the stage's column groups to take */
+    } cols[ZP_PRODUCTS];
 } zp_team;
+
+/* Stage timers (compiled in with -DZP_PROFILE only; csrc/tests/bench_pass.c reads them): each
+ * thread adds the TSC ticks since its previous mark to a bucket per stage, separately for the
+ * stage's work (up to its barrier) and for the wait in that barrier; thread 0 also times what
+ * runs outside the team. Without ZP_PROFILE the marks compile to nothing. */
+#ifdef ZP_PROFILE
+#include <x86intrin.h>
+uint64_t zp_prof_ticks[ZP_PROF_THREADS][ZP_PROF_BUCKETS];
+static _Thread_local int prof_stage;
+static _Thread_local uint64_t prof_last;
+static void prof_mark(int bucket) {
+    uint64_t now = __rdtsc();
+    int tid = omp_get_thread_num();
+    if (tid < ZP_PROF_THREADS && bucket >= 0) zp_prof_ticks[tid][bucket] += now - prof_last;
+    prof_last = now;
+}
+#define PROF_MARK(b)  prof_mark(b)
+#define PROF_STAGE(s) (prof_stage = (s))
+#define PROF_WORKED() prof_mark(prof_stage)
+#define PROF_WAITED() prof_mark(ZP_PROF_STAGES + prof_stage)
+static uint64_t prof_open; /* when thread 0 opened the region */
+#define PROF_OPEN()  (prof_mark(ZP_PROF_SETUP), prof_open = prof_last)
+#define PROF_ENTER() (prof_last = prof_open, prof_mark(ZP_PROF_ENTER))
+#else
+#define PROF_OPEN()   ((void)0)
+#define PROF_ENTER()  ((void)0)
+#define PROF_MARK(b)  ((void)0)
+#define PROF_STAGE(s) ((void)0)
+#define PROF_WORKED() ((void)0)
+#define PROF_WAITED() ((void)0)
+#endif
 
 /* Centralized sense-reversing barrier of the nth threads of the team (nth = 1: no-op). *sense is
  * the calling thread's own phase flag, 0 at the start of the region. Everything a thread wrote
  * before it is visible to every thread after it (acquire/release on arrived and sense). */
 static void team_wait(zp_team *t, int nth, int *sense) {
+    PROF_WORKED();
     if (nth <= 1) return;
     int mine = !*sense;
     *sense = mine;
     if (__atomic_add_fetch(&t->arrived, 1, __ATOMIC_ACQ_REL) == nth) { /* the last one */
         __atomic_store_n(&t->arrived, 0, __ATOMIC_RELAXED);
         __atomic_store_n(&t->sense, mine, __ATOMIC_RELEASE);
+        PROF_WAITED();
         return;
     }
     for (int spins = 0; __atomic_load_n(&t->sense, __ATOMIC_ACQUIRE) != mine; spins++) {
@@ -838,6 +878,7 @@ static void team_wait(zp_team *t, int nth, int *sense) {
         else
             sched_yield();
     }
+    PROF_WAITED();
 }
 
 /* What every thread of a pass reads: set before the region, read-only in it but for team. */
@@ -855,9 +896,12 @@ typedef struct {
     zp_team team;
 } zp_pass;
 
-/* Row i's q and k of layer l: q/k norm and rotary in place in s->qkv; then its k and v written
- * into its slot of the cache (kl, vl: the layer's K and V). */
-static void row_to_cache(const zp_pass *p, const zp_layer_weights *L, int i, char *kl, char *vl) {
+/* Row i's q and k of layer l, for K/V heads [g0, g1) and their query heads: q/k norm and rotary in
+ * place in s->qkv; then its k and v of those heads written into its slot of the cache (kl, vl:
+ * the layer's K and V). Every head's arithmetic is its own, so a range does what the whole row
+ * does to those heads. */
+static void row_to_cache(const zp_pass *p, const zp_layer_weights *L, int i, int g0, int g1,
+                         char *kl, char *vl) {
     const zp_config *c = &p->m->cfg;
     const zp_cache *k = p->k;
     const zp_scratch *s = &k->s;
@@ -868,16 +912,18 @@ static void row_to_cache(const zp_pass *p, const zp_layer_weights *L, int i, cha
     if (rpos < 0) rpos = 0;                         /* padding row: never read */
     const float *cs = p->m->rope_cos + (size_t)rpos * (HD / 2);
     const float *sn = p->m->rope_sin + (size_t)rpos * (HD / 2);
+    const int GROUP = NH / NKV, q0 = g0 * GROUP * HD, nq = (g1 - g0) * GROUP, k0 = g0 * HD;
+    float *qh = qkv + q0, *kh = qkv + NH * HD + k0; /* the range's first query and key head */
     if (c->qk_norm) {
-        head_layernorm(qkv, NH, HD, L->q_norm_w, L->q_norm_b, c->qk_norm_eps);
-        head_layernorm(qkv + NH * HD, NKV, HD, L->k_norm_w, L->k_norm_b, c->qk_norm_eps);
+        head_layernorm(qh, nq, HD, L->q_norm_w + q0, L->q_norm_b + q0, c->qk_norm_eps);
+        head_layernorm(kh, g1 - g0, HD, L->k_norm_w + k0, L->k_norm_b + k0, c->qk_norm_eps);
     }
     if (c->rope_1d) {
-        rope_half(qkv, NH, HD, cs, sn);
-        rope_half(qkv + NH * HD, NKV, HD, cs, sn);
+        rope_half(qh, nq, HD, cs, sn);
+        rope_half(kh, g1 - g0, HD, cs, sn);
     } else {
-        rope(qkv, NH, HD, cs, sn);
-        rope(qkv + NH * HD, NKV, HD, cs, sn);
+        rope(qh, nq, HD, cs, sn);
+        rope(kh, g1 - g0, HD, cs, sn);
     }
     size_t tile = ((size_t)s->row_stream[i] * zp_tiled_len(k->seq_len) +
                    (size_t)(x->pos / ZP_TILE) * ZP_TILE) *
@@ -886,14 +932,14 @@ static void row_to_cache(const zp_pass *p, const zp_layer_weights *L, int i, cha
     const float *kx = qkv + NH * HD, *vx = qkv + NH * HD + KVD;
     if (k->kv_type == ZP_WTYPE_BF16) { /* rounded to nearest even once, here */
         uint16_t *kt = (uint16_t *)kl + tile + lane, *vt = (uint16_t *)vl + tile;
-        for (int e = 0; e < KVD; e++) kt[(size_t)e * ZP_TILE] = bf16_round(kx[e]);
-        for (int g = 0; g < NKV; g++)
+        for (int e = g0 * HD; e < g1 * HD; e++) kt[(size_t)e * ZP_TILE] = bf16_round(kx[e]);
+        for (int g = g0; g < g1; g++)
             for (int e = 0; e < HD; e++)
                 vt[((size_t)g * ZP_TILE + lane) * HD + e] = bf16_round(vx[g * HD + e]);
     } else {
         float *kt = (float *)kl + tile + lane, *vt = (float *)vl + tile;
-        for (int e = 0; e < KVD; e++) kt[(size_t)e * ZP_TILE] = kx[e];
-        for (int g = 0; g < NKV; g++)
+        for (int e = g0 * HD; e < g1 * HD; e++) kt[(size_t)e * ZP_TILE] = kx[e];
+        for (int g = g0; g < g1; g++)
             memcpy(vt + ((size_t)g * ZP_TILE + lane) * HD, vx + g * HD, sizeof(float) * HD);
     }
 }
@@ -920,9 +966,9 @@ static void capture_layer(const zp_pass *p, int l) {
 
 /* The attention of layer l as n_groups x splits tasks, each taken by the next free thread from
  * the team's counter: stream group g (one stream, reading only its own cache) and the query heads
- * of its j-th run of K/V heads. With one task per group it first does the q/k norm, rotary and
- * K/V cache write of the group's rows (with several, the caller did them for all rows before a
- * barrier). Each head's arithmetic is that of one call over all heads (attend.h), so the split,
+ * of its j-th run of K/V heads. A task first does the q/k norm, rotary and K/V cache write of its
+ * heads for the group's rows (nothing else reads them: no barrier), then their attention. Each
+ * head's arithmetic is that of one call over all heads (attend.h, row_to_cache), so the split,
  * which follows the team size, never changes a bit. Task j of a group uses its own cursor run
  * (s->cursor: splits x rows). */
 static void attend_groups(zp_pass *p, const zp_layer_weights *L, char *kl, char *vl) {
@@ -938,9 +984,8 @@ static void attend_groups(zp_pass *p, const zp_layer_weights *L, char *kl, char 
         int g = task / splits, j = task % splits;
         int first = s->grp_start[g], n = s->grp_start[g + 1] - first;
         const int32_t *grp = s->grp_rows + first;
-        if (splits == 1)
-            for (int a = 0; a < n; a++) row_to_cache(p, L, grp[a], kl, vl);
-        int h0 = j * NKV / splits * GROUP, h1 = (j + 1) * NKV / splits * GROUP;
+        int g0 = j * NKV / splits, g1 = (j + 1) * NKV / splits, h0 = g0 * GROUP, h1 = g1 * GROUP;
+        for (int a = 0; a < n; a++) row_to_cache(p, L, grp[a], g0, g1, kl, vl);
         size_t off = (size_t)s->row_stream[grp[0]] * stream_bytes;
         p->attend(grp, n, (const int32_t *const *)s->row_vis, s->row_nv, s->qkv, p->m->qkv_dim,
                   s->scores, (size_t)NH * p->k->seq_len, s->att, kl + off, vl + off, NH, h0, h1,
@@ -952,6 +997,60 @@ static void attend_groups(zp_pass *p, const zp_layer_weights *L, char *kl, char 
 static void add_cols(float *x, const float *xb, int rows, int ld, zp_cols cols) {
     for (int i = 0; i < rows; i++)
         for (int n = cols.n0; n < cols.n1; n++) x[(size_t)i * ld + n] += xb[(size_t)i * ld + n];
+}
+
+/* What a product stage does to the columns it just computed, before the barrier. */
+enum { ZP_POST_NONE, ZP_POST_RESIDUAL, ZP_POST_SILU };
+
+static void post_cols(zp_pass *p, int post, zp_cols cols) {
+    zp_scratch *s = &p->k->s;
+    const int H = p->m->cfg.hidden;
+    if (post == ZP_POST_RESIDUAL && !p->m->cfg.swin_norm) {
+        add_cols(s->x, s->xb, p->rows, p->m->cfg.dim, cols);
+    } else if (post == ZP_POST_SILU) { /* these hidden units, of both products */
+        for (int i = 0; i < p->rows; i++)
+            for (int n = cols.n0; n < cols.n1; n++) {
+                float a = s->h1[(size_t)i * H + n];
+                s->h1[(size_t)i * H + n] = a / (1.f + expf(-a)) * s->h3[(size_t)i * H + n];
+            }
+    }
+}
+
+/* Share of the column groups a product stage hands out statically (contiguous, one block per
+ * thread, so each thread streams one run of weights); the rest goes in chunks of
+ * tail / (ZP_TAIL_CHUNKS x threads) groups to whichever thread asks first. */
+#define ZP_STATIC_SHARE 0.75
+#define ZP_TAIL_CHUNKS  4
+
+/* This thread's part of product stage `which` (x: (rows, K)), then `post` on every column block
+ * it computed. The first ZP_STATIC_SHARE of the groups are split as zp_matmul_part splits them;
+ * the rest are taken in chunks from the stage's counter, so that threads that stream faster than
+ * others (shared hosts: cores differ by tens of percent) take more. A thread takes its next chunk
+ * before it computes the current block, whose last group then prefetches the chunk's weights.
+ * Which thread computes a column never changes its bits; each column is computed once.
+ * BLAS passes (a team of one) go through zp_matmul_part. */
+static void product(zp_pass *p, int which, const float *x, int K, const zp_matmul_out *out,
+                    int n_out, int flags, int post, int tid, int nth) {
+    if (flags & ZP_MATMUL_BLAS) {
+        post_cols(p, post, zp_matmul_part(x, p->rows, K, out, n_out, flags, tid, nth));
+        return;
+    }
+    int *counter = &p->team.cols[which].next;
+    const int64_t groups = zp_matmul_groups(K, out, n_out, flags);
+    const int64_t fixed = nth > 1 ? (int64_t)(groups * ZP_STATIC_SHARE) : groups;
+    int64_t chunk = (groups - fixed + ZP_TAIL_CHUNKS * nth - 1) / (ZP_TAIL_CHUNKS * nth);
+    if (chunk < 1) chunk = 1;
+    const int64_t n_chunks = (groups - fixed + chunk - 1) / chunk;
+    int64_t g0, g1, c = n_chunks > 0 ? __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED) : 0;
+    zp_share(fixed, tid, nth, &g0, &g1);
+    for (;;) {
+        int64_t next = c < n_chunks ? fixed + c * chunk : -1;
+        if (g0 < g1)
+            post_cols(p, post, zp_matmul_range(x, p->rows, K, out, n_out, flags, g0, g1, next));
+        if (c >= n_chunks) break;
+        g0 = next, g1 = next + chunk < groups ? next + chunk : groups;
+        c = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
+    }
 }
 
 /* Before a sub-layer: xb = norm(x) for this thread's rows [r0, r1), then a barrier; nothing with
@@ -966,17 +1065,15 @@ static void norm_rows(zp_pass *p, const float *norm_w, int r0, int r1, int nth, 
     team_wait(&p->team, nth, sense);
 }
 
-/* After a sub-layer's product into xb: x += xb (the columns this thread produced), or with
- * swin_norm x += norm(xb) (whole rows, so after a barrier); then a barrier. */
-static void residual(zp_pass *p, const float *norm_w, zp_cols cols, int r0, int r1, int nth,
-                     int *sense) {
+/* After a sub-layer's product into xb (whose columns the product's post step already added to x,
+ * without swin_norm): with swin_norm x += norm(xb) (whole rows, so after a barrier); then a
+ * barrier. */
+static void residual(zp_pass *p, const float *norm_w, int r0, int r1, int nth, int *sense) {
     const zp_config *c = &p->m->cfg;
     zp_scratch *s = &p->k->s;
     const int D = c->dim;
     zp_team *t = &p->team;
-    if (!c->swin_norm) {
-        add_cols(s->x, s->xb, p->rows, D, cols);
-    } else {
+    if (c->swin_norm) {
         team_wait(t, nth, sense);
         for (int i = r0; i < r1; i++) {
             float *xb = s->xb + (size_t)i * D, *x = s->x + (size_t)i * D;
@@ -1003,17 +1100,22 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
     int64_t lo, hi; /* this thread's rows for the row-wise stages */
     zp_share(rows, tid, nth, &lo, &hi);
     const int r0 = (int)lo, r1 = (int)hi;
+    /* Counters are zeroed by thread 0 in a stage that nobody takes from them, with a barrier
+     * before their next use: the attention's during qkv, each product's a stage after its own. */
+#define ZP_RESET(counter)                                                                          \
+    if (tid == 0) __atomic_store_n(&(counter), 0, __ATOMIC_RELAXED)
 
     /* ---- attention: norm, qkv, then per stream group rotary, K/V write and attention */
+    ZP_RESET(p->team.cols[ZP_W2].next);
+    PROF_STAGE(ZP_PROF_NORM1);
     norm_rows(p, L->attention_norm, r0, r1, nth, sense);
+    PROF_STAGE(ZP_PROF_QKV);
+    ZP_RESET(p->team.next);
     zp_matmul_out qkv = {s->qkv, QKV, L->wqkv, wt, QKV};
-    zp_matmul_part(c->swin_norm ? s->x : s->xb, rows, D, &qkv, 1, p->flags, tid, nth);
-    if (tid == 0) __atomic_store_n(&p->team.next, 0, __ATOMIC_RELAXED); /* nobody takes yet */
+    product(p, ZP_QKV, c->swin_norm ? s->x : s->xb, D, &qkv, 1, p->flags, ZP_POST_NONE, tid, nth);
     team_wait(&p->team, nth, sense);
-    if (p->splits > 1) { /* several tasks per group read its K/V: every row's written first */
-        for (int i = r0; i < r1; i++) row_to_cache(p, L, i, kl, vl);
-        team_wait(&p->team, nth, sense);
-    }
+    PROF_STAGE(ZP_PROF_ATTEND);
+    ZP_RESET(p->team.cols[ZP_QKV].next);
     if (nth == 1 && p->att_threads > 1) { /* a team of one (BLAS pass): a region of its own */
 #pragma omp parallel num_threads(p->att_threads)
         attend_groups(p, L, kl, vl);
@@ -1022,29 +1124,32 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
     }
     team_wait(&p->team, nth, sense);
     if (tid == 0 && p->cap) capture_layer(p, l);
+    PROF_STAGE(ZP_PROF_WO);
     zp_matmul_out wo = {s->xb, D, L->wo, wt, D};
-    residual(p, L->attention_norm,
-             zp_matmul_part(s->att, rows, NH * HD, &wo, 1, p->flags, tid, nth), r0, r1, nth, sense);
+    product(p, ZP_WO, s->att, NH * HD, &wo, 1, p->flags, ZP_POST_RESIDUAL, tid, nth);
+    residual(p, L->attention_norm, r0, r1, nth, sense);
 
     /* ---- SwiGLU feed-forward */
+    ZP_RESET(p->team.cols[ZP_WO].next);
+    PROF_STAGE(ZP_PROF_NORM2);
     norm_rows(p, L->ffn_norm, r0, r1, nth, sense);
+    PROF_STAGE(ZP_PROF_GATEUP);
     zp_matmul_out gate_up[2] = {{s->h1, H, L->w1, wt, H}, {s->h3, H, L->w3, wt, H}};
-    zp_cols cols = zp_matmul_part(c->swin_norm ? s->x : s->xb, rows, D, gate_up, 2,
-                                  p->flags | ZP_MATMUL_JOINT, tid, nth);
-    for (int i = 0; i < rows; i++) /* this thread's hidden units, of both products */
-        for (int n = cols.n0; n < cols.n1; n++) {
-            float a = s->h1[(size_t)i * H + n];
-            s->h1[(size_t)i * H + n] = a / (1.f + expf(-a)) * s->h3[(size_t)i * H + n];
-        }
+    product(p, ZP_GATE_UP, c->swin_norm ? s->x : s->xb, D, gate_up, 2, p->flags | ZP_MATMUL_JOINT,
+            ZP_POST_SILU, tid, nth);
     team_wait(&p->team, nth, sense);
+    PROF_STAGE(ZP_PROF_W2);
+    ZP_RESET(p->team.cols[ZP_GATE_UP].next);
     zp_matmul_out w2 = {s->xb, D, L->w2, wt, D};
-    residual(p, L->ffn_norm, zp_matmul_part(s->h1, rows, H, &w2, 1, p->flags, tid, nth), r0, r1,
-             nth, sense);
+    product(p, ZP_W2, s->h1, H, &w2, 1, p->flags, ZP_POST_RESIDUAL, tid, nth);
+    residual(p, L->ffn_norm, r0, r1, nth, sense);
+#undef ZP_RESET
 }
 
 zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, float cfg_scale,
                      float *logits, zp_capture *cap) {
     const zp_config *c = &m->cfg;
+    PROF_MARK(-1); /* starts thread 0's clock */
     if (k->m != m) return zp_fail(ZP_ERR_ARG, "cache belongs to another model");
     zp_status st = check_queries(m, k, q, nq);
     if (st) return st;
@@ -1178,11 +1283,14 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         pass.splits = (workers + n_groups - 1) / n_groups;
         if (pass.splits > c->n_kv_head) pass.splits = c->n_kv_head;
     }
+    PROF_OPEN();
 #pragma omp parallel num_threads(team) if (team > 1)
     {
         int tid = omp_get_thread_num(), nth = omp_get_num_threads(), sense = 0;
+        PROF_ENTER();
         for (int l = 0; l < c->n_layer; l++) layer_stages(&pass, l, tid, nth, &sense);
     }
+    PROF_MARK(ZP_PROF_JOIN);
 
     /* ---- output head for the rows whose query wants logits */
     if (n_logits == 0) return ZP_OK;
@@ -1222,6 +1330,7 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         for (int v = 0; v < c->vocab; v++) bad |= !isfinite(dst[v]);
         out_row++;
     }
+    PROF_MARK(ZP_PROF_HEAD);
     if (bad) return zp_fail(ZP_ERR_NONFINITE, "the model produced non-finite logits");
     return ZP_OK;
 }

@@ -384,6 +384,93 @@ static void check_widening(void) {
 }
 
 /* ---------------------------------------------------------------- main */
+/* ---------------------------------------------------------------- team splits
+ * What a thread team calls: zp_matmul_part's shares (n_parts 1..5) and zp_matmul_range over any
+ * cut of the groups into ranges (random lengths, taken in a shuffled order, with right, wrong and
+ * no `next` hints), joint (w1/w3-like: same N) and not (three outputs of different N): every
+ * column written exactly once, bitwise equal to one zp_matmul_w call per output. */
+static void check_ranges(const char *isa, int wtype, int K, int m) {
+    enum { NO = 3 };
+    const int Ns[NO] = {37, 64, 9};
+    const char *what = wtype == ZP_WTYPE_F32 ? "f32" : "bf16";
+    float *x = random_floats((size_t)m * K);
+    void *w[NO];
+    float *ref[NO], *y[NO], *wf;
+    for (int j = 0; j < NO; j++) {
+        if (wtype == ZP_WTYPE_F32) {
+            w[j] = random_floats((size_t)Ns[j] * K);
+        } else {
+            uint16_t *h;
+            random_half(wtype, (size_t)Ns[j] * K, &h, &wf);
+            free(wf);
+            w[j] = h;
+        }
+        ref[j] = malloc(sizeof(float) * m * Ns[j]);
+        y[j] = malloc(sizeof(float) * m * Ns[j]);
+    }
+    zp_matmul_force_isa(isa);
+    for (int joint = 0; joint < 2; joint++) {
+        int n_out = joint ? 2 : NO, flags = joint ? ZP_MATMUL_JOINT : 0;
+        zp_matmul_out out[NO];
+        for (int j = 0; j < n_out; j++) {
+            int N = joint ? Ns[0] : Ns[j];
+            if (joint && j == 1) /* w1 and w3: same N, different weights */
+                out[j] = (zp_matmul_out){y[j], N, w[1], wtype, N};
+            else
+                out[j] = (zp_matmul_out){y[j], N, w[j], wtype, N};
+            zp_matmul_w(ref[j], N, x, out[j].w, wtype, m, K, N);
+        }
+        int64_t groups = zp_matmul_groups(K, out, n_out, flags);
+        int64_t want = 0;
+        for (int j = 0; j < n_out; j++) want += joint ? 0 : (out[j].N + 3) / 4;
+        CHECK(groups == (joint ? (Ns[0] + 3) / 4 : want), "%s %s: %lld groups", isa, what,
+              (long long)groups);
+        for (int trial = 0; trial < 8; trial++) {
+            for (int j = 0; j < n_out; j++)
+                for (int e = 0; e < m * out[j].N; e++) y[j][e] = NAN;
+            if (trial < 5) { /* zp_matmul_part's shares, in reverse order */
+                for (int part = trial; part >= 0; part--)
+                    zp_matmul_part(x, m, K, out, n_out, flags, part, trial + 1);
+            } else { /* random ranges, shuffled, with hints */
+                int64_t cut[64], n_cut = 0;
+                for (int64_t g = 0; g < groups; n_cut++) {
+                    cut[n_cut] = g;
+                    g += 1 + (int64_t)((uniform() + 1.f) * 3.f);
+                }
+                cut[n_cut] = groups;
+                int order[64];
+                for (int i = 0; i < n_cut; i++) order[i] = i;
+                for (int i = n_cut - 1; i > 0; i--) {
+                    int r = (int)((uniform() + 1.f) * 0.5f * (i + 1)) % (i + 1), t = order[i];
+                    order[i] = order[r], order[r] = t;
+                }
+                for (int i = 0; i < n_cut; i++) {
+                    int c = order[i];
+                    int64_t next = trial == 5 ? -1 : trial == 6 ? cut[c + 1] : groups + 5;
+                    zp_matmul_range(x, m, K, out, n_out, flags, cut[c], cut[c + 1], next);
+                }
+            }
+            for (int j = 0; j < n_out; j++)
+                CHECK(memcmp(y[j], ref[j], sizeof(float) * m * out[j].N) == 0,
+                      "%s %s K=%d m=%d joint=%d trial %d: output %d differs from zp_matmul_w", isa,
+                      what, K, m, joint, trial, j);
+        }
+        /* out of range: nothing written */
+        for (int j = 0; j < n_out; j++)
+            for (int e = 0; e < m * out[j].N; e++) y[j][e] = 7.f;
+        zp_matmul_range(x, m, K, out, n_out, flags, -1, groups, -1);
+        zp_matmul_range(x, m, K, out, n_out, flags, groups, groups + 3, -1);
+        zp_matmul_range(x, m, K, out, n_out, flags, 3, 3, -1);
+        int touched = 0;
+        for (int j = 0; j < n_out; j++)
+            for (int e = 0; e < m * out[j].N; e++) touched |= y[j][e] != 7.f;
+        CHECK(!touched, "%s %s joint=%d: an empty or out-of-range range wrote", isa, what, joint);
+    }
+    zp_matmul_force_isa(NULL);
+    for (int j = 0; j < NO; j++) free(w[j]), free(ref[j]), free(y[j]);
+    free(x);
+}
+
 int main(void) {
     static const int Ks[] = {1, 3, 7, 16, 31, 64, 100, 768, 1041, 2048};
     static const int Ns[] = {1, 3, 17, 64, 100, 2304};
@@ -426,6 +513,15 @@ int main(void) {
     }
     check_ldy(NULL, 70, 33, 19); /* BLAS path */
     printf("  ldy and unmodified inputs: done\n");
+
+    for (int s = 0; s < 3; s++) {
+        if (zp_matmul_force_isa(isa_names[s]) != 0) continue;
+        for (int t = ZP_WTYPE_F32; t <= ZP_WTYPE_BF16; t++) {
+            check_ranges(isa_names[s], t, 100, 2);
+            check_ranges(isa_names[s], t, 1100, 12); /* K blocks with several tiles */
+        }
+    }
+    printf("  team splits (zp_matmul_part shares, zp_matmul_range cuts): done\n");
 
     zp_set_num_threads(0);
     if (failures) {
