@@ -15,7 +15,10 @@ and its fraction of the read bandwidth measured in the same process, in 5 rounds
 then passes), the fraction being the median of the rounds' ratios:
 
     python benchmarks/bench_forward.py --one-query [--shapes GPT-B GPT-L] [--dtypes fp32 bf16]
-        [--threads N] [--ab OLD_CHECKOUT NEW_CHECKOUT [--repeats 3]]
+        [--threads N] [--stages] [--ab OLD_CHECKOUT NEW_CHECKOUT [--repeats 3]]
+
+--stages also prints, for each model, where the passes of the last round spent their time
+(zipar.runtime.stage_times: ms per pass of each layer stage, work and barrier waits).
 
 With --ab the two checkouts (each with an in-place build) run alternately in fresh processes, as
 benchmarks/bench_ab.py does, so load drift on a shared machine hits both; prints each run and the
@@ -28,6 +31,7 @@ import platform
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -65,7 +69,7 @@ def pass_time(model, m, reps):
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
-def one_query_rounds(model, wbytes, reps, rounds):
+def one_query_rounds(model, wbytes, reps, rounds, stages=False):
     """Median ms of one-query passes, median read bandwidth, and the median over `rounds` of
     (weight bytes / that round's median pass) / (that round's read bandwidth): each round measures
     the bandwidth right before its passes, so that a shared host's drift hits both sides of the
@@ -78,23 +82,27 @@ def one_query_rounds(model, wbytes, reps, rounds):
     s.forward(np.zeros(half, dtype=np.int64), cells // c.W, cells % c.W, cells % c.vocab_size, 0,
               0)
     times, bws, fracs, k = [], [], [], 0
-    for _ in range(rounds):
+    for r in range(rounds):
         bw = zipar.runtime.read_bandwidth(512 << 20, 3)
         mine = []
-        for _ in range(max(reps // rounds, 3)):
-            col = (half + k) % (c.H * c.W)
-            k += 1
-            t0 = time.perf_counter()
-            s.forward(np.zeros(1, dtype=np.int64), np.full(1, col // c.W), np.full(1, col % c.W),
-                      np.zeros(1, dtype=np.int64), 0, 1)
-            mine.append(time.perf_counter() - t0)
+        timer = zipar.runtime.stage_times() if stages and r == rounds - 1 else nullcontext()
+        with timer as st:
+            for _ in range(max(reps // rounds, 3)):
+                col = (half + k) % (c.H * c.W)
+                k += 1
+                t0 = time.perf_counter()
+                s.forward(np.zeros(1, dtype=np.int64), np.full(1, col // c.W),
+                          np.full(1, col % c.W), np.zeros(1, dtype=np.int64), 0, 1)
+                mine.append(time.perf_counter() - t0)
+        if st is not None:
+            print(st, flush=True)
         times += mine
         bws.append(bw)
         fracs.append(wbytes / float(np.median(mine)) / bw)
     return float(np.median(times)), float(np.median(bws)), float(np.median(fracs))
 
 
-def one_query(shapes, dtypes, threads, reps, rounds=5):
+def one_query(shapes, dtypes, threads, reps, rounds=5, stages=False):
     """Rows of ms/pass, weight bytes, GB/s and bandwidth fraction of a one-query CFG pass."""
     if threads:
         zipar.set_num_threads(threads)
@@ -109,7 +117,9 @@ def one_query(shapes, dtypes, threads, reps, rounds=5):
             elems = (sum(a.size for k, a in base.weights.items() if k.startswith("layers.")
                          and a.ndim == 2) + base.weights["output.weight"].size)
             wbytes = elems * (4 if dt == "fp32" else 2)
-            t, bw, frac = one_query_rounds(model, wbytes, reps, rounds)
+            if stages:
+                print(f"{shape} {dt}, last round:", flush=True)
+            t, bw, frac = one_query_rounds(model, wbytes, reps, rounds, stages)
             out.append(dict(shape=shape, dtype=dt, threads=zipar.get_num_threads(),
                             pass_ms=t * 1e3, weight_bytes=wbytes, weight_gbps=wbytes / t / 1e9,
                             read_gbps=bw / 1e9, bandwidth_fraction=frac))
@@ -161,13 +171,16 @@ def main():
     ap.add_argument("--reps", type=int, default=25, help="passes timed per model (median)")
     ap.add_argument("--ab", nargs=2, metavar=("OLD", "NEW"), help="compare two checkouts")
     ap.add_argument("--repeats", type=int, default=3, help="--ab: runs per checkout")
+    ap.add_argument("--stages", action="store_true",
+                    help="--one-query: print where the last round's passes spent their time")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # --ab's children
     args = ap.parse_args()
     if args.one_query:
         if args.ab:
             ab(args)
             return
-        rows = one_query(args.shapes, args.dtypes, args.threads, args.reps)
+        rows = one_query(args.shapes, args.dtypes, args.threads, args.reps,
+                         stages=args.stages and not args.json)
         if args.json:
             print(json.dumps(rows))
         else:

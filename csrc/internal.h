@@ -64,29 +64,4 @@ struct zp_cache {
     zp_scratch s;
 };
 
-#ifdef ZP_PROFILE
-/* Stage timers of zp_forward (model.c), built with -DZP_PROFILE only: TSC ticks per thread and
- * bucket, summed over passes; the caller zeroes them. Buckets: the work of each layer stage up
- * to its barrier, then (+ ZP_PROF_STAGES) the wait in that barrier; then thread 0's time before
- * the team (setup), each thread's start-up in the region (enter), thread 0's time from its last
- * barrier to after the region (join) and the output head with the CFG combine (head). */
-enum {
-    ZP_PROF_NORM1,
-    ZP_PROF_QKV,
-    ZP_PROF_ATTEND,
-    ZP_PROF_WO,
-    ZP_PROF_NORM2,
-    ZP_PROF_GATEUP,
-    ZP_PROF_W2,
-    ZP_PROF_STAGES,
-    ZP_PROF_SETUP = 2 * ZP_PROF_STAGES,
-    ZP_PROF_ENTER,
-    ZP_PROF_JOIN,
-    ZP_PROF_HEAD,
-    ZP_PROF_BUCKETS,
-    ZP_PROF_THREADS = 64
-};
-extern uint64_t zp_prof_ticks[ZP_PROF_THREADS][ZP_PROF_BUCKETS];
-#endif
-
 #endif

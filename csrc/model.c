@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
 #else
@@ -825,51 +826,77 @@ typedef struct {
     struct {
         _Alignas(64) int next; /* the next chunk of the stage's column groups to take */
     } cols[ZP_PRODUCTS];
+    _Alignas(64) int timed; /* the pass adds to the stage timers (read-only in the region) */
+    uint64_t open_ns;       /* when thread 0 opened the region (timed passes) */
 } zp_team;
 
-/* Stage timers (compiled in with -DZP_PROFILE only; csrc/tests/bench_pass.c reads them): each
- * thread adds the TSC ticks since its previous mark to a bucket per stage, separately for the
- * stage's work (up to its barrier) and for the wait in that barrier; thread 0 also times what
- * runs outside the team. Without ZP_PROFILE the marks compile to nothing. */
-#ifdef ZP_PROFILE
-#include <x86intrin.h>
-uint64_t zp_prof_ticks[ZP_PROF_THREADS][ZP_PROF_BUCKETS];
+/* Stage timers (zp_timers_set): while on, each thread adds the nanoseconds since its previous
+ * mark to its own row of totals, per stage separately for the work (up to the stage's barrier)
+ * and the wait in that barrier; thread 0 also times what runs outside the team. Relaxed atomic
+ * adds: passes of several sessions may run at once. Off, a mark is one load and a branch. */
+static int timers_on;
+static uint64_t timer_ns[ZP_TIMER_THREADS][ZP_TIMERS];
+static long long timer_passes;
 static _Thread_local int prof_stage;
 static _Thread_local uint64_t prof_last;
-static void prof_mark(int bucket) {
-    uint64_t now = __rdtsc();
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void prof_mark(int timer) {
+    uint64_t now = now_ns();
     int tid = omp_get_thread_num();
-    if (tid < ZP_PROF_THREADS && bucket >= 0) zp_prof_ticks[tid][bucket] += now - prof_last;
+    if (tid < ZP_TIMER_THREADS && timer >= 0)
+        __atomic_fetch_add(&timer_ns[tid][timer], now - prof_last, __ATOMIC_RELAXED);
     prof_last = now;
 }
-#define PROF_MARK(b)  prof_mark(b)
-#define PROF_STAGE(s) (prof_stage = (s))
-#define PROF_WORKED() prof_mark(prof_stage)
-#define PROF_WAITED() prof_mark(ZP_PROF_STAGES + prof_stage)
-static uint64_t prof_open; /* when thread 0 opened the region */
-#define PROF_OPEN()  (prof_mark(ZP_PROF_SETUP), prof_open = prof_last)
-#define PROF_ENTER() (prof_last = prof_open, prof_mark(ZP_PROF_ENTER))
-#else
-#define PROF_OPEN()   ((void)0)
-#define PROF_ENTER()  ((void)0)
-#define PROF_MARK(b)  ((void)0)
-#define PROF_STAGE(s) ((void)0)
-#define PROF_WORKED() ((void)0)
-#define PROF_WAITED() ((void)0)
-#endif
+
+void zp_timers_set(int on) {
+    if (on) {
+        for (int t = 0; t < ZP_TIMER_THREADS; t++)
+            for (int i = 0; i < ZP_TIMERS; i++)
+                __atomic_store_n(&timer_ns[t][i], 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&timer_passes, 0, __ATOMIC_RELAXED);
+    }
+    __atomic_store_n(&timers_on, on != 0, __ATOMIC_RELEASE);
+}
+
+long long zp_timers_read(double *seconds) {
+    for (int t = 0; t < ZP_TIMER_THREADS; t++)
+        for (int i = 0; i < ZP_TIMERS; i++)
+            seconds[t * ZP_TIMERS + i] =
+                1e-9 * (double)__atomic_load_n(&timer_ns[t][i], __ATOMIC_RELAXED);
+    return __atomic_load_n(&timer_passes, __ATOMIC_RELAXED);
+}
+
+/* The end of a timed pass (thread 0): its output head, and one pass more. */
+static void prof_end(int timed) {
+    if (!timed) return;
+    prof_mark(ZP_TIMER_HEAD);
+    __atomic_fetch_add(&timer_passes, 1, __ATOMIC_RELAXED);
+}
+
+/* `on`: whether this pass times itself (read once by thread 0, passed to the team) */
+#define PROF_MARK(on, b)  ((on) ? prof_mark(b) : (void)0)
+#define PROF_STAGE(on, s) ((on) ? (void)(prof_stage = (s)) : (void)0)
+#define PROF_WORKED(on)   PROF_MARK(on, prof_stage)
+#define PROF_WAITED(on)   PROF_MARK(on, ZP_STAGES + prof_stage)
 
 /* Centralized sense-reversing barrier of the nth threads of the team (nth = 1: no-op). *sense is
  * the calling thread's own phase flag, 0 at the start of the region. Everything a thread wrote
  * before it is visible to every thread after it (acquire/release on arrived and sense). */
 static void team_wait(zp_team *t, int nth, int *sense) {
-    PROF_WORKED();
+    PROF_WORKED(t->timed);
     if (nth <= 1) return;
     int mine = !*sense;
     *sense = mine;
     if (__atomic_add_fetch(&t->arrived, 1, __ATOMIC_ACQ_REL) == nth) { /* the last one */
         __atomic_store_n(&t->arrived, 0, __ATOMIC_RELAXED);
         __atomic_store_n(&t->sense, mine, __ATOMIC_RELEASE);
-        PROF_WAITED();
+        PROF_WAITED(t->timed);
         return;
     }
     for (int spins = 0; __atomic_load_n(&t->sense, __ATOMIC_ACQUIRE) != mine; spins++) {
@@ -878,7 +905,7 @@ static void team_wait(zp_team *t, int nth, int *sense) {
         else
             sched_yield();
     }
-    PROF_WAITED();
+    PROF_WAITED(t->timed);
 }
 
 /* What every thread of a pass reads: set before the region, read-only in it but for team. */
@@ -1107,14 +1134,14 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
 
     /* ---- attention: norm, qkv, then per stream group rotary, K/V write and attention */
     ZP_RESET(p->team.cols[ZP_W2].next);
-    PROF_STAGE(ZP_PROF_NORM1);
+    PROF_STAGE(p->team.timed, ZP_STAGE_NORM1);
     norm_rows(p, L->attention_norm, r0, r1, nth, sense);
-    PROF_STAGE(ZP_PROF_QKV);
+    PROF_STAGE(p->team.timed, ZP_STAGE_QKV);
     ZP_RESET(p->team.next);
     zp_matmul_out qkv = {s->qkv, QKV, L->wqkv, wt, QKV};
     product(p, ZP_QKV, c->swin_norm ? s->x : s->xb, D, &qkv, 1, p->flags, ZP_POST_NONE, tid, nth);
     team_wait(&p->team, nth, sense);
-    PROF_STAGE(ZP_PROF_ATTEND);
+    PROF_STAGE(p->team.timed, ZP_STAGE_ATTENTION);
     ZP_RESET(p->team.cols[ZP_QKV].next);
     if (nth == 1 && p->att_threads > 1) { /* a team of one (BLAS pass): a region of its own */
 #pragma omp parallel num_threads(p->att_threads)
@@ -1124,21 +1151,21 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
     }
     team_wait(&p->team, nth, sense);
     if (tid == 0 && p->cap) capture_layer(p, l);
-    PROF_STAGE(ZP_PROF_WO);
+    PROF_STAGE(p->team.timed, ZP_STAGE_WO);
     zp_matmul_out wo = {s->xb, D, L->wo, wt, D};
     product(p, ZP_WO, s->att, NH * HD, &wo, 1, p->flags, ZP_POST_RESIDUAL, tid, nth);
     residual(p, L->attention_norm, r0, r1, nth, sense);
 
     /* ---- SwiGLU feed-forward */
     ZP_RESET(p->team.cols[ZP_WO].next);
-    PROF_STAGE(ZP_PROF_NORM2);
+    PROF_STAGE(p->team.timed, ZP_STAGE_NORM2);
     norm_rows(p, L->ffn_norm, r0, r1, nth, sense);
-    PROF_STAGE(ZP_PROF_GATEUP);
+    PROF_STAGE(p->team.timed, ZP_STAGE_GATE_UP);
     zp_matmul_out gate_up[2] = {{s->h1, H, L->w1, wt, H}, {s->h3, H, L->w3, wt, H}};
     product(p, ZP_GATE_UP, c->swin_norm ? s->x : s->xb, D, gate_up, 2, p->flags | ZP_MATMUL_JOINT,
             ZP_POST_SILU, tid, nth);
     team_wait(&p->team, nth, sense);
-    PROF_STAGE(ZP_PROF_W2);
+    PROF_STAGE(p->team.timed, ZP_STAGE_W2);
     ZP_RESET(p->team.cols[ZP_GATE_UP].next);
     zp_matmul_out w2 = {s->xb, D, L->w2, wt, D};
     product(p, ZP_W2, s->h1, H, &w2, 1, p->flags, ZP_POST_RESIDUAL, tid, nth);
@@ -1149,7 +1176,8 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
 zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, float cfg_scale,
                      float *logits, zp_capture *cap) {
     const zp_config *c = &m->cfg;
-    PROF_MARK(-1); /* starts thread 0's clock */
+    const int timed = __atomic_load_n(&timers_on, __ATOMIC_ACQUIRE);
+    PROF_MARK(timed, -1); /* starts thread 0's clock */
     if (k->m != m) return zp_fail(ZP_ERR_ARG, "cache belongs to another model");
     zp_status st = check_queries(m, k, q, nq);
     if (st) return st;
@@ -1283,18 +1311,28 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         pass.splits = (workers + n_groups - 1) / n_groups;
         if (pass.splits > c->n_kv_head) pass.splits = c->n_kv_head;
     }
-    PROF_OPEN();
+    pass.team.timed = timed;
+    if (timed) {
+        prof_mark(ZP_TIMER_SETUP);
+        pass.team.open_ns = prof_last;
+    }
 #pragma omp parallel num_threads(team) if (team > 1)
     {
         int tid = omp_get_thread_num(), nth = omp_get_num_threads(), sense = 0;
-        PROF_ENTER();
+        if (pass.team.timed) {
+            prof_last = pass.team.open_ns;
+            prof_mark(ZP_TIMER_ENTER);
+        }
         for (int l = 0; l < c->n_layer; l++) layer_stages(&pass, l, tid, nth, &sense);
     }
-    PROF_MARK(ZP_PROF_JOIN);
+    PROF_MARK(timed, ZP_TIMER_JOIN);
 
     /* ---- output head for the rows whose query wants logits */
-    if (n_logits == 0) return ZP_OK;
-        /* the cond row of every query that wants logits, the uncond row only when it is guided */
+    if (n_logits == 0) {
+        prof_end(timed);
+        return ZP_OK;
+    }
+    /* the cond row of every query that wants logits, the uncond row only when it is guided */
 #define NEEDS_LOGITS(i)                                                                            \
     (q[s->row_query[i]].want_logits &&                                                             \
      (s->row_stream[i] % nstream == 0 || q[s->row_query[i]].guided))
@@ -1330,7 +1368,7 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         for (int v = 0; v < c->vocab; v++) bad |= !isfinite(dst[v]);
         out_row++;
     }
-    PROF_MARK(ZP_PROF_HEAD);
+    prof_end(timed);
     if (bad) return zp_fail(ZP_ERR_NONFINITE, "the model produced non-finite logits");
     return ZP_OK;
 }

@@ -957,8 +957,29 @@ static PyObject *py_read_bandwidth(PyObject *mod, PyObject *args) {
     return PyFloat_FromDouble(g);
 }
 
+static PyObject *py_timers_set(PyObject *mod, PyObject *args) {
+    (void)mod;
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
+    zp_timers_set(on);
+    Py_RETURN_NONE;
+}
+
+/* (seconds (ZP_TIMER_THREADS, ZP_TIMERS) float64, passes) */
+static PyObject *py_timers_read(PyObject *mod, PyObject *noargs) {
+    (void)mod;
+    (void)noargs;
+    npy_intp dims[2] = {ZP_TIMER_THREADS, ZP_TIMERS};
+    PyObject *a = PyArray_SimpleNew(2, dims, NPY_FLOAT64);
+    if (!a) return NULL;
+    long long passes = zp_timers_read((double *)PyArray_DATA((PyArrayObject *)a));
+    return Py_BuildValue("(NL)", a, passes);
+}
+
 static PyMethodDef module_methods[] = {
     {"read_bandwidth", py_read_bandwidth, METH_VARARGS, "read_bandwidth(bytes, reps) -> GB/s"},
+    {"timers_set", py_timers_set, METH_VARARGS, "Stage timers of zp_forward on (zeroed) or off."},
+    {"timers_read", py_timers_read, METH_NOARGS, "(seconds (threads, timers), passes)."},
     {"philox4x32_10", py_philox, METH_VARARGS, "Philox4x32-10(counter4, key2) -> 4 words."},
     {"uniform", py_uniform, METH_VARARGS, "uniform(seed, sample_id, pos, draw) in [0, 1)."},
     {"sampling_probs", (PyCFunction)(void (*)(void))py_sampling_probs, METH_VARARGS | METH_KEYWORDS,
@@ -1032,7 +1053,9 @@ PyMODINIT_FUNC PyInit__core(void) {
         ADD_CONST(ZP_SLOT_MASKED) || ADD_CONST(ZP_SLOT_COMMITTED) || ADD_CONST(ZP_QUERY_FIELDS) ||
         ADD_CONST(ZP_CELL_FIELDS) || ADD_CONST(ZP_TRACE_FIELDS) || ADD_CONST(ZP_MAX_THREADS) ||
         ADD_CONST(ZP_MAX_SEQ_LEN) || ADD_CONST(ZP_MAX_WIDTH) || ADD_CONST(ZP_MAX_LAYERS) ||
-        ADD_CONST(ZP_MAX_IMAGES)) {
+        ADD_CONST(ZP_MAX_IMAGES) || ADD_CONST(ZP_STAGES) || ADD_CONST(ZP_TIMERS) ||
+        ADD_CONST(ZP_TIMER_THREADS) || ADD_CONST(ZP_TIMER_SETUP) || ADD_CONST(ZP_TIMER_ENTER) ||
+        ADD_CONST(ZP_TIMER_JOIN) || ADD_CONST(ZP_TIMER_HEAD)) {
         Py_DECREF(m);
         return NULL;
     }

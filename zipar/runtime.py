@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from ._checks import int_scalar
-from ._ext import core
+from ._ext import const, core
 
 __all__ = ["build_info", "show_config", "set_num_threads", "get_num_threads", "read_bandwidth",
-           "set_blas_min_rows", "__version__"]
+           "set_blas_min_rows", "stage_times", "StageTimes", "STAGES", "__version__"]
 
 __version__ = "0.1.0"
 
@@ -58,3 +63,82 @@ def set_blas_min_rows(m: int) -> None:
     if isinstance(m, bool) or not isinstance(m, int) or m < 1:
         raise ValueError(f"set_blas_min_rows needs a positive int, got {m!r}")
     core().set_blas_min_rows(m)
+
+
+#: the stages of a layer that zipar times, in order (csrc/zipar.h, ZP_STAGE_*)
+STAGES = ("norm1", "qkv", "attention", "wo", "norm2", "gate_up", "w2")
+
+
+@dataclass
+class StageTimes:
+    """Where the forward passes of a ``stage_times()`` block spent their time (filled when the
+    block ends). ``work`` and ``wait``: (threads, stages) seconds summed over the passes and
+    layers, per thread of the pass's team, of each stage up to its barrier and of the wait in
+    that barrier (STAGES names the columns); ``setup``, ``join``, ``head``: seconds of thread 0
+    before the team, after its last barrier and in the output head; ``enter``: (threads,) seconds
+    from the team's start to each thread's first stage. Threads that never ran a pass are left
+    out."""
+
+    passes: int = 0
+    work: np.ndarray = field(default_factory=lambda: np.zeros((0, len(STAGES))))
+    wait: np.ndarray = field(default_factory=lambda: np.zeros((0, len(STAGES))))
+    enter: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    setup: float = 0.0
+    join: float = 0.0
+    head: float = 0.0
+
+    def per_pass(self) -> dict[str, dict[str, float]]:
+        """Milliseconds per pass for each stage: mean and slowest thread's work, mean and longest
+        wait."""
+        n = max(self.passes, 1)
+        out = {}
+        for j, name in enumerate(STAGES):
+            w = self.work[:, j] if len(self.work) else np.zeros(1)
+            t = self.wait[:, j] if len(self.wait) else np.zeros(1)
+            out[name] = {"work_mean": 1e3 * float(w.mean()) / n,
+                         "work_max": 1e3 * float(w.max()) / n,
+                         "wait_mean": 1e3 * float(t.mean()) / n,
+                         "wait_max": 1e3 * float(t.max()) / n}
+        return out
+
+    def __str__(self) -> str:
+        n = max(self.passes, 1)
+        head = "".join(f"{h:>10}" for h in ("work mean", "work max", "wait mean", "wait max"))
+        lines = [f"{self.passes} passes, {len(self.work)} thread(s); ms per pass",
+                 f"  {'stage':<10}{head}"]
+        for name, r in self.per_pass().items():
+            lines.append(f"  {name:<10}" + "".join(f"{r[k]:10.3f}" for k in r))
+        lines.append(f"  setup {1e3 * self.setup / n:.3f}, join {1e3 * self.join / n:.3f}, "
+                     f"head {1e3 * self.head / n:.3f}")
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def stage_times() -> Iterator[StageTimes]:
+    """Time the stages of every forward pass run inside the block::
+
+        with zipar.runtime.stage_times() as t:
+            model.generate([207], policy=ZipAR(4))
+        print(t)            # ms per pass of each layer stage: work and barrier waits
+
+    Process-wide: passes that other threads run meanwhile are counted too. Timing costs a
+    clock read per stage and thread (microseconds a pass); outside the block the passes only
+    test a flag."""
+    result = StageTimes()
+    core().timers_set(True)
+    try:
+        yield result
+    finally:
+        seconds, passes = core().timers_read()
+        core().timers_set(False)
+        k = const("STAGES")
+        used = seconds.sum(axis=1) > 0
+        used[0] = True
+        sec = seconds[: int(np.flatnonzero(used).max()) + 1]
+        result.passes = int(passes)
+        result.work = sec[:, :k].copy()
+        result.wait = sec[:, k:2 * k].copy()
+        result.enter = sec[:, const("TIMER_ENTER")].copy()
+        result.setup = float(sec[0, const("TIMER_SETUP")])
+        result.join = float(sec[0, const("TIMER_JOIN")])
+        result.head = float(sec[0, const("TIMER_HEAD")])

@@ -1,7 +1,6 @@
 /* bench_pass.c -- where the time of a forward pass goes: zp_forward on a random LlamaGen-shaped
  * model (GPT-B or GPT-L, float32 or bf16 weights, vocab 16384, 16x16 grid, one image under CFG,
- * half the grid already in the cache), with the stage timers of model.c compiled in
- * (-DZP_PROFILE: this program is linked with its own build of the core).
+ * half the grid already in the cache), with the stage timers of zp_forward on (zp_timers_set).
  *
  * For each number of queries (1: a raster pass, 2 rows under CFG; 6: about a ZipAR-4 pass) it
  * prints ms per pass, the weight stream's GB/s and its fraction of the read bandwidth measured in
@@ -19,10 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <x86intrin.h>
 
-#include "../internal.h"
 #include "../matmul.h"
+#include "../zipar.h"
 
 enum { VOCAB = 16384, GRID = 16, MAX_Q = 64 };
 
@@ -65,8 +63,8 @@ static float *ones(int n) {
     return a;
 }
 
-static const char *stage_name[ZP_PROF_STAGES] = {"norm1", "qkv",     "attention", "wo+res",
-                                                 "norm2", "gate/up", "w2+res"};
+static const char *stage_name[ZP_STAGES] = {"norm1", "qkv",     "attention", "wo+res",
+                                            "norm2", "gate/up", "w2+res"};
 
 int main(int argc, char **argv) {
     const char *shape = argc > 1 ? argv[1] : "L", *dtype = argc > 2 ? argv[2] : "bf16";
@@ -140,10 +138,8 @@ int main(int argc, char **argv) {
         if (*p == ',') p++;
         if (nq < 1 || nq > MAX_Q) continue;
         int first = pos;
-        memset(zp_prof_ticks, 0, sizeof zp_prof_ticks);
+        zp_timers_set(1);
         double *ms = malloc(sizeof(double) * (size_t)reps);
-        double t_all = now();
-        uint64_t c_all = __rdtsc();
         for (int r = 0; r < reps; r++) {
             int n = 0;
             for (; n < nq; n++) /* positions cycle over the second half of the grid */
@@ -158,7 +154,9 @@ int main(int argc, char **argv) {
             }
             ms[r] = 1e3 * (now() - t0);
         }
-        double ghz = (double)(__rdtsc() - c_all) / (now() - t_all) / 1e9; /* TSC ticks per ns */
+        static double sec[ZP_TIMER_THREADS][ZP_TIMERS];
+        long long passes = zp_timers_read(&sec[0][0]);
+        zp_timers_set(0);
         for (int i = 1; i < reps; i++) /* insertion sort for the median */
             for (int j = i; j > 0 && ms[j] < ms[j - 1]; j--) {
                 double t = ms[j];
@@ -170,16 +168,15 @@ int main(int argc, char **argv) {
         printf("\n%d queries (%d rows): median %.2f ms a pass (mean %.2f, min %.2f), weights "
                "%.1f GB/s = %.0f%% of read bandwidth\n",
                nq, 2 * nq, med, mean, ms[0], wbytes / med / 1e6, 100.0 * wbytes / med / 1e6 / bw);
-        const int nt = threads < ZP_PROF_THREADS ? threads : ZP_PROF_THREADS;
-        double scale = 1.0 / (ghz * 1e6 * reps); /* ticks -> ms per pass */
-        printf("  %-12s %9s %9s %9s %9s   (ms per pass; TSC %.2f GHz)\n", "stage", "work avg",
-               "work max", "wait avg", "wait max", ghz);
+        const int nt = threads < ZP_TIMER_THREADS ? threads : ZP_TIMER_THREADS;
+        double scale = 1e3 / (double)(passes > 0 ? passes : 1); /* s -> ms per pass */
+        printf("  %-12s %9s %9s %9s %9s   (ms per pass, %lld passes)\n", "stage", "work avg",
+               "work max", "wait avg", "wait max", passes);
         double sum_work = 0, sum_wait = 0;
-        for (int st = 0; st < ZP_PROF_STAGES; st++) {
+        for (int st = 0; st < ZP_STAGES; st++) {
             double wa = 0, wm = 0, ya = 0, ym = 0;
             for (int t = 0; t < nt; t++) {
-                double a = zp_prof_ticks[t][st] * scale,
-                       b = zp_prof_ticks[t][ZP_PROF_STAGES + st] * scale;
+                double a = sec[t][st] * scale, b = sec[t][ZP_STAGES + st] * scale;
                 wa += a / nt, ya += b / nt;
                 wm = a > wm ? a : wm, ym = b > ym ? b : ym;
             }
@@ -188,13 +185,13 @@ int main(int argc, char **argv) {
         }
         double enter = 0, enter_max = 0;
         for (int t = 0; t < nt; t++) {
-            double e = zp_prof_ticks[t][ZP_PROF_ENTER] * scale;
+            double e = sec[t][ZP_TIMER_ENTER] * scale;
             enter += e / nt, enter_max = e > enter_max ? e : enter_max;
         }
         printf("  %-12s %9.3f %9s %9.3f\n", "layers", sum_work, "", sum_wait);
         printf("  setup %.3f, enter %.3f (max %.3f), join %.3f, head %.3f\n",
-               zp_prof_ticks[0][ZP_PROF_SETUP] * scale, enter, enter_max,
-               zp_prof_ticks[0][ZP_PROF_JOIN] * scale, zp_prof_ticks[0][ZP_PROF_HEAD] * scale);
+               sec[0][ZP_TIMER_SETUP] * scale, enter, enter_max, sec[0][ZP_TIMER_JOIN] * scale,
+               sec[0][ZP_TIMER_HEAD] * scale);
         free(ms);
     }
     zp_cache_free(k);
