@@ -454,6 +454,7 @@ void zp_cache_free(zp_cache *k) {
     free(s->scores);
     free(s->xl);
     free(s->logits2);
+    free(s->logit_row);
     free(s->row_vis);
     free(s->row_nv);
     free(s->cursor);
@@ -795,6 +796,8 @@ static int build_visibility(const zp_cache *k, const zp_query *x, int32_t *vis) 
  *   h1, h3 = xb . w1^T, xb . w3^T, the SAME columns of both per thread (ZP_MATMUL_JOINT), then
  *     h1 = silu(h1) * h3 on those columns   B
  *   xb = h1 . w2^T by columns, x += xb on the same columns   B   (swin_norm as after wo)
+ * After the last layer, the output head (head_stage): final norm of the logit rows by rows   B
+ *   logits = xl . output^T by columns, then the region's end.
  * Every element is computed by one thread with the operations of the serial code, so the logits
  * are bitwise those of one thread, whatever the team size (csrc/tests/test_team.c). Nothing in the
  * region allocates or fails: the scratch is reserved before it. */
@@ -816,7 +819,7 @@ static int build_visibility(const zp_cache *k, const zp_query *x, int32_t *vis) 
 #endif
 
 /* The product stages of a layer, each with its own chunk counter (zp_team.cols). */
-enum { ZP_QKV, ZP_WO, ZP_GATE_UP, ZP_W2, ZP_PRODUCTS };
+enum { ZP_QKV, ZP_WO, ZP_GATE_UP, ZP_W2, ZP_HEAD, ZP_PRODUCTS };
 
 /* Shared state of one pass's team; each field on its own cache line. */
 typedef struct {
@@ -872,10 +875,10 @@ long long zp_timers_read(double *seconds) {
     return __atomic_load_n(&timer_passes, __ATOMIC_RELAXED);
 }
 
-/* The end of a timed pass (thread 0): its output head, and one pass more. */
+/* The end of a timed pass (thread 0): the CFG combine, and one pass more. */
 static void prof_end(int timed) {
     if (!timed) return;
-    prof_mark(ZP_TIMER_HEAD);
+    prof_mark(ZP_TIMER_COMBINE);
     __atomic_fetch_add(&timer_passes, 1, __ATOMIC_RELAXED);
 }
 
@@ -918,6 +921,8 @@ typedef struct {
     int flags;       /* zp_matmul_flags(rows), read once */
     int att_threads; /* > 1: a team of one opens a region of its own for the attention */
     int splits;      /* attention tasks per stream group: its K/V heads cut into this many runs */
+    int lrows;       /* rows that want logits (the output head's rows), in s->logit_row */
+    int head_flags;  /* zp_matmul_flags(lrows), read once */
     float scale;     /* 1 / sqrt(head_dim) */
     attend_fn *attend;
     zp_team team;
@@ -1049,17 +1054,17 @@ static void post_cols(zp_pass *p, int post, zp_cols cols) {
 #define ZP_STATIC_SHARE 0.75
 #define ZP_TAIL_CHUNKS  4
 
-/* This thread's part of product stage `which` (x: (rows, K)), then `post` on every column block
+/* This thread's part of product stage `which` (x: (m, K)), then `post` on every column block
  * it computed. The first ZP_STATIC_SHARE of the groups are split as zp_matmul_part splits them;
  * the rest are taken in chunks from the stage's counter, so that threads that stream faster than
  * others (shared hosts: cores differ by tens of percent) take more. A thread takes its next chunk
  * before it computes the current block, whose last group then prefetches the chunk's weights.
  * Which thread computes a column never changes its bits; each column is computed once.
  * BLAS passes (a team of one) go through zp_matmul_part. */
-static void product(zp_pass *p, int which, const float *x, int K, const zp_matmul_out *out,
+static void product(zp_pass *p, int which, const float *x, int m, int K, const zp_matmul_out *out,
                     int n_out, int flags, int post, int tid, int nth) {
     if (flags & ZP_MATMUL_BLAS) {
-        post_cols(p, post, zp_matmul_part(x, p->rows, K, out, n_out, flags, tid, nth));
+        post_cols(p, post, zp_matmul_part(x, m, K, out, n_out, flags, tid, nth));
         return;
     }
     int *counter = &p->team.cols[which].next;
@@ -1072,8 +1077,7 @@ static void product(zp_pass *p, int which, const float *x, int K, const zp_matmu
     zp_share(fixed, tid, nth, &g0, &g1);
     for (;;) {
         int64_t next = c < n_chunks ? fixed + c * chunk : -1;
-        if (g0 < g1)
-            post_cols(p, post, zp_matmul_range(x, p->rows, K, out, n_out, flags, g0, g1, next));
+        if (g0 < g1) post_cols(p, post, zp_matmul_range(x, m, K, out, n_out, flags, g0, g1, next));
         if (c >= n_chunks) break;
         g0 = next, g1 = next + chunk < groups ? next + chunk : groups;
         c = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
@@ -1139,7 +1143,8 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
     PROF_STAGE(p->team.timed, ZP_STAGE_QKV);
     ZP_RESET(p->team.next);
     zp_matmul_out qkv = {s->qkv, QKV, L->wqkv, wt, QKV};
-    product(p, ZP_QKV, c->swin_norm ? s->x : s->xb, D, &qkv, 1, p->flags, ZP_POST_NONE, tid, nth);
+    product(p, ZP_QKV, c->swin_norm ? s->x : s->xb, rows, D, &qkv, 1, p->flags, ZP_POST_NONE, tid,
+            nth);
     team_wait(&p->team, nth, sense);
     PROF_STAGE(p->team.timed, ZP_STAGE_ATTENTION);
     ZP_RESET(p->team.cols[ZP_QKV].next);
@@ -1153,7 +1158,7 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
     if (tid == 0 && p->cap) capture_layer(p, l);
     PROF_STAGE(p->team.timed, ZP_STAGE_WO);
     zp_matmul_out wo = {s->xb, D, L->wo, wt, D};
-    product(p, ZP_WO, s->att, NH * HD, &wo, 1, p->flags, ZP_POST_RESIDUAL, tid, nth);
+    product(p, ZP_WO, s->att, rows, NH * HD, &wo, 1, p->flags, ZP_POST_RESIDUAL, tid, nth);
     residual(p, L->attention_norm, r0, r1, nth, sense);
 
     /* ---- SwiGLU feed-forward */
@@ -1162,15 +1167,35 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
     norm_rows(p, L->ffn_norm, r0, r1, nth, sense);
     PROF_STAGE(p->team.timed, ZP_STAGE_GATE_UP);
     zp_matmul_out gate_up[2] = {{s->h1, H, L->w1, wt, H}, {s->h3, H, L->w3, wt, H}};
-    product(p, ZP_GATE_UP, c->swin_norm ? s->x : s->xb, D, gate_up, 2, p->flags | ZP_MATMUL_JOINT,
-            ZP_POST_SILU, tid, nth);
+    product(p, ZP_GATE_UP, c->swin_norm ? s->x : s->xb, rows, D, gate_up, 2,
+            p->flags | ZP_MATMUL_JOINT, ZP_POST_SILU, tid, nth);
     team_wait(&p->team, nth, sense);
     PROF_STAGE(p->team.timed, ZP_STAGE_W2);
     ZP_RESET(p->team.cols[ZP_GATE_UP].next);
     zp_matmul_out w2 = {s->xb, D, L->w2, wt, D};
-    product(p, ZP_W2, s->h1, H, &w2, 1, p->flags, ZP_POST_RESIDUAL, tid, nth);
+    product(p, ZP_W2, s->h1, rows, H, &w2, 1, p->flags, ZP_POST_RESIDUAL, tid, nth);
     residual(p, L->ffn_norm, r0, r1, nth, sense);
 #undef ZP_RESET
+}
+
+/* The output head on thread tid of nth, after the last layer's barrier: the final norm of this
+ * thread's share of the logit rows into s->xl, a barrier, then logits2 = xl . output^T by column
+ * chunks (the vocabulary is the largest product of a pass). The region's end joins. */
+static void head_stage(zp_pass *p, int tid, int nth, int *sense) {
+    const zp_model *m = p->m;
+    const zp_config *c = &m->cfg;
+    zp_scratch *s = &p->k->s;
+    const int D = c->dim;
+    int64_t lo, hi;
+    zp_share(p->lrows, tid, nth, &lo, &hi);
+    PROF_STAGE(p->team.timed, ZP_STAGE_HEAD);
+    for (int64_t r = lo; r < hi; r++)
+        rmsnorm(s->xl + (size_t)r * D, s->x + (size_t)s->logit_row[r] * D, m->w.norm, D,
+                c->norm_eps);
+    team_wait(&p->team, nth, sense);
+    zp_matmul_out out = {s->logits2, c->vocab, m->w.output, m->w.wtype, c->vocab};
+    product(p, ZP_HEAD, s->xl, p->lrows, D, &out, 1, p->head_flags, ZP_POST_NONE, tid, nth);
+    PROF_WORKED(p->team.timed);
 }
 
 zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, float cfg_scale,
@@ -1277,7 +1302,22 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         for (int g = 0; g < n_groups; g++) count[g] = s->grp_start[g];
         for (int i = 0; i < rows; i++) s->grp_rows[count[stream_group[s->row_stream[i]]]++] = i;
     }
-    /* ---- the layers: one thread team for all of them (see "the pass's thread team") */
+    /* ---- the rows whose query wants logits: the cond row of every such query, the uncond row
+     * only when it is guided */
+    int lrows = 0;
+    if ((st = zp_reserve((void **)&s->logit_row, &s->cap_logit_row, (size_t)rows, sizeof(int32_t))))
+        return st;
+    for (int i = 0; i < rows; i++)
+        if (q[s->row_query[i]].want_logits &&
+            (s->row_stream[i] % nstream == 0 || q[s->row_query[i]].guided))
+            s->logit_row[lrows++] = i;
+    if ((st = zp_reserve((void **)&s->xl, &s->cap_xl, (size_t)lrows * D, sizeof(float)))) return st;
+    if ((st = zp_reserve((void **)&s->logits2, &s->cap_logits2, (size_t)lrows * c->vocab,
+                         sizeof(float))))
+        return st;
+
+    /* ---- the layers and the head: one thread team for all of them (see "the pass's thread
+     * team") */
     zp_pass pass = {.m = m,
                     .k = k,
                     .q = q,
@@ -1286,13 +1326,16 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
                     .n_groups = n_groups,
                     .flags = zp_matmul_flags(rows), /* once: every thread numbers alike */
                     .scale = 1.0f / sqrtf((float)HD),
+                    .lrows = lrows,
+                    .head_flags = zp_matmul_flags(lrows),
                     .attend = attend_pick(k->kv_type)};
     /* the team only when the largest product or the attention is worth waking threads for */
     size_t att_work = 0;          /* multiply-adds of one layer's attention */
     size_t big = (size_t)D * QKV; /* K * N of the layer's largest product */
     for (int i = 0; i < rows; i++) att_work += (size_t)s->vis_n[s->row_query[i]] * NH * HD * 2;
     if ((size_t)NH * HD * D > big) big = (size_t)NH * HD * D;
-    if ((size_t)2 * D * c->hidden > big) big = (size_t)2 * D * c->hidden; /* w1 and w3 */
+    if ((size_t)2 * D * c->hidden > big) big = (size_t)2 * D * c->hidden;    /* w1 and w3 */
+    if (lrows > 0 && (size_t)D * c->vocab > big) big = (size_t)D * c->vocab; /* the head */
     /* float32 products that go to BLAS (opt-in: zp_set_blas_min_rows) bring their own threads,
      * and OpenBLAS must not be called from inside an OpenMP region (its pthreads build warns
      * and may hang): such a pass runs its layers on a team of one, sgemm with all of its threads
@@ -1324,6 +1367,7 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
             prof_mark(ZP_TIMER_ENTER);
         }
         for (int l = 0; l < c->n_layer; l++) layer_stages(&pass, l, tid, nth, &sense);
+        if (pass.lrows > 0) head_stage(&pass, tid, nth, &sense);
     }
     PROF_MARK(timed, ZP_TIMER_JOIN);
 
@@ -1332,23 +1376,6 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         prof_end(timed);
         return ZP_OK;
     }
-    /* the cond row of every query that wants logits, the uncond row only when it is guided */
-#define NEEDS_LOGITS(i)                                                                            \
-    (q[s->row_query[i]].want_logits &&                                                             \
-     (s->row_stream[i] % nstream == 0 || q[s->row_query[i]].guided))
-    int lrows = 0;
-    for (int i = 0; i < rows; i++)
-        if (NEEDS_LOGITS(i)) lrows++;
-    if ((st = zp_reserve((void **)&s->xl, &s->cap_xl, (size_t)lrows * D, sizeof(float)))) return st;
-    if ((st = zp_reserve((void **)&s->logits2, &s->cap_logits2, (size_t)lrows * c->vocab,
-                         sizeof(float))))
-        return st;
-    int lr = 0;
-    for (int i = 0; i < rows; i++)
-        if (NEEDS_LOGITS(i))
-            rmsnorm(s->xl + (size_t)(lr++) * D, s->x + (size_t)i * D, m->w.norm, D, c->norm_eps);
-#undef NEEDS_LOGITS
-    zp_matmul_w(s->logits2, c->vocab, s->xl, m->w.output, m->w.wtype, lrows, D, c->vocab);
 
     /* ---- combine the two streams: uncond + (cond - uncond) * cfg_scale */
     int out_row = 0, src = 0;

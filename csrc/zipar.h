@@ -351,8 +351,8 @@ double zp_read_bandwidth(size_t bytes, int reps);
 
 /* Stage timers of zp_forward: where a pass's time goes. While on, every pass adds, for each
  * thread of its team, the seconds it spent in each stage of a layer up to the stage's barrier
- * ("work", summed over the layers) and waiting in that barrier, and thread 0 adds what runs
- * outside the team. Process-wide totals (passes running at once in several threads add into the
+ * ("work", summed over the layers; the output head is the last stage) and waiting in that
+ * barrier, and thread 0 adds what runs outside the team. Process-wide totals (passes running at once in several threads add into the
  * same ones); off by default, when a pass only tests a flag per stage. */
 enum {
     ZP_STAGE_NORM1,     /* pre-attention RMSNorm (none with swin_norm) */
@@ -362,12 +362,13 @@ enum {
     ZP_STAGE_NORM2,     /* pre-FFN RMSNorm (none with swin_norm) */
     ZP_STAGE_GATE_UP,   /* gate and up products + SiLU */
     ZP_STAGE_W2,        /* down product + residual */
+    ZP_STAGE_HEAD,      /* final norm and output head of the rows that want logits */
     ZP_STAGES,
     /* timer t < ZP_STAGES: work of stage t; ZP_STAGES + t: the wait after it; then: */
     ZP_TIMER_SETUP = 2 * ZP_STAGES, /* thread 0: checks, visibility, embeddings, before the team */
     ZP_TIMER_ENTER,                 /* each thread: from the team's start to its first stage */
     ZP_TIMER_JOIN,                  /* thread 0: from its last barrier to after the team */
-    ZP_TIMER_HEAD,                  /* thread 0: final norm, output head, CFG combine */
+    ZP_TIMER_COMBINE,               /* thread 0: CFG combine and finiteness check, after it */
     ZP_TIMERS
 };
 #define ZP_TIMER_THREADS 64 /* threads of a team timed (the others are not) */

@@ -32,9 +32,10 @@ def test_thread0_accounts_for_the_pass(model, two_threads):
     for a in (t.work, t.wait, t.enter):
         assert np.all(a >= 0)
     assert np.all(t.work[:, STAGES.index("qkv")] > 0)  # thread 1 computed columns too
+    assert np.all(t.work[:, STAGES.index("head")] > 0)  # and logits
     # thread 0 marks every interval of zp_forward from its start to its end: its timers add up
     # to the engine's forward time, less the binding's share of it
-    thread0 = t.work[0].sum() + t.wait[0].sum() + t.enter[0] + t.setup + t.join + t.head
+    thread0 = t.work[0].sum() + t.wait[0].sum() + t.enter[0] + t.setup + t.join + t.combine
     fwd = res.stats["forward_seconds"]
     assert 0.5 * fwd <= thread0 <= fwd * 1.01 + 1e-4
     table = t.per_pass()

@@ -65,8 +65,9 @@ def set_blas_min_rows(m: int) -> None:
     core().set_blas_min_rows(m)
 
 
-#: the stages of a layer that zipar times, in order (csrc/zipar.h, ZP_STAGE_*)
-STAGES = ("norm1", "qkv", "attention", "wo", "norm2", "gate_up", "w2")
+#: the stages of a layer that zipar times, in order, then the output head (csrc/zipar.h,
+#: ZP_STAGE_*)
+STAGES = ("norm1", "qkv", "attention", "wo", "norm2", "gate_up", "w2", "head")
 
 
 @dataclass
@@ -74,8 +75,9 @@ class StageTimes:
     """Where the forward passes of a ``stage_times()`` block spent their time (filled when the
     block ends). ``work`` and ``wait``: (threads, stages) seconds summed over the passes and
     layers, per thread of the pass's team, of each stage up to its barrier and of the wait in
-    that barrier (STAGES names the columns); ``setup``, ``join``, ``head``: seconds of thread 0
-    before the team, after its last barrier and in the output head; ``enter``: (threads,) seconds
+    that barrier (STAGES names the columns; "head" is the output head, once a pass); ``setup``,
+    ``join``, ``combine``: seconds of thread 0 before the team, from its last stage to after the
+    team, and in the CFG combine after it; ``enter``: (threads,) seconds
     from the team's start to each thread's first stage. Threads that never ran a pass are left
     out."""
 
@@ -85,11 +87,11 @@ class StageTimes:
     enter: np.ndarray = field(default_factory=lambda: np.zeros(0))
     setup: float = 0.0
     join: float = 0.0
-    head: float = 0.0
+    combine: float = 0.0
 
     def per_pass(self) -> dict[str, dict[str, float]]:
-        """Milliseconds per pass for each stage: mean and slowest thread's work, mean and longest
-        wait."""
+        """Milliseconds per pass for each stage (summed over the layers): mean and slowest thread's
+        work, mean and longest wait."""
         n = max(self.passes, 1)
         out = {}
         for j, name in enumerate(STAGES):
@@ -109,7 +111,7 @@ class StageTimes:
         for name, r in self.per_pass().items():
             lines.append(f"  {name:<10}" + "".join(f"{r[k]:10.3f}" for k in r))
         lines.append(f"  setup {1e3 * self.setup / n:.3f}, join {1e3 * self.join / n:.3f}, "
-                     f"head {1e3 * self.head / n:.3f}")
+                     f"combine {1e3 * self.combine / n:.3f}")
         return "\n".join(lines)
 
 
@@ -141,4 +143,4 @@ def stage_times() -> Iterator[StageTimes]:
         result.enter = sec[:, const("TIMER_ENTER")].copy()
         result.setup = float(sec[0, const("TIMER_SETUP")])
         result.join = float(sec[0, const("TIMER_JOIN")])
-        result.head = float(sec[0, const("TIMER_HEAD")])
+        result.combine = float(sec[0, const("TIMER_COMBINE")])

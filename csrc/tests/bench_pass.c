@@ -64,7 +64,7 @@ static float *ones(int n) {
 }
 
 static const char *stage_name[ZP_STAGES] = {"norm1", "qkv",     "attention", "wo+res",
-                                            "norm2", "gate/up", "w2+res"};
+                                            "norm2", "gate/up", "w2+res",    "head"};
 
 int main(int argc, char **argv) {
     const char *shape = argc > 1 ? argv[1] : "L", *dtype = argc > 2 ? argv[2] : "bf16";
@@ -189,9 +189,9 @@ int main(int argc, char **argv) {
             enter += e / nt, enter_max = e > enter_max ? e : enter_max;
         }
         printf("  %-12s %9.3f %9s %9.3f\n", "layers", sum_work, "", sum_wait);
-        printf("  setup %.3f, enter %.3f (max %.3f), join %.3f, head %.3f\n",
+        printf("  setup %.3f, enter %.3f (max %.3f), join %.3f, combine %.3f\n",
                sec[0][ZP_TIMER_SETUP] * scale, enter, enter_max, sec[0][ZP_TIMER_JOIN] * scale,
-               sec[0][ZP_TIMER_HEAD] * scale);
+               sec[0][ZP_TIMER_COMBINE] * scale);
         free(ms);
     }
     zp_cache_free(k);
