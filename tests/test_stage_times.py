@@ -4,7 +4,7 @@ import pytest
 
 import zipar
 from zipar import ZipAR
-from zipar._ext import core
+from zipar._ext import const, core
 from zipar.runtime import STAGES, stage_times
 
 
@@ -21,6 +21,13 @@ def two_threads():
     zipar.set_num_threads(2)
     yield
     zipar.set_num_threads(before)
+
+
+def test_stage_names_match_the_core():
+    assert len(STAGES) == const("STAGES")
+    assert const("TIMERS") == 2 * const("STAGES") + 4
+    seconds, _ = core().timers_read()
+    assert seconds.shape == (const("TIMER_THREADS"), const("TIMERS"))
 
 
 def test_thread0_accounts_for_the_pass(model, two_threads):
