@@ -46,24 +46,32 @@ def gpt_b(grid=16):
                               num_classes=1000, seed=0)
 
 
-def pass_time(model, m, reps):
-    """Median seconds of one pass with m guided queries at positions of the middle of the grid."""
+def half_filled(model, m):
+    """A CFG session of m images with the first half of each grid committed (so that attention
+    spans a realistic context), and a function timing one pass of one guided query per image at
+    the k-th cell after that half (cells wrap around the grid)."""
     c = model.config
     s = model.session(list(range(m)), cfg_scale=4.0)
     s.prefill()
-    # fill half the grid so attention spans a realistic context
     half = c.H * c.W // 2
     img = np.repeat(np.arange(m), half)
     cells = np.tile(np.arange(half), m)
     s.forward(img, cells // c.W, cells % c.W, cells % c.vocab_size, 0, 0)
-    times = []
-    for k in range(reps):
+
+    def one_pass(k):
         col = (half + k) % (c.H * c.W)
         t0 = time.perf_counter()
         s.forward(np.arange(m), np.full(m, col // c.W), np.full(m, col % c.W),
                   np.arange(m) % c.vocab_size, 0, 1)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        return time.perf_counter() - t0
+
+    return one_pass
+
+
+def pass_time(model, m, reps):
+    """Median seconds of one pass with m guided queries at positions of the middle of the grid."""
+    one_pass = half_filled(model, m)
+    return float(np.median([one_pass(k) for k in range(reps)]))
 
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -74,13 +82,7 @@ def one_query_rounds(model, wbytes, reps, rounds, stages=False):
     (weight bytes / that round's median pass) / (that round's read bandwidth): each round measures
     the bandwidth right before its passes, so that a shared host's drift hits both sides of the
     ratio (on the 16-core device host single probes ranged 92-147 GB/s within minutes)."""
-    c = model.config
-    s = model.session([0], cfg_scale=4.0)
-    s.prefill()
-    half = c.H * c.W // 2
-    cells = np.arange(half)
-    s.forward(np.zeros(half, dtype=np.int64), cells // c.W, cells % c.W, cells % c.vocab_size, 0,
-              0)
+    one_pass = half_filled(model, 1)
     times, bws, fracs, k = [], [], [], 0
     for r in range(rounds):
         bw = zipar.runtime.read_bandwidth(512 << 20, 3)
@@ -88,12 +90,8 @@ def one_query_rounds(model, wbytes, reps, rounds, stages=False):
         timer = zipar.runtime.stage_times() if stages and r == rounds - 1 else nullcontext()
         with timer as st:
             for _ in range(max(reps // rounds, 3)):
-                col = (half + k) % (c.H * c.W)
+                mine.append(one_pass(k))
                 k += 1
-                t0 = time.perf_counter()
-                s.forward(np.zeros(1, dtype=np.int64), np.full(1, col // c.W),
-                          np.full(1, col % c.W), np.zeros(1, dtype=np.int64), 0, 1)
-                mine.append(time.perf_counter() - t0)
         if st is not None:
             print(st, flush=True)
         times += mine

@@ -1220,7 +1220,7 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
     /* ---- rows: one per query and stream. A guided cache runs the unconditional stream for every
      * query (as LlamaGen does after cfg_interval), so no visible slot is ever missing there. */
     const int nstream = k->guided ? 2 : 1;
-    int rows = nq * nstream, n_logits = 0;
+    int rows = nq * nstream;
     if ((st = reserve_rows(k, rows))) return st;
     if ((st = zp_reserve((void **)&s->vis, &s->cap_vis, (size_t)nq * S, sizeof(int32_t))))
         return st;
@@ -1267,7 +1267,6 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
                              (size_t)q[i].token * D * zp_wtype_size(m->w.wtype),
                          m->w.wtype, D);
         }
-        if (q[i].want_logits) n_logits++;
     }
 
     /* ---- rows grouped by stream (counting sort), for the shared-cache attention */
@@ -1370,12 +1369,6 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         if (pass.lrows > 0) head_stage(&pass, tid, nth, &sense);
     }
     PROF_MARK(timed, ZP_TIMER_JOIN);
-
-    /* ---- output head for the rows whose query wants logits */
-    if (n_logits == 0) {
-        prof_end(timed);
-        return ZP_OK;
-    }
 
     /* ---- combine the two streams: uncond + (cond - uncond) * cfg_scale */
     int out_row = 0, src = 0;
