@@ -12,7 +12,9 @@ bandwidth; pass(m <= 16) <= 1.25 x pass(1).
 One-query passes only (the decode step of one image with CFG: 2 rows), of random LlamaGen-shaped
 models in float32 and bf16 at a given thread count: ms per pass, weight bytes read per pass, GB/s
 and its fraction of the read bandwidth measured in the same process, in 5 rounds of (bandwidth,
-then passes), the fraction being the median of the rounds' ratios:
+then passes), the fraction being the median of the rounds' ratios; in brackets the same fraction
+counting also the float32 K/V the pass reads (the visible slots of both streams in every layer),
+which shares the bandwidth with the weights:
 
     python benchmarks/bench_forward.py --one-query [--shapes GPT-B GPT-L] [--dtypes fp32 bf16]
         [--threads N] [--stages] [--ab OLD_CHECKOUT NEW_CHECKOUT [--repeats 3]]
@@ -115,12 +117,18 @@ def one_query(shapes, dtypes, threads, reps, rounds=5, stages=False):
             elems = (sum(a.size for k, a in base.weights.items() if k.startswith("layers.")
                          and a.ndim == 2) + base.weights["output.weight"].size)
             wbytes = elems * (4 if dt == "fp32" else 2)
+            # the float32 K and V a pass must also read: both streams, every layer, the visible
+            # slots of the half-filled grid (prefix, half the cells, the query itself)
+            c = base.config
+            kvbytes = (2 * 2 * c.n_layer * (c.cls_token_num + c.H * c.W // 2 + 1)
+                       * (c.n_kv_head or c.n_head) * (c.dim // c.n_head) * 4)
             if stages:
                 print(f"{shape} {dt}, last round:", flush=True)
             t, bw, frac = one_query_rounds(model, wbytes, reps, rounds, stages)
             out.append(dict(shape=shape, dtype=dt, threads=zipar.get_num_threads(),
                             pass_ms=t * 1e3, weight_bytes=wbytes, weight_gbps=wbytes / t / 1e9,
-                            read_gbps=bw / 1e9, bandwidth_fraction=frac))
+                            read_gbps=bw / 1e9, bandwidth_fraction=frac, kv_bytes=kvbytes,
+                            weights_kv_fraction=frac * (wbytes + kvbytes) / wbytes))
             del model
     return out
 
@@ -130,7 +138,9 @@ def print_rows(rows, label=""):
         print(f"{label}{r['shape']:>6} {r['dtype']:>5} {r['threads']:>3} thr "
               f"{r['pass_ms']:>8.2f} ms {r['weight_bytes'] / 1e6:>7.0f} MB "
               f"{r['weight_gbps']:>6.1f} GB/s of {r['read_gbps']:>5.1f} = "
-              f"{r['bandwidth_fraction']:>6.1%}", flush=True)
+              f"{r['bandwidth_fraction']:>6.1%}"
+              + (f" (with {r['kv_bytes'] / 1e6:.0f} MB of K/V: {r['weights_kv_fraction']:.1%})"
+                 if "kv_bytes" in r else ""), flush=True)
 
 
 def ab(args):

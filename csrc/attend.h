@@ -61,16 +61,23 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
     const ZP_ATT_V zero = {0};
     const ZP_ATT_KV *kt = (const ZP_ATT_KV *)kt_, *vt = (const ZP_ATT_KV *)vt_;
     const size_t tile_bytes = sizeof(ZP_ATT_KV) * (size_t)kvd * ZP_TILE;
+    /* the bytes of a tile that heads [h0, h1) read: their K/V heads' blocks, contiguous in both
+     * layouts (K: (kvd, ZP_TILE), V: (n_kv_head, ZP_TILE, hd)) */
+    const size_t span_lo = sizeof(ZP_ATT_KV) * (size_t)(h0 / group) * hd * ZP_TILE;
+    const size_t span_hi = sizeof(ZP_ATT_KV) * (size_t)((h1 - 1) / group + 1) * hd * ZP_TILE;
     int last = 0;
     for (int a = 0; a < n; a++) {
         cursor[a] = 0;
         int r = rows[a];
         if (nv[r] && vis[r][nv[r] - 1] > last) last = vis[r][nv[r] - 1];
     }
-    /* scores, tile by tile */
+    /* scores, tile by tile, prefetching ZP_PREFETCH tiles ahead (the first ones up front) */
+    for (int t = 0; t < ZP_PREFETCH && t * ZP_TILE <= last; t++)
+        prefetch_tile(kt, t, tile_bytes, span_lo, span_hi);
     for (int t0 = 0; t0 <= last; t0 += ZP_TILE) {
         const ZP_ATT_KV *ktile = kt + (size_t)(t0 / ZP_TILE) * kvd * ZP_TILE;
-        if (t0 + ZP_PREFETCH * ZP_TILE <= last) prefetch_tile(ktile, ZP_PREFETCH, tile_bytes);
+        if (t0 + ZP_PREFETCH * ZP_TILE <= last)
+            prefetch_tile(ktile, ZP_PREFETCH, tile_bytes, span_lo, span_hi);
         for (int a = 0; a < n; a++) {
             int r = rows[a], p0 = cursor[a], p1 = p0;
             while (p1 < nv[r] && vis[r][p1] < t0 + ZP_TILE) p1++;
@@ -106,7 +113,10 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
             cursor[a] = p1;
         }
     }
-    /* softmax per row and head: maximum and sum in 16 lane partials (16 / W vectors) */
+    /* softmax per row and head: maximum and sum in 16 lane partials (16 / W vectors), while the
+     * first V tiles arrive */
+    for (int t = 0; t < ZP_PREFETCH && t * ZP_TILE <= last; t++)
+        prefetch_tile(vt, t, tile_bytes, span_lo, span_hi);
     for (int a = 0; a < n; a++) {
         int r = rows[a], m = nv[r];
         for (int h = h0; h < h1; h++) {
@@ -179,7 +189,8 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
     /* weighted values, tile by tile, in slot order per (row, head, element) */
     for (int t0 = 0; t0 <= last; t0 += ZP_TILE) {
         const ZP_ATT_KV *vtile = vt + (size_t)(t0 / ZP_TILE) * kvd * ZP_TILE;
-        if (t0 + ZP_PREFETCH * ZP_TILE <= last) prefetch_tile(vtile, ZP_PREFETCH, tile_bytes);
+        if (t0 + ZP_PREFETCH * ZP_TILE <= last)
+            prefetch_tile(vtile, ZP_PREFETCH, tile_bytes, span_lo, span_hi);
         for (int a = 0; a < n; a++) {
             int r = rows[a], p0 = cursor[a], p1 = p0;
             while (p1 < nv[r] && vis[r][p1] < t0 + ZP_TILE) p1++;

@@ -174,14 +174,21 @@ int zp_wtype_size(int wtype) {
     }
 }
 
-/* Rows of weights that a caller reads after a run of groups (the next output's columns in a joint
- * product, the next product of a multi-product call): the last group of the run prefetches them
- * while it computes, so that memory does not idle between runs. rows = 0 or w = NULL: none. */
+/* Rows of weights read next (the next tile of a run, or after the run's last tile the first tile
+ * of what the caller runs next): a group prefetches them while it computes, so that memory does
+ * not idle between groups or runs. rows = 0 or w = NULL: none. */
 typedef struct {
-    const char *w; /* first row, K elements of es bytes each, rows contiguous */
+    const char *w; /* first row, K elements of es bytes each */
     int rows;
     int es;
+    size_t step; /* bytes from one row to the next: K * es for adjacent rows, more for lanes */
 } zp_after;
+
+/* The output columns of one tile: n0 + c * step for c < nc (nc <= the tile's width). step 1: a
+ * group of adjacent columns; step > 1: one column of each lane of a run (run_cols). */
+typedef struct {
+    int n0, step, nc;
+} zp_colset;
 
 /* ---------------------------------------------------------------- AVX-512 kernel */
 /* 16 weights at p (element type DT, a constant after inlining) as float32. Widening bf16 (a
@@ -259,14 +266,15 @@ typedef struct {
 /* One tile over K block [k0, k1): y[r][c] = x_r . w_c for r < MR (<= 4 rows of x, stride K) and
  * c < nc (<= NC rows of w given by wrow, elements of type DT; the entries for c >= nc repeat a
  * valid row and are not stored; element k of row c is at wrow[c] + (k - kbase) elements: kbase is
- * 0 for weights read in place, k0 for a block widened into a scratch buffer). NC is 4 (the skinny tile) or 6 (the wide tile of passes with
- * many rows: 24 accumulators, each row of x loaded once per 6 rows of w instead of 4). y: the
- * tile's top-left output, row stride ldy. state: the accumulators carried between K blocks
+ * 0 for weights read in place, k0 for a block widened into a scratch buffer). NC is 4 (the skinny
+ * tile) or 6 (the wide tile of passes with many rows: 24 accumulators, each row of x loaded once
+ * per 6 rows of w instead of 4). y: the tile's first output, row stride ldy, column c at y + c cs
+ * (cs > 1: the columns of a lane tile, only with NC = 4). state: the accumulators carried between K blocks
  * (saved and reloaded exactly, so the summation order is that of one pass). MR, NC and DT are
  * constants after inlining, so the MR x NC accumulators live in zmm registers.
  * Per 16 elements of K: NC loads of w, MR loads of x, MR*NC fused multiply-adds, pf->n prefetches
  * (every other step for 2-byte weights: one per cache line). */
-ZP_INLINE ZP_TARGET_AVX512 void tile_avx512(float *y, int ldy, const float *x,
+ZP_INLINE ZP_TARGET_AVX512 void tile_avx512(float *y, int ldy, int cs, const float *x,
                                             const char *const wrow[ZP_WIDE], int kbase, int K,
                                             int k0, int k1, int nc, __m512 *state,
                                             const zp_prefetch *pf, const int MR, const int NC,
@@ -317,6 +325,12 @@ ZP_INLINE ZP_TARGET_AVX512 void tile_avx512(float *y, int ldy, const float *x,
         }
         _mm512_store_ps(out[half], reduce16_avx512(v));
     }
+    if (cs != 1) { /* a lane tile: its columns lie cs apart */
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < nc && c < ZP_COLS; c++)
+                y[(size_t)r * ldy + (size_t)c * cs] = out[0][ZP_COLS * r + c];
+        return;
+    }
     __mmask8 cols = (__mmask8)((1u << (nc < ZP_COLS ? nc : ZP_COLS)) - 1u);
     for (int r = 0; r < MR; r++)
         _mm_mask_storeu_ps(y + (size_t)r * ldy, cols, _mm_load_ps(out[0] + ZP_COLS * r));
@@ -328,22 +342,25 @@ ZP_INLINE ZP_TARGET_AVX512 void tile_avx512(float *y, int ldy, const float *x,
     }
 }
 
-/* The w rows and K range that the block after (group n0, block [k0, k1)) reads: the next K block
- * of the same rows, else the first K block of the next group of NC rows, else (after the last
- * group of the run, n0 + NC >= N) the caller's next rows `after`. *es: their bytes per element. */
-static inline void next_block(const char *w, size_t *es, int K, int N, int n0, int k1, int kblock,
-                              int NC, zp_after after, const char *rows[ZP_WIDE], int *n_rows,
-                              int *len) {
-    int first = k1 < K ? n0 : n0 + NC, k = k1 < K ? k1 : 0, avail = N - first;
-    if (k1 >= K && first >= N) { /* the run's last group: what the caller reads next */
-        w = after.w, first = 0, avail = after.w ? after.rows : 0, *es = (size_t)after.es;
+/* The w rows and K range that the block after (this group's rows wrow, block [k0, k1)) reads: the
+ * next K block of the same rows, else the first K block of the rows read next (`nxt`: the next
+ * tile of the run, or what the caller reads after it). nc: this group's valid rows; *es: bytes
+ * per element, set to those of the rows returned. */
+static inline void next_block(const char *const wrow[ZP_WIDE], int nc, size_t *es, int K, int k1,
+                              int kblock, int NC, zp_after nxt, const char *rows[ZP_WIDE],
+                              int *n_rows, int *len) {
+    int k = 0;
+    if (k1 < K) {
+        *n_rows = nc, k = k1;
+        for (int c = 0; c < nc; c++) rows[c] = wrow[c] + (size_t)k1 * *es;
+    } else {
+        *n_rows = nxt.w ? (nxt.rows < NC ? nxt.rows : NC) : 0, *es = (size_t)nxt.es;
+        for (int c = 0; c < *n_rows; c++) rows[c] = nxt.w + (size_t)c * nxt.step;
     }
-    *n_rows = avail < NC ? (avail > 0 ? avail : 0) : NC;
 #ifdef ZP_PF_OFF
     *n_rows = 0;
 #endif
     *len = K - k < kblock ? K - k : kblock;
-    for (int c = 0; c < *n_rows; c++) rows[c] = w + ((size_t)(first + c) * K + k) * *es;
 }
 
 /* Widens rows src[c][k0 .. k1) (c < NC, 2-byte elements of type DT) into
@@ -373,13 +390,13 @@ ZP_INLINE ZP_TARGET_AVX512 void widen_block_avx512(float *dst, int ld,
  * float32 scratch block that the tiles then share, so the conversion is paid once per block, not
  * once per tile (the tiles read the same float32 values either way: same bits). */
 ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x, const char *w,
-                                               int m, int K, int N, int n0, zp_after after,
+                                               int m, int K, zp_colset cols, zp_after nxt,
                                                const int NC, const int DT) {
     const size_t es = DT == ZP_WTYPE_F32 ? 4 : 2;
-    int nc = N - n0 < NC ? N - n0 : NC;
+    const int nc = cols.nc < NC ? cols.nc : NC, n0 = cols.n0;
     const char *wrow[ZP_WIDE], *srow[ZP_WIDE];
     for (int c = 0; c < ZP_WIDE; c++)
-        srow[c] = wrow[c] = w + (size_t)(n0 + (c < nc ? c : nc - 1)) * K * es;
+        srow[c] = wrow[c] = w + (size_t)(n0 + (size_t)(c < nc ? c : nc - 1) * cols.step) * K * es;
     __m512 state[ZP_PANEL / ZP_ROWS][ZP_ROWS * ZP_WIDE]; /* (tiles, accumulators) */
     /* bf16 / f16: one K block of NC rows as float32 (kblock <= 2 * ZP_KBLOCK with > 1 tile) */
     float scratch[DT == ZP_WTYPE_F32 ? 1 : ZP_WIDE * 2 * ZP_KBLOCK] __attribute__((aligned(64)));
@@ -395,7 +412,7 @@ ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x
             const char *next[ZP_WIDE];
             int n_next, len;
             size_t next_es = es;
-            next_block(w, &next_es, K, N, n0, k1, kblock, NC, after, next, &n_next, &len);
+            next_block(wrow, nc, &next_es, K, k1, kblock, NC, nxt, next, &n_next, &len);
             if (widen) {
                 int ld = (kblock + ZP_LANES - 1) / ZP_LANES * ZP_LANES; /* <= 2 * ZP_KBLOCK */
                 widen_block_avx512(scratch, ld, wrow, k0, k1, NC, DT);
@@ -415,35 +432,39 @@ ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x
                 if (widen) { /* constant MR: one loop per case */
                     switch (mr) {
                     case 4:
-                        tile_avx512(yi, ldy, xi, srow, k0, K, k0, k1, nc, st, &pf, 4, NC,
+                        tile_avx512(yi, ldy, cols.step, xi, srow, k0, K, k0, k1, nc, st, &pf, 4, NC,
                                     ZP_WTYPE_F32);
                         break;
                     case 3:
-                        tile_avx512(yi, ldy, xi, srow, k0, K, k0, k1, nc, st, &pf, 3, NC,
+                        tile_avx512(yi, ldy, cols.step, xi, srow, k0, K, k0, k1, nc, st, &pf, 3, NC,
                                     ZP_WTYPE_F32);
                         break;
                     case 2:
-                        tile_avx512(yi, ldy, xi, srow, k0, K, k0, k1, nc, st, &pf, 2, NC,
+                        tile_avx512(yi, ldy, cols.step, xi, srow, k0, K, k0, k1, nc, st, &pf, 2, NC,
                                     ZP_WTYPE_F32);
                         break;
                     default:
-                        tile_avx512(yi, ldy, xi, srow, k0, K, k0, k1, nc, st, &pf, 1, NC,
+                        tile_avx512(yi, ldy, cols.step, xi, srow, k0, K, k0, k1, nc, st, &pf, 1, NC,
                                     ZP_WTYPE_F32);
                         break;
                     }
                 } else {
                     switch (mr) {
                     case 4:
-                        tile_avx512(yi, ldy, xi, wrow, 0, K, k0, k1, nc, st, &pf, 4, NC, DT);
+                        tile_avx512(yi, ldy, cols.step, xi, wrow, 0, K, k0, k1, nc, st, &pf, 4, NC,
+                                    DT);
                         break;
                     case 3:
-                        tile_avx512(yi, ldy, xi, wrow, 0, K, k0, k1, nc, st, &pf, 3, NC, DT);
+                        tile_avx512(yi, ldy, cols.step, xi, wrow, 0, K, k0, k1, nc, st, &pf, 3, NC,
+                                    DT);
                         break;
                     case 2:
-                        tile_avx512(yi, ldy, xi, wrow, 0, K, k0, k1, nc, st, &pf, 2, NC, DT);
+                        tile_avx512(yi, ldy, cols.step, xi, wrow, 0, K, k0, k1, nc, st, &pf, 2, NC,
+                                    DT);
                         break;
                     default:
-                        tile_avx512(yi, ldy, xi, wrow, 0, K, k0, k1, nc, st, &pf, 1, NC, DT);
+                        tile_avx512(yi, ldy, cols.step, xi, wrow, 0, K, k0, k1, nc, st, &pf, 1, NC,
+                                    DT);
                         break;
                     }
                 }
@@ -456,8 +477,8 @@ ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x
 /* One instance per (tile width, weight type). */
 #define ZP_GROUP_AVX512(name, NC, DT)                                                              \
     static ZP_TARGET_AVX512 void name(float *y, int ldy, const float *x, const char *w, int m,     \
-                                      int K, int N, int n0, zp_after after) {                      \
-        group_avx512_t(y, ldy, x, w, m, K, N, n0, after, NC, DT);                                  \
+                                      int K, zp_colset cols, zp_after nxt) {                       \
+        group_avx512_t(y, ldy, x, w, m, K, cols, nxt, NC, DT);                                     \
     }
 ZP_GROUP_AVX512(group_avx512_f32, ZP_COLS, ZP_WTYPE_F32)
 ZP_GROUP_AVX512(group_avx512_bf16, ZP_COLS, ZP_WTYPE_BF16)
@@ -489,14 +510,15 @@ ZP_INLINE ZP_TARGET_AVX2 float reduce_avx2(__m256 lo, __m256 hi) {
 
 /* y[r][c] = x_r . w_c for r < MR rows of x (stride K) and c < nc of the NCOL rows of w in wrow
  * (entries past nc repeat a valid row and are not stored); y: the tile's top-left output, row
- * stride ldy. MR x NCOL is 1 x 4 or 2 x 2: 8 ymm accumulators (lanes 0-7 and 8-15 of each dot's
+ * stride ldy, column c at y + c cs. MR x NCOL is 1 x 4 or 2 x 2: 8 ymm accumulators (lanes 0-7 and 8-15 of each dot's
  * partial sums), and with two rows each widened w vector serves both (bf16 / f16 widening is half
  * the instructions of two 1-row tiles). Per 16 elements of K: 2 NCOL loads of w, 2 MR of x,
  * 2 MR NCOL fused multiply-adds, and pf->n prefetches of the rows read next (once per 64 bytes of
  * them; pf->n = 0 for none). */
-ZP_INLINE ZP_TARGET_AVX2 void tile_avx2(float *y, int ldy, const float *x, const char *const *wrow,
-                                        int K, int nc, const zp_prefetch *pf, const int MR,
-                                        const int NCOL, const int DT) {
+ZP_INLINE ZP_TARGET_AVX2 void tile_avx2(float *y, int ldy, int cs, const float *x,
+                                        const char *const *wrow, int K, int nc,
+                                        const zp_prefetch *pf, const int MR, const int NCOL,
+                                        const int DT) {
     const size_t es = DT == ZP_WTYPE_F32 ? 4 : 2;
     __m256 lo[2][ZP_COLS], hi[2][ZP_COLS];
     for (int r = 0; r < MR; r++)
@@ -544,7 +566,7 @@ ZP_INLINE ZP_TARGET_AVX2 void tile_avx2(float *y, int ldy, const float *x, const
     }
     for (int r = 0; r < MR; r++)
         for (int c = 0; c < nc && c < NCOL; c++)
-            y[(size_t)r * ldy + c] = reduce_avx2(lo[r][c], hi[r][c]);
+            y[(size_t)r * ldy + (size_t)c * cs] = reduce_avx2(lo[r][c], hi[r][c]);
 }
 
 /* Output columns n0 .. n0+3 (clipped at N) for all m rows: bf16 / f16 weights as pairs of rows of
@@ -554,31 +576,32 @@ ZP_INLINE ZP_TARGET_AVX2 void tile_avx2(float *y, int ldy, const float *x, const
  * in L1 after the first tiles. The first tiles prefetch the next group's rows (or the caller's
  * `after` past the last group). */
 ZP_INLINE ZP_TARGET_AVX2 void group_avx2_t(float *y, int ldy, const float *x, const char *w, int m,
-                                           int K, int N, int n0, zp_after after, const int DT) {
+                                           int K, zp_colset cols, zp_after nxt, const int DT) {
     size_t es = DT == ZP_WTYPE_F32 ? 4 : 2, next_es = es;
-    int nc = N - n0 < ZP_COLS ? N - n0 : ZP_COLS;
-    const char *wrow[ZP_COLS];
-    for (int c = 0; c < ZP_COLS; c++) wrow[c] = w + (size_t)(n0 + (c < nc ? c : nc - 1)) * K * es;
+    const int nc = cols.nc < ZP_COLS ? cols.nc : ZP_COLS, n0 = cols.n0, cs = cols.step;
+    const char *wrow[ZP_WIDE];
+    for (int c = 0; c < ZP_COLS; c++)
+        wrow[c] = w + (size_t)(n0 + (size_t)(c < nc ? c : nc - 1) * cs) * K * es;
     zp_prefetch pf = {{NULL}, 0, 0, 0}, none = {{NULL}, 0, 0, 4};
-    next_block(w, &next_es, K, N, n0, K, K > 0 ? K : 1, ZP_COLS, after, pf.row, &pf.n, &pf.len);
+    next_block(wrow, nc, &next_es, K, K, K > 0 ? K : 1, ZP_COLS, nxt, pf.row, &pf.n, &pf.len);
     pf.es = (int)next_es;
     int i = 0;
     for (; DT != ZP_WTYPE_F32 && i + 2 <= m; i += 2) /* float32: 1 x 4 measured as fast */
         for (int cp = 0; cp < nc; cp += 2) {
             zp_prefetch half = {{pf.row[cp], pf.row[cp + 1]}, 0, pf.len, pf.es};
             half.n = pf.n - cp < 0 ? 0 : pf.n - cp > 2 ? 2 : pf.n - cp;
-            tile_avx2(y + (size_t)i * ldy + n0 + cp, ldy, x + (size_t)i * K, wrow + cp, K, nc - cp,
-                      i ? &none : &half, 2, 2, DT);
+            tile_avx2(y + (size_t)i * ldy + n0 + (size_t)cp * cs, ldy, cs, x + (size_t)i * K,
+                      wrow + cp, K, nc - cp, i ? &none : &half, 2, 2, DT);
         }
     for (; i < m; i++)
-        tile_avx2(y + (size_t)i * ldy + n0, ldy, x + (size_t)i * K, wrow, K, nc, i ? &none : &pf, 1,
-                  ZP_COLS, DT);
+        tile_avx2(y + (size_t)i * ldy + n0, ldy, cs, x + (size_t)i * K, wrow, K, nc,
+                  i ? &none : &pf, 1, ZP_COLS, DT);
 }
 
 #define ZP_GROUP_AVX2(name, DT)                                                                    \
     static ZP_TARGET_AVX2 void name(float *y, int ldy, const float *x, const char *w, int m,       \
-                                    int K, int N, int n0, zp_after after) {                        \
-        group_avx2_t(y, ldy, x, w, m, K, N, n0, after, DT);                                        \
+                                    int K, zp_colset cols, zp_after nxt) {                         \
+        group_avx2_t(y, ldy, x, w, m, K, cols, nxt, DT);                                           \
     }
 ZP_GROUP_AVX2(group_avx2_f32, ZP_WTYPE_F32)
 ZP_GROUP_AVX2(group_avx2_bf16, ZP_WTYPE_BF16)
@@ -635,13 +658,13 @@ static float dot_scalar(const float *x, const char *w, int wtype, int K) {
 }
 
 static void group_scalar(float *y, int ldy, const float *x, const char *w, int wtype, int m, int K,
-                         int N, int n0) {
+                         zp_colset cols) {
     size_t es = (size_t)zp_wtype_size(wtype);
-    int nc = N - n0 < ZP_COLS ? N - n0 : ZP_COLS;
     for (int i = 0; i < m; i++)
-        for (int c = 0; c < nc; c++)
-            y[(size_t)i * ldy + n0 + c] =
-                dot_scalar(x + (size_t)i * K, w + (size_t)(n0 + c) * K * es, wtype, K);
+        for (int c = 0; c < cols.nc; c++) {
+            size_t n = (size_t)cols.n0 + (size_t)c * cols.step;
+            y[(size_t)i * ldy + n] = dot_scalar(x + (size_t)i * K, w + n * K * es, wtype, K);
+        }
 }
 
 void zp_widen(float *dst, const void *src, int wtype, size_t n) {
@@ -651,8 +674,8 @@ void zp_widen(float *dst, const void *src, int wtype, size_t n) {
 }
 
 /* ---------------------------------------------------------------- dispatch */
-typedef void (*zp_group_fn)(float *y, int ldy, const float *x, const char *w, int m, int K, int N,
-                            int n0, zp_after after);
+typedef void (*zp_group_fn)(float *y, int ldy, const float *x, const char *w, int m, int K,
+                            zp_colset cols, zp_after nxt);
 
 /* The vector group function for (isa, wtype) and its width in output columns (4, or 6 for the
  * wide AVX-512 tile when `wide`); NULL for the scalar kernel (4 columns a group). */
@@ -698,28 +721,90 @@ static void blas_product(const float *x, int m, int K, const zp_matmul_out *o) {
      (const float *)o->w, K, 0.0f, o->y, o->ldy);
 }
 
-/* Columns [n0, n1) of output o for all m rows, walked in the kernel's own groups (a wide group
- * numbered by a caller whose ISA was since forced to a narrower kernel takes two calls). n1 is
- * given to the group function as its N, so no group writes, or prefetches, past the block; its
- * last group prefetches `after` instead (the rows the caller runs next). */
-static void run_cols(int isa, int wide, const float *x, int m, int K, const zp_matmul_out *o,
-                     int n0, int n1, zp_after after) {
-    int width;
-    zp_group_fn fn = group_fn(isa, o->wtype, wide, &width);
-    for (int n = n0; n < n1; n += width) {
-        if (fn)
-            fn(o->y, o->ldy, x, (const char *)o->w, m, K, n1, n, after);
-        else
-            group_scalar(o->y, o->ldy, x, (const char *)o->w, o->wtype, m, K, n1, n);
-    }
+/* Passes of at most this many rows walk a run of columns in lanes (below); more rows, the wide tile
+ * and the scalar kernel walk adjacent groups. */
+enum { ZP_LANE_MAX_ROWS = ZP_ROWS };
+static int zp_lanes_on = 1; /* testing switch: 0 walks adjacent groups always */
+
+void zp_matmul_set_lanes(int on) {
+    __atomic_store_n(&zp_lanes_on, on != 0, __ATOMIC_RELAXED);
 }
 
-/* Rows [n0, n1) of output o's weights as the `after` of a run (none when n0 >= n1). */
-static zp_after rows_of(const zp_matmul_out *o, int K, int n0, int n1) {
+/* How a run of `cols` columns is cut into tiles of `width` columns: T = ceil(cols / width) tiles
+ * either way. Adjacent: tile t is columns t width .. t width + width - 1. Lanes: the run is cut
+ * into `width` lanes of T columns, and tile t takes column t of every lane (t, t + T, t + 2T,
+ * ...), so the tiles stream `width` sequential runs of weight rows instead of one block of
+ * `width` adjacent rows. Measured with csrc/tests/bench_lanes.c (m = 2, 2 threads; BENCHMARKS.md):
+ * bf16 rows of 2 KiB (two to a 4 KiB page) 22.7 GB/s in lanes against 20.1 adjacent on the 16-core
+ * AVX-512 host, 1.5 KiB rows 24.5 against 18.7; float32 within noise there, faster in lanes on
+ * the AVX2 development machine. Which tile computes a column never changes its bits.
+ * Returns the lane length T when the run walks in lanes, 0 when adjacent. */
+static int run_lanes(int isa, int wide, int m, int cols, int width) {
+    if (isa == ZP_ISA_SCALAR || wide || m > ZP_LANE_MAX_ROWS || cols <= width ||
+        !__atomic_load_n(&zp_lanes_on, __ATOMIC_RELAXED))
+        return 0;
+    return (cols + width - 1) / width;
+}
+
+/* Tile t of a run of columns [n0, n0 + cols): lanes of length T (run_lanes), or adjacent (T = 0). */
+static zp_colset run_tile(int n0, int cols, int width, int T, int t) {
+    zp_colset c;
+    if (T > 0) {
+        c.n0 = n0 + t, c.step = T, c.nc = (cols - t + T - 1) / T;
+    } else {
+        c.n0 = n0 + t * width, c.step = 1, c.nc = cols - t * width;
+    }
+    c.nc = c.nc < width ? c.nc : width;
+    return c;
+}
+
+/* The weight rows of tile `cols` of output o, as what a group reads next. */
+static zp_after tile_rows(const zp_matmul_out *o, int K, zp_colset cols) {
     int es = zp_wtype_size(o->wtype);
-    zp_after a = {NULL, 0, es > 0 ? es : 4};
-    if (n0 < n1 && es > 0) a.w = (const char *)o->w + (size_t)n0 * K * es, a.rows = n1 - n0;
+    zp_after a = {NULL, 0, es > 0 ? es : 4, 0};
+    if (cols.nc > 0 && es > 0) {
+        a.w = (const char *)o->w + (size_t)cols.n0 * K * es, a.rows = cols.nc;
+        a.step = (size_t)cols.step * K * es;
+    }
     return a;
+}
+
+/* The rows of the first tile of run [n0, n1) of output o (none when n0 >= n1): the `after` of the
+ * run before it. */
+static zp_after run_first(int isa, int wide, int m, int K, const zp_matmul_out *o, int n0, int n1) {
+    int width;
+    zp_colset none = {0, 1, 0};
+    group_fn(isa, o->wtype, wide, &width);
+    if (n0 >= n1) return tile_rows(o, K, none);
+    return tile_rows(o, K,
+                     run_tile(n0, n1 - n0, width, run_lanes(isa, wide, m, n1 - n0, width), 0));
+}
+
+/* Columns [n0, n1) of the n_o outputs o (same N and wtype when n_o > 1: a joint run) for all m
+ * rows, tile by tile (run_tile: adjacent groups or lanes), each tile through every output before
+ * the next one (so a thread owns e.g. the gate and up projections of the same hidden units); a
+ * wide group numbered by a caller whose ISA was since forced to a narrower kernel takes two
+ * tiles. Each tile prefetches the rows read next: the same tile of the next output, the next
+ * tile, or after the last one `after` (the first tile of what the caller runs next). */
+static void run_cols(int isa, int wide, const float *x, int m, int K, const zp_matmul_out *o,
+                     int n_o, int n0, int n1, zp_after after) {
+    int width;
+    zp_group_fn fn = group_fn(isa, o[0].wtype, wide, &width);
+    const int cols = n1 - n0, T = run_lanes(isa, wide, m, cols, width);
+    const int tiles = (cols + width - 1) / width;
+    for (int t = 0; t < tiles; t++) {
+        zp_colset tile = run_tile(n0, cols, width, T, t);
+        for (int j = 0; j < n_o; j++) {
+            zp_after nxt = j + 1 < n_o ? tile_rows(&o[j + 1], K, tile)
+                           : t + 1 < tiles
+                               ? tile_rows(&o[0], K, run_tile(n0, cols, width, T, t + 1))
+                               : after;
+            if (fn)
+                fn(o[j].y, o[j].ldy, x, (const char *)o[j].w, m, K, tile, nxt);
+            else
+                group_scalar(o[j].y, o[j].ldy, x, (const char *)o[j].w, o[j].wtype, m, K, tile);
+        }
+    }
 }
 
 /* Whether a call's outputs can be numbered: all valid, same N and wtype when joint. */
@@ -760,8 +845,27 @@ static int locate(int K, const zp_matmul_out *out, int n_out, int flags, int wid
     return 0;
 }
 
+/* The run that group g of the numbering starts (up to group g_end, clipped to its output): its
+ * first tile's rows, as the `after` of the run before it; none when g < 0 or past the groups. */
+static zp_after range_first(int isa, int wide, int m, int K, const zp_matmul_out *out, int n_out,
+                            int flags, int width, int64_t groups, int64_t g, int64_t g_end) {
+    int j, n0, n1;
+    zp_colset none = {0, 1, 0};
+    if (g < 0 || g >= groups) return tile_rows(&out[0], K, none);
+    if (g_end <= g) g_end = g + 1;
+    if (g_end > groups) g_end = groups;
+    if (flags & ZP_MATMUL_JOINT) {
+        const int N = out[0].N;
+        return run_first(isa, wide, m, K, &out[0], (int)(g * width),
+                         (int)(g_end * width < N ? g_end * width : N));
+    }
+    locate(K, out, n_out, flags, width, g, &j, &n0, &n1);
+    int64_t end = n0 + (g_end - g) * width;
+    return run_first(isa, wide, m, K, &out[j], n0, (int)(end < out[j].N ? end : out[j].N));
+}
+
 zp_cols zp_matmul_range(const float *x, int m, int K, const zp_matmul_out *out, int n_out,
-                        int flags, int64_t g0, int64_t g1, int64_t next) {
+                        int flags, int64_t g0, int64_t g1, int64_t next, int64_t next_end) {
     zp_cols mine = {0, 0};
     if (x == NULL || out == NULL || m <= 0 || K < 0 || n_out <= 0 || g0 < 0 || g1 <= g0)
         return mine;
@@ -771,38 +875,28 @@ zp_cols zp_matmul_range(const float *x, int m, int K, const zp_matmul_out *out, 
     const int64_t groups = zp_matmul_groups(K, out, n_out, flags);
     if (g1 > groups) g1 = groups;
     if (g0 >= g1) return mine;
+    zp_after after = range_first(isa, wide, m, K, out, n_out, flags, width, groups, next, next_end);
     if (flags & ZP_MATMUL_JOINT) {
-        /* group g: columns [g width, (g + 1) width) of every output (same N and wtype) */
+        /* group g: columns [g width, (g + 1) width) of every output (same N and wtype): one run */
         const int N = out[0].N;
         mine.n0 = (int)(g0 * width);
         mine.n1 = (int)(g1 * width < N ? g1 * width : N);
-        for (int64_t g = g0; g < g1; g++) {
-            int n0 = (int)(g * width), n1 = n0 + width < N ? n0 + width : N;
-            int64_t after = g + 1 < g1 ? g + 1 : next; /* the group computed next, if any */
-            int a0 = (int)(after * width), a1 = a0 + width < N ? a0 + width : N;
-            for (int j = 0; j < n_out; j++) /* then the same columns of the next output, or
-                                             * the next group of the first */
-                run_cols(isa, wide, x, m, K, &out[j], n0, n1,
-                         j + 1 < n_out                  ? rows_of(&out[j + 1], K, n0, n1)
-                         : after >= 0 && after < groups ? rows_of(&out[0], K, a0, a1)
-                                                        : rows_of(&out[0], K, 0, 0));
-        }
+        run_cols(isa, wide, x, m, K, out, n_out, mine.n0, mine.n1, after);
         return mine;
     }
     /* groups of every skinny output numbered one after the other: the range cut into runs of one
-     * output each, each run prefetching the start of the one after it */
-    int j, n0, n1, nj, m0, m1;
+     * output each, each run prefetching the first tile of the one after it */
+    int j, n0, n1;
     locate(K, out, n_out, flags, width, g0, &j, &n0, &n1);
     for (int64_t g = g0; g < g1;) {
         /* this run: from group g to the end of output j or of the range */
         int64_t left = g1 - g, in_out = (out[j].N - n0 + width - 1) / width;
         int64_t take = left < in_out ? left : in_out;
         int end = (int)(n0 + take * width < out[j].N ? n0 + take * width : out[j].N);
-        int64_t after = g + take < g1 ? g + take : next;
-        zp_after a = rows_of(&out[0], K, 0, 0);
-        if (after >= 0 && locate(K, out, n_out, flags, width, after, &nj, &m0, &m1))
-            a = rows_of(&out[nj], K, m0, m1);
-        run_cols(isa, wide, x, m, K, &out[j], n0, end, a);
+        zp_after a = g + take < g1 ? range_first(isa, wide, m, K, out, n_out, flags, width, groups,
+                                                 g + take, g1)
+                                   : after;
+        run_cols(isa, wide, x, m, K, &out[j], 1, n0, end, a);
         if (n_out == 1) mine.n0 = n0, mine.n1 = end;
         g += take;
         if (g < g1) locate(K, out, n_out, flags, width, g, &j, &n0, &n1);
@@ -829,7 +923,7 @@ zp_cols zp_matmul_part(const float *x, int m, int K, const zp_matmul_out *out, i
         }
     int64_t g0, g1;
     zp_share(zp_matmul_groups(K, out, n_out, flags), part, n_parts, &g0, &g1);
-    if (g0 < g1) mine = zp_matmul_range(x, m, K, out, n_out, flags, g0, g1, -1);
+    if (g0 < g1) mine = zp_matmul_range(x, m, K, out, n_out, flags, g0, g1, -1, -1);
     return mine;
 }
 

@@ -149,12 +149,16 @@ zp_cols zp_matmul_part(const float *x, int m, int K, const zp_matmul_out *out, i
 int64_t zp_matmul_groups(int K, const zp_matmul_out *out, int n_out, int flags);
 
 /* Groups [g0, g1) of that numbering (clipped to it), for teams that hand out groups themselves
- * (zp_forward takes chunks of them from a shared counter). `next`: the first group the calling
- * thread computes after these (< 0: none), whose weights the last group prefetches. Never BLAS.
- * Returns the columns written as zp_matmul_part does (when the range lies in one output, or
- * joint). Each column's bits are those of any other split. */
+ * (zp_forward takes chunks of them from a shared counter). [next, next_end): the groups the
+ * calling thread computes after these (next < 0: none; next_end <= next: one group), whose first
+ * weights the last tile prefetches. Never BLAS. Returns the columns written as zp_matmul_part
+ * does (when the range lies in one output, or joint). Each column's bits are those of any other
+ * split.
+ * Within a range, a pass of few rows (m <= 4, not wide) walks each output's columns in 4 lanes
+ * (tile t computes columns t, t + T, t + 2T, t + 3T of the run, T = ceil(columns / 4)): four
+ * sequential streams of weight rows; more rows walk adjacent groups. Same bits either way. */
 zp_cols zp_matmul_range(const float *x, int m, int K, const zp_matmul_out *out, int n_out,
-                        int flags, int64_t g0, int64_t g1, int64_t next);
+                        int flags, int64_t g0, int64_t g1, int64_t next, int64_t next_end);
 
 /* Threads for the skinny kernel (OpenMP) and for OpenBLAS. n = 0 restores the default (OpenMP's
  * omp_get_max_threads() at the time of each call). Returns 0, or -1 and changes nothing when n is
@@ -190,6 +194,9 @@ int zp_matmul_force_isa(const char *isa);
 /* Passes of m >= this many rows take the wide AVX-512 tile (default 1 << 30: never; m <= 0
  * restores the default). Results are the same bits either way; only the speed differs. */
 void zp_matmul_set_wide_min_rows(int m);
+/* 0: runs of columns walk adjacent groups whatever m (default 1: lanes for m <= 4, see
+ * zp_matmul_range). Results are the same bits either way; only the speed differs. */
+void zp_matmul_set_lanes(int on);
 
 #ifdef __cplusplus
 }

@@ -622,12 +622,13 @@ static inline __attribute__((always_inline)) float exp_nonpos(float x) {
 #define ZP_PREFETCH 2
 #endif
 
-/* Prefetches the K or V tile `ahead` tiles after `tile` (tile_bytes each, either layout), once
- * per tile for all the stream's rows and heads. */
-static inline __attribute__((always_inline)) void prefetch_tile(const void *tile, int ahead,
-                                                                size_t tile_bytes) {
+/* Prefetches bytes [lo, hi) of the K or V tile `ahead` tiles after `tile` (tile_bytes each, either
+ * layout): the span of the K/V heads one attention task reads (a task that takes some of the
+ * heads must not pull the others' lines into its core: at 16 threads that was 8 times the bytes). */
+static inline __attribute__((always_inline)) void
+prefetch_tile(const void *tile, int ahead, size_t tile_bytes, size_t lo, size_t hi) {
     const char *next = (const char *)tile + (size_t)ahead * tile_bytes;
-    for (size_t e = 0; e < tile_bytes; e += 64) __builtin_prefetch(next + e);
+    for (size_t e = lo; e < hi; e += 64) __builtin_prefetch(next + e);
 }
 
 /* Attention of the rows of one stream (one image's cond or uncond cache) in this pass. ZipAR
@@ -1077,7 +1078,9 @@ static void product(zp_pass *p, int which, const float *x, int m, int K, const z
     zp_share(fixed, tid, nth, &g0, &g1);
     for (;;) {
         int64_t next = c < n_chunks ? fixed + c * chunk : -1;
-        if (g0 < g1) post_cols(p, post, zp_matmul_range(x, m, K, out, n_out, flags, g0, g1, next));
+        int64_t next_end = next + chunk < groups ? next + chunk : groups;
+        if (g0 < g1)
+            post_cols(p, post, zp_matmul_range(x, m, K, out, n_out, flags, g0, g1, next, next_end));
         if (c >= n_chunks) break;
         g0 = next, g1 = next + chunk < groups ? next + chunk : groups;
         c = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);

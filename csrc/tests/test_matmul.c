@@ -388,7 +388,8 @@ static void check_widening(void) {
  * What a thread team calls: zp_matmul_part's shares (n_parts 1..5) and zp_matmul_range over any
  * cut of the groups into ranges (random lengths, taken in a shuffled order, with right, wrong and
  * no `next` hints), joint (w1/w3-like: same N) and not (three outputs of different N): every
- * column written exactly once, bitwise equal to one zp_matmul_w call per output. */
+ * column written exactly once, bitwise equal to one zp_matmul_w call per output made with lanes
+ * off (adjacent groups), so that runs walked in lanes (m <= 4) are checked against adjacent ones. */
 static void check_ranges(const char *isa, int wtype, int K, int m) {
     enum { NO = 3 };
     const int Ns[NO] = {37, 64, 9};
@@ -418,7 +419,9 @@ static void check_ranges(const char *isa, int wtype, int K, int m) {
                 out[j] = (zp_matmul_out){y[j], N, w[1], wtype, N};
             else
                 out[j] = (zp_matmul_out){y[j], N, w[j], wtype, N};
+            zp_matmul_set_lanes(0);
             zp_matmul_w(ref[j], N, x, out[j].w, wtype, m, K, N);
+            zp_matmul_set_lanes(1);
         }
         int64_t groups = zp_matmul_groups(K, out, n_out, flags);
         int64_t want = 0;
@@ -447,7 +450,8 @@ static void check_ranges(const char *isa, int wtype, int K, int m) {
                 for (int i = 0; i < n_cut; i++) {
                     int c = order[i];
                     int64_t next = trial == 5 ? -1 : trial == 6 ? cut[c + 1] : groups + 5;
-                    zp_matmul_range(x, m, K, out, n_out, flags, cut[c], cut[c + 1], next);
+                    int64_t next_end = trial == 6 && c + 1 < n_cut ? cut[c + 2] : next - 1;
+                    zp_matmul_range(x, m, K, out, n_out, flags, cut[c], cut[c + 1], next, next_end);
                 }
             }
             for (int j = 0; j < n_out; j++)
@@ -458,9 +462,9 @@ static void check_ranges(const char *isa, int wtype, int K, int m) {
         /* out of range: nothing written */
         for (int j = 0; j < n_out; j++)
             for (int e = 0; e < m * out[j].N; e++) y[j][e] = 7.f;
-        zp_matmul_range(x, m, K, out, n_out, flags, -1, groups, -1);
-        zp_matmul_range(x, m, K, out, n_out, flags, groups, groups + 3, -1);
-        zp_matmul_range(x, m, K, out, n_out, flags, 3, 3, -1);
+        zp_matmul_range(x, m, K, out, n_out, flags, -1, groups, -1, -1);
+        zp_matmul_range(x, m, K, out, n_out, flags, groups, groups + 3, -1, -1);
+        zp_matmul_range(x, m, K, out, n_out, flags, 3, 3, -1, -1);
         int touched = 0;
         for (int j = 0; j < n_out; j++)
             for (int e = 0; e < m * out[j].N; e++) touched |= y[j][e] != 7.f;
