@@ -43,7 +43,9 @@ typedef struct {
     int32_t *row_nv, *cursor, *grp_rows, *grp_start, *stream_group;
     size_t cap_row_vis, cap_row_nv, cap_cursor, cap_grp_rows, cap_grp_start, cap_stream_group;
     float *xl, *logits2; /* (logit rows, dim), (logit rows, vocab) */
-    int32_t *logit_row;  /* (logit rows,) the row of each */
+    float *xn;           /* (team, rows, dim): each thread's own normalised rows (few-row passes) */
+    size_t cap_xn;
+    int32_t *logit_row; /* (logit rows,) the row of each */
     size_t cap_logit_row;
 } zp_scratch;
 

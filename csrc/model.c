@@ -453,6 +453,7 @@ void zp_cache_free(zp_cache *k) {
     free(s->vis_n);
     free(s->scores);
     free(s->xl);
+    free(s->xn);
     free(s->logits2);
     free(s->logit_row);
     free(s->row_vis);
@@ -912,6 +913,11 @@ static void team_wait(zp_team *t, int nth, int *sense) {
     PROF_WAITED(t->timed);
 }
 
+/* Passes whose rows hold at most this many elements (rows x dim: one guided query of GPT-B or
+ * GPT-L, 2 x 768 or 2 x 1024) norm every row on every thread (norm_rows): a few microseconds of
+ * arithmetic, about what a barrier of 16 threads costs. */
+#define ZP_NORM_ALL_ELEMS 4096
+
 /* What every thread of a pass reads: set before the region, read-only in it but for team. */
 typedef struct {
     const zp_model *m;
@@ -924,6 +930,7 @@ typedef struct {
     int splits;      /* attention tasks per stream group: its K/V heads cut into this many runs */
     int lrows;       /* rows that want logits (the output head's rows), in s->logit_row */
     int head_flags;  /* zp_matmul_flags(lrows), read once */
+    int norm_all;    /* every thread norms all rows into its own s->xn: no barrier (norm_rows) */
     float scale;     /* 1 / sqrt(head_dim) */
     attend_fn *attend;
     zp_team team;
@@ -1087,16 +1094,27 @@ static void product(zp_pass *p, int which, const float *x, int m, int K, const z
     }
 }
 
-/* Before a sub-layer: xb = norm(x) for this thread's rows [r0, r1), then a barrier; nothing with
- * swin_norm (the norm moves to the sub-layer's output: residual below). */
-static void norm_rows(zp_pass *p, const float *norm_w, int r0, int r1, int nth, int *sense) {
+/* Before a sub-layer: the rows the sub-layer's product reads. Passes of many rows: xb = norm(x),
+ * each thread its rows [r0, r1), then a barrier; xb. Passes of few rows (p->norm_all): each
+ * thread norms every row into its own block of s->xn, with no barrier (the same operations per
+ * row, so the same bits; a barrier costs more than the few rows); that block. With swin_norm: x
+ * (the norm moves to the sub-layer's output: residual below). */
+static const float *norm_rows(zp_pass *p, const float *norm_w, int r0, int r1, int tid, int nth,
+                              int *sense) {
     const zp_config *c = &p->m->cfg;
     zp_scratch *s = &p->k->s;
     const int D = c->dim;
-    if (c->swin_norm) return;
+    if (c->swin_norm) return s->x;
+    if (p->norm_all) {
+        float *xn = s->xn + (size_t)tid * p->rows * D;
+        for (int i = 0; i < p->rows; i++)
+            rmsnorm(xn + (size_t)i * D, s->x + (size_t)i * D, norm_w, D, c->norm_eps);
+        return xn;
+    }
     for (int i = r0; i < r1; i++)
         rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, norm_w, D, c->norm_eps);
     team_wait(&p->team, nth, sense);
+    return s->xb;
 }
 
 /* After a sub-layer's product into xb (whose columns the product's post step already added to x,
@@ -1142,12 +1160,11 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
     /* ---- attention: norm, qkv, then per stream group rotary, K/V write and attention */
     ZP_RESET(p->team.cols[ZP_W2].next);
     PROF_STAGE(p->team.timed, ZP_STAGE_NORM1);
-    norm_rows(p, L->attention_norm, r0, r1, nth, sense);
+    const float *xa = norm_rows(p, L->attention_norm, r0, r1, tid, nth, sense);
     PROF_STAGE(p->team.timed, ZP_STAGE_QKV);
     ZP_RESET(p->team.next);
     zp_matmul_out qkv = {s->qkv, QKV, L->wqkv, wt, QKV};
-    product(p, ZP_QKV, c->swin_norm ? s->x : s->xb, rows, D, &qkv, 1, p->flags, ZP_POST_NONE, tid,
-            nth);
+    product(p, ZP_QKV, xa, rows, D, &qkv, 1, p->flags, ZP_POST_NONE, tid, nth);
     team_wait(&p->team, nth, sense);
     PROF_STAGE(p->team.timed, ZP_STAGE_ATTENTION);
     ZP_RESET(p->team.cols[ZP_QKV].next);
@@ -1167,11 +1184,11 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
     /* ---- SwiGLU feed-forward */
     ZP_RESET(p->team.cols[ZP_WO].next);
     PROF_STAGE(p->team.timed, ZP_STAGE_NORM2);
-    norm_rows(p, L->ffn_norm, r0, r1, nth, sense);
+    const float *xf = norm_rows(p, L->ffn_norm, r0, r1, tid, nth, sense);
     PROF_STAGE(p->team.timed, ZP_STAGE_GATE_UP);
     zp_matmul_out gate_up[2] = {{s->h1, H, L->w1, wt, H}, {s->h3, H, L->w3, wt, H}};
-    product(p, ZP_GATE_UP, c->swin_norm ? s->x : s->xb, rows, D, gate_up, 2,
-            p->flags | ZP_MATMUL_JOINT, ZP_POST_SILU, tid, nth);
+    product(p, ZP_GATE_UP, xf, rows, D, gate_up, 2, p->flags | ZP_MATMUL_JOINT, ZP_POST_SILU, tid,
+            nth);
     team_wait(&p->team, nth, sense);
     PROF_STAGE(p->team.timed, ZP_STAGE_W2);
     ZP_RESET(p->team.cols[ZP_GATE_UP].next);
@@ -1182,22 +1199,23 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
 }
 
 /* The output head on thread tid of nth, after the last layer's barrier: the final norm of this
- * thread's share of the logit rows into s->xl, a barrier, then logits2 = xl . output^T by column
- * chunks (the vocabulary is the largest product of a pass). The region's end joins. */
+ * thread's share of the logit rows into s->xl, a barrier (few-row passes: of every logit row into
+ * the thread's own block of s->xn, no barrier, as norm_rows), then logits2 = xl . output^T by
+ * column chunks (the vocabulary is the largest product of a pass). The region's end joins. */
 static void head_stage(zp_pass *p, int tid, int nth, int *sense) {
     const zp_model *m = p->m;
     const zp_config *c = &m->cfg;
     zp_scratch *s = &p->k->s;
     const int D = c->dim;
-    int64_t lo, hi;
-    zp_share(p->lrows, tid, nth, &lo, &hi);
+    int64_t lo = 0, hi = p->lrows;
+    float *xl = p->norm_all ? s->xn + (size_t)tid * p->rows * D : s->xl;
+    if (!p->norm_all) zp_share(p->lrows, tid, nth, &lo, &hi);
     PROF_STAGE(p->team.timed, ZP_STAGE_HEAD);
     for (int64_t r = lo; r < hi; r++)
-        rmsnorm(s->xl + (size_t)r * D, s->x + (size_t)s->logit_row[r] * D, m->w.norm, D,
-                c->norm_eps);
-    team_wait(&p->team, nth, sense);
+        rmsnorm(xl + (size_t)r * D, s->x + (size_t)s->logit_row[r] * D, m->w.norm, D, c->norm_eps);
+    if (!p->norm_all) team_wait(&p->team, nth, sense);
     zp_matmul_out out = {s->logits2, c->vocab, m->w.output, m->w.wtype, c->vocab};
-    product(p, ZP_HEAD, s->xl, p->lrows, D, &out, 1, p->head_flags, ZP_POST_NONE, tid, nth);
+    product(p, ZP_HEAD, xl, p->lrows, D, &out, 1, p->head_flags, ZP_POST_NONE, tid, nth);
     PROF_WORKED(p->team.timed);
 }
 
@@ -1356,6 +1374,12 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
         pass.splits = (workers + n_groups - 1) / n_groups;
         if (pass.splits > c->n_kv_head) pass.splits = c->n_kv_head;
     }
+    /* passes of few rows: every thread norms all rows itself (norm_rows), saving two barriers a
+     * layer and one in the head */
+    pass.norm_all = team > 1 && (size_t)rows * D <= ZP_NORM_ALL_ELEMS;
+    if (pass.norm_all &&
+        (st = zp_reserve((void **)&s->xn, &s->cap_xn, (size_t)team * rows * D, sizeof(float))))
+        return st;
     pass.team.timed = timed;
     if (timed) {
         prof_mark(ZP_TIMER_SETUP);
