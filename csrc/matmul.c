@@ -7,7 +7,8 @@
  * square case and reaches a quarter to a half of the bandwidth at m = 1. Here the output columns
  * n (rows of w) are split into contiguous blocks, one per thread; each thread streams 4 rows of w
  * at a time, meets them with every row of x while they are still in L1, and prefetches the next
- * 4 rows meanwhile so that memory never idles while it computes.
+ * 4 rows meanwhile so that memory never idles while it computes. With few rows of x the 4 rows
+ * are one from each quarter of the thread's run of columns (run_lanes): 4 sequential streams.
  *
  * The summation order of every dot product is fixed by K alone (matmul.h): 16 lane sums with
  * fused multiply-add, then a 4-level tree. The three kernels implement that same order, so they
@@ -269,9 +270,9 @@ typedef struct {
  * 0 for weights read in place, k0 for a block widened into a scratch buffer). NC is 4 (the skinny
  * tile) or 6 (the wide tile of passes with many rows: 24 accumulators, each row of x loaded once
  * per 6 rows of w instead of 4). y: the tile's first output, row stride ldy, column c at y + c cs
- * (cs > 1: the columns of a lane tile, only with NC = 4). state: the accumulators carried between K blocks
- * (saved and reloaded exactly, so the summation order is that of one pass). MR, NC and DT are
- * constants after inlining, so the MR x NC accumulators live in zmm registers.
+ * (cs > 1: the columns of a lane tile, only with NC = 4). state: the accumulators carried
+ * between K blocks (saved and reloaded exactly, so the summation order is that of one pass). MR,
+ * NC and DT are constants after inlining, so the MR x NC accumulators live in zmm registers.
  * Per 16 elements of K: NC loads of w, MR loads of x, MR*NC fused multiply-adds, pf->n prefetches
  * (every other step for 2-byte weights: one per cache line). */
 ZP_INLINE ZP_TARGET_AVX512 void tile_avx512(float *y, int ldy, int cs, const float *x,
@@ -509,12 +510,12 @@ ZP_INLINE ZP_TARGET_AVX2 float reduce_avx2(__m256 lo, __m256 hi) {
 }
 
 /* y[r][c] = x_r . w_c for r < MR rows of x (stride K) and c < nc of the NCOL rows of w in wrow
- * (entries past nc repeat a valid row and are not stored); y: the tile's top-left output, row
- * stride ldy, column c at y + c cs. MR x NCOL is 1 x 4 or 2 x 2: 8 ymm accumulators (lanes 0-7 and 8-15 of each dot's
- * partial sums), and with two rows each widened w vector serves both (bf16 / f16 widening is half
- * the instructions of two 1-row tiles). Per 16 elements of K: 2 NCOL loads of w, 2 MR of x,
- * 2 MR NCOL fused multiply-adds, and pf->n prefetches of the rows read next (once per 64 bytes of
- * them; pf->n = 0 for none). */
+ * (entries past nc repeat a valid row and are not stored); y: the tile's first output, row
+ * stride ldy, column c at y + c cs. MR x NCOL is 1 x 4 or 2 x 2: 8 ymm accumulators (lanes 0-7
+ * and 8-15 of each dot's partial sums), and with two rows each widened w vector serves both
+ * (bf16 / f16 widening is half the instructions of two 1-row tiles). Per 16 elements of K:
+ * 2 NCOL loads of w, 2 MR of x, 2 MR NCOL fused multiply-adds, and pf->n prefetches of the rows
+ * read next (once per 64 bytes of them; pf->n = 0 for none). */
 ZP_INLINE ZP_TARGET_AVX2 void tile_avx2(float *y, int ldy, int cs, const float *x,
                                         const char *const *wrow, int K, int nc,
                                         const zp_prefetch *pf, const int MR, const int NCOL,
@@ -746,7 +747,8 @@ static int run_lanes(int isa, int wide, int m, int cols, int width) {
     return (cols + width - 1) / width;
 }
 
-/* Tile t of a run of columns [n0, n0 + cols): lanes of length T (run_lanes), or adjacent (T = 0). */
+/* Tile t of a run of columns [n0, n0 + cols): lanes of length T (run_lanes), or adjacent
+ * (T = 0). */
 static zp_colset run_tile(int n0, int cols, int width, int T, int t) {
     zp_colset c;
     if (T > 0) {

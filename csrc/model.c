@@ -625,7 +625,8 @@ static inline __attribute__((always_inline)) float exp_nonpos(float x) {
 
 /* Prefetches bytes [lo, hi) of the K or V tile `ahead` tiles after `tile` (tile_bytes each, either
  * layout): the span of the K/V heads one attention task reads (a task that takes some of the
- * heads must not pull the others' lines into its core: at 16 threads that was 8 times the bytes). */
+ * heads must not pull the others' lines into its core: at 16 threads that was 8 times the
+ * bytes). */
 static inline __attribute__((always_inline)) void
 prefetch_tile(const void *tile, int ahead, size_t tile_bytes, size_t lo, size_t hi) {
     const char *next = (const char *)tile + (size_t)ahead * tile_bytes;

@@ -389,7 +389,8 @@ static void check_widening(void) {
  * cut of the groups into ranges (random lengths, taken in a shuffled order, with right, wrong and
  * no `next` hints), joint (w1/w3-like: same N) and not (three outputs of different N): every
  * column written exactly once, bitwise equal to one zp_matmul_w call per output made with lanes
- * off (adjacent groups), so that runs walked in lanes (m <= 4) are checked against adjacent ones. */
+ * off (adjacent groups), so that runs walked in lanes (m <= 4) are checked against adjacent
+ * ones. */
 static void check_ranges(const char *isa, int wtype, int K, int m) {
     enum { NO = 3 };
     const int Ns[NO] = {37, 64, 9};
