@@ -725,10 +725,10 @@ static void blas_product(const float *x, int m, int K, const zp_matmul_out *o) {
 /* Passes of at most this many rows walk a run of columns in lanes (below); more rows, the wide tile
  * and the scalar kernel walk adjacent groups. */
 enum { ZP_LANE_MAX_ROWS = ZP_ROWS };
-static int zp_lanes_on = 1; /* testing switch: 0 walks adjacent groups always */
+static int zp_lane_rows = ZP_LANE_MAX_ROWS; /* zp_matmul_set_lanes */
 
-void zp_matmul_set_lanes(int on) {
-    __atomic_store_n(&zp_lanes_on, on != 0, __ATOMIC_RELAXED);
+void zp_matmul_set_lanes(int max_rows) {
+    __atomic_store_n(&zp_lane_rows, max_rows < 0 ? ZP_LANE_MAX_ROWS : max_rows, __ATOMIC_RELAXED);
 }
 
 /* How a run of `cols` columns is cut into tiles of `width` columns: T = ceil(cols / width) tiles
@@ -741,8 +741,8 @@ void zp_matmul_set_lanes(int on) {
  * the AVX2 development machine. Which tile computes a column never changes its bits.
  * Returns the lane length T when the run walks in lanes, 0 when adjacent. */
 static int run_lanes(int isa, int wide, int m, int cols, int width) {
-    if (isa == ZP_ISA_SCALAR || wide || m > ZP_LANE_MAX_ROWS || cols <= width ||
-        !__atomic_load_n(&zp_lanes_on, __ATOMIC_RELAXED))
+    if (isa == ZP_ISA_SCALAR || wide || cols <= width ||
+        m > __atomic_load_n(&zp_lane_rows, __ATOMIC_RELAXED))
         return 0;
     return (cols + width - 1) / width;
 }

@@ -194,9 +194,10 @@ int zp_matmul_force_isa(const char *isa);
 /* Passes of m >= this many rows take the wide AVX-512 tile (default 1 << 30: never; m <= 0
  * restores the default). Results are the same bits either way; only the speed differs. */
 void zp_matmul_set_wide_min_rows(int m);
-/* 0: runs of columns walk adjacent groups whatever m (default 1: lanes for m <= 4, see
- * zp_matmul_range). Results are the same bits either way; only the speed differs. */
-void zp_matmul_set_lanes(int on);
+/* Passes of at most max_rows rows walk runs of columns in lanes (zp_matmul_range), more rows
+ * adjacent groups; 0: adjacent always; < 0 restores the default (4). Results are the same bits
+ * either way; only the speed differs. */
+void zp_matmul_set_lanes(int max_rows);
 
 #ifdef __cplusplus
 }

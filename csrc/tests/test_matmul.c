@@ -422,7 +422,7 @@ static void check_ranges(const char *isa, int wtype, int K, int m) {
                 out[j] = (zp_matmul_out){y[j], N, w[j], wtype, N};
             zp_matmul_set_lanes(0);
             zp_matmul_w(ref[j], N, x, out[j].w, wtype, m, K, N);
-            zp_matmul_set_lanes(1);
+            zp_matmul_set_lanes(-1);
         }
         int64_t groups = zp_matmul_groups(K, out, n_out, flags);
         int64_t want = 0;
