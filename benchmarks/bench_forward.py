@@ -111,17 +111,17 @@ def one_query(shapes, dtypes, threads, reps, rounds=5, stages=False):
         n_layer, n_head, dim = zipar.config.LLAMAGEN_SIZES[shape]
         base = zipar.random_model(dim=dim, n_layer=n_layer, n_head=n_head, vocab_size=16384,
                                   grid=16, num_classes=1000, seed=0)
+        # the float32 K and V a pass must also read: both streams, every layer, the visible
+        # slots of the half-filled grid (prefix, half the cells, the query itself)
+        c = base.config
+        kvbytes = (2 * 2 * c.n_layer * (c.cls_token_num + c.H * c.W // 2 + 1)
+                   * c.n_kv_head * (c.dim // c.n_head) * 4)
         for dt in dtypes:
             model = base if dt == "fp32" else zipar.Model(base.config, base.weights,
                                                           dtype=DTYPES[dt])
             elems = (sum(a.size for k, a in base.weights.items() if k.startswith("layers.")
                          and a.ndim == 2) + base.weights["output.weight"].size)
             wbytes = elems * (4 if dt == "fp32" else 2)
-            # the float32 K and V a pass must also read: both streams, every layer, the visible
-            # slots of the half-filled grid (prefix, half the cells, the query itself)
-            c = base.config
-            kvbytes = (2 * 2 * c.n_layer * (c.cls_token_num + c.H * c.W // 2 + 1)
-                       * (c.n_kv_head or c.n_head) * (c.dim // c.n_head) * 4)
             if stages:
                 print(f"{shape} {dt}, last round:", flush=True)
             t, bw, frac = one_query_rounds(model, wbytes, reps, rounds, stages)

@@ -1090,32 +1090,28 @@ static void product(zp_pass *p, int which, const float *x, int m, int K, const z
         if (g0 < g1)
             post_cols(p, post, zp_matmul_range(x, m, K, out, n_out, flags, g0, g1, next, next_end));
         if (c >= n_chunks) break;
-        g0 = next, g1 = next + chunk < groups ? next + chunk : groups;
+        g0 = next, g1 = next_end;
         c = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
     }
 }
 
-/* Before a sub-layer: the rows the sub-layer's product reads. Passes of many rows: xb = norm(x),
- * each thread its rows [r0, r1), then a barrier; xb. Passes of few rows (p->norm_all): each
- * thread norms every row into its own block of s->xn, with no barrier (the same operations per
- * row, so the same bits; a barrier costs more than the few rows); that block. With swin_norm: x
- * (the norm moves to the sub-layer's output: residual below). */
-static const float *norm_rows(zp_pass *p, const float *norm_w, int r0, int r1, int tid, int nth,
-                              int *sense) {
+/* The n rows of x numbered map[r] (r when map is NULL), normed with norm_w, where the next
+ * product reads them: in passes of few rows (p->norm_all) each thread norms every row into its
+ * own block of s->xn, with no barrier (the same operations per row, so the same bits; a barrier
+ * costs more than the few rows); otherwise each thread its share of the rows into `shared`, then
+ * a barrier. Returns the buffer written. */
+static const float *norm_rows(zp_pass *p, const float *norm_w, const int32_t *map, int n,
+                              float *shared, int tid, int nth, int *sense) {
     const zp_config *c = &p->m->cfg;
     zp_scratch *s = &p->k->s;
     const int D = c->dim;
-    if (c->swin_norm) return s->x;
-    if (p->norm_all) {
-        float *xn = s->xn + (size_t)tid * p->rows * D;
-        for (int i = 0; i < p->rows; i++)
-            rmsnorm(xn + (size_t)i * D, s->x + (size_t)i * D, norm_w, D, c->norm_eps);
-        return xn;
-    }
-    for (int i = r0; i < r1; i++)
-        rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, norm_w, D, c->norm_eps);
-    team_wait(&p->team, nth, sense);
-    return s->xb;
+    int64_t lo = 0, hi = n;
+    float *dst = p->norm_all ? s->xn + (size_t)tid * p->rows * D : shared;
+    if (!p->norm_all) zp_share(n, tid, nth, &lo, &hi);
+    for (int64_t r = lo; r < hi; r++)
+        rmsnorm(dst + (size_t)r * D, s->x + (size_t)(map ? map[r] : r) * D, norm_w, D, c->norm_eps);
+    if (!p->norm_all) team_wait(&p->team, nth, sense);
+    return dst;
 }
 
 /* After a sub-layer's product into xb (whose columns the product's post step already added to x,
@@ -1161,7 +1157,9 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
     /* ---- attention: norm, qkv, then per stream group rotary, K/V write and attention */
     ZP_RESET(p->team.cols[ZP_W2].next);
     PROF_STAGE(p->team.timed, ZP_STAGE_NORM1);
-    const float *xa = norm_rows(p, L->attention_norm, r0, r1, tid, nth, sense);
+    /* swin_norm: the norm moves to the sub-layer's output (residual) */
+    const float *xa =
+        c->swin_norm ? s->x : norm_rows(p, L->attention_norm, NULL, rows, s->xb, tid, nth, sense);
     PROF_STAGE(p->team.timed, ZP_STAGE_QKV);
     ZP_RESET(p->team.next);
     zp_matmul_out qkv = {s->qkv, QKV, L->wqkv, wt, QKV};
@@ -1185,7 +1183,8 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
     /* ---- SwiGLU feed-forward */
     ZP_RESET(p->team.cols[ZP_WO].next);
     PROF_STAGE(p->team.timed, ZP_STAGE_NORM2);
-    const float *xf = norm_rows(p, L->ffn_norm, r0, r1, tid, nth, sense);
+    const float *xf =
+        c->swin_norm ? s->x : norm_rows(p, L->ffn_norm, NULL, rows, s->xb, tid, nth, sense);
     PROF_STAGE(p->team.timed, ZP_STAGE_GATE_UP);
     zp_matmul_out gate_up[2] = {{s->h1, H, L->w1, wt, H}, {s->h3, H, L->w3, wt, H}};
     product(p, ZP_GATE_UP, xf, rows, D, gate_up, 2, p->flags | ZP_MATMUL_JOINT, ZP_POST_SILU, tid,
@@ -1199,24 +1198,18 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
 #undef ZP_RESET
 }
 
-/* The output head on thread tid of nth, after the last layer's barrier: the final norm of this
- * thread's share of the logit rows into s->xl, a barrier (few-row passes: of every logit row into
- * the thread's own block of s->xn, no barrier, as norm_rows), then logits2 = xl . output^T by
- * column chunks (the vocabulary is the largest product of a pass). The region's end joins. */
+/* The output head on thread tid of nth, after the last layer's barrier: the final norm of the
+ * logit rows (norm_rows: into s->xl by shares and a barrier, or each thread all of them), then
+ * logits2 = xl . output^T by column chunks (the vocabulary is the largest product of a pass). The
+ * region's end joins. */
 static void head_stage(zp_pass *p, int tid, int nth, int *sense) {
     const zp_model *m = p->m;
     const zp_config *c = &m->cfg;
     zp_scratch *s = &p->k->s;
-    const int D = c->dim;
-    int64_t lo = 0, hi = p->lrows;
-    float *xl = p->norm_all ? s->xn + (size_t)tid * p->rows * D : s->xl;
-    if (!p->norm_all) zp_share(p->lrows, tid, nth, &lo, &hi);
     PROF_STAGE(p->team.timed, ZP_STAGE_HEAD);
-    for (int64_t r = lo; r < hi; r++)
-        rmsnorm(xl + (size_t)r * D, s->x + (size_t)s->logit_row[r] * D, m->w.norm, D, c->norm_eps);
-    if (!p->norm_all) team_wait(&p->team, nth, sense);
+    const float *xl = norm_rows(p, m->w.norm, s->logit_row, p->lrows, s->xl, tid, nth, sense);
     zp_matmul_out out = {s->logits2, c->vocab, m->w.output, m->w.wtype, c->vocab};
-    product(p, ZP_HEAD, xl, p->lrows, D, &out, 1, p->head_flags, ZP_POST_NONE, tid, nth);
+    product(p, ZP_HEAD, xl, p->lrows, c->dim, &out, 1, p->head_flags, ZP_POST_NONE, tid, nth);
     PROF_WORKED(p->team.timed);
 }
 
