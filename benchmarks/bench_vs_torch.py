@@ -223,6 +223,9 @@ def main():
                          "gain")
     ap.add_argument("--gain-repeats", type=int, default=1,
                     help="rounds of the --gain policies, run alternately (median wall)")
+    ap.add_argument("--isa", default=None,
+                    help="zipar's kernel instruction set (zipar.runtime.set_kernel_isa), e.g. "
+                         "avx512 or amx; default: the fastest this CPU runs")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
 
@@ -234,6 +237,9 @@ def main():
 
     threads = args.threads or os.cpu_count()
     zipar.set_num_threads(threads)
+    if args.isa:
+        zipar.runtime.set_kernel_isa(args.isa)
+    isa = zipar.runtime.kernel_isa()
     only = [p for p in args.only.split(",") if p]
     torch = None
     if only:  # the PyTorch table
@@ -340,13 +346,13 @@ def main():
         for pname in names:
             wall = float(np.median(walls[pname]))
             row = {"model": f"GPT-{name}", "dtype": dt, "grid": int(grid), "policy": pname,
-                   "threads": threads, "passes": passes[pname], "seconds": wall,
+                   "threads": threads, "kernel_isa": isa, "passes": passes[pname], "seconds": wall,
                    "seconds_runs": walls[pname], "step_gain": base_passes / passes[pname],
                    "wall_gain": base_wall / wall}
             row["wall_over_step"] = row["wall_gain"] / row["step_gain"]
             gains.append(row)
             save(results, gains)
-            print(f"full grid GPT-{name} {dt} {grid}x{grid} {pname:<7} passes "
+            print(f"full grid GPT-{name} {dt} {grid}x{grid} {isa} {pname:<7} passes "
                   f"{passes[pname]:4d}  {wall:8.3f} s (median of {len(walls[pname])})  step "
                   f"gain {row['step_gain']:4.2f}  wall gain {row['wall_gain']:4.2f}  wall/step "
                   f"{row['wall_over_step']:4.2f}", flush=True)

@@ -22,16 +22,25 @@
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#if defined(__linux__) && defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "blas.h"
 
 #define ZP_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx2,fma,f16c")))
 #define ZP_TARGET_AVX2   __attribute__((target("avx2,fma,f16c")))
-#define ZP_INLINE        static inline __attribute__((always_inline))
+#define ZP_TARGET_AMX                                                                              \
+    __attribute__((target("amx-tile,amx-bf16,avx512f,avx512vl,avx512bw,avx2,fma,f16c")))
+#define ZP_INLINE static inline __attribute__((always_inline))
 
 enum {
     ZP_LANES = 16, /* partial sums per dot product: fixes the summation order */
@@ -58,16 +67,37 @@ enum {
 #endif
 
 /* ---------------------------------------------------------------- settings */
-enum { ZP_ISA_UNSET = 0, ZP_ISA_SCALAR = 1, ZP_ISA_AVX2 = 2, ZP_ISA_AVX512 = 3 };
+/* ZP_ISA_AMX: AVX-512 for float32 / f16 weights and AMX tiles for bf16 ones (matmul.h). */
+enum { ZP_ISA_UNSET = 0, ZP_ISA_SCALAR = 1, ZP_ISA_AVX2 = 2, ZP_ISA_AVX512 = 3, ZP_ISA_AMX = 4 };
 
 static int zp_isa_choice = ZP_ISA_UNSET; /* read and written with __atomic: set once, racily */
 static int zp_threads = 0;               /* 0: omp_get_max_threads() at each call */
 static int zp_blas_rows = 1 << 30; /* m >= this goes to sgemm: off by default (see matmul.h) */
 static int zp_wide_rows = ZP_WIDE_MIN_ROWS; /* m >= this takes the wide AVX-512 tile */
 
+/* AMX-TILE and AMX-BF16 in CPUID, and the kernel's permission to use the tile data (Linux asks
+ * each process to request it, arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); granted once
+ * for all its threads). Asked once; 0 on other systems. */
+static int amx_ready(void) {
+#if defined(__linux__) && defined(__x86_64__)
+    static int ready = -1; /* -1: not asked yet; racing first calls ask twice, harmlessly */
+    int r = __atomic_load_n(&ready, __ATOMIC_RELAXED);
+    if (r < 0) {
+        unsigned a, b, c, d;
+        r = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 24)) && (d & (1u << 22)) &&
+            syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+        __atomic_store_n(&ready, r, __ATOMIC_RELAXED);
+    }
+    return r;
+#else
+    return 0;
+#endif
+}
+
 static int isa_supported(int isa) {
     __builtin_cpu_init();
     switch (isa) {
+    case ZP_ISA_AMX: return isa_supported(ZP_ISA_AVX512) && amx_ready();
     case ZP_ISA_AVX512:
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx2") &&
@@ -83,6 +113,7 @@ static int isa_supported(int isa) {
 static int isa_current(void) {
     int isa = __atomic_load_n(&zp_isa_choice, __ATOMIC_RELAXED);
     if (isa == ZP_ISA_UNSET) {
+        /* never AMX on its own: slower than AVX-512 where measured (matmul.h) */
         isa = isa_supported(ZP_ISA_AVX512) ? ZP_ISA_AVX512
               : isa_supported(ZP_ISA_AVX2) ? ZP_ISA_AVX2
                                            : ZP_ISA_SCALAR;
@@ -93,6 +124,7 @@ static int isa_current(void) {
 
 const char *zp_matmul_isa(void) {
     switch (isa_current()) {
+    case ZP_ISA_AMX: return "amx";
     case ZP_ISA_AVX512: return "avx512";
     case ZP_ISA_AVX2: return "avx2";
     default: return "scalar";
@@ -105,7 +137,9 @@ int zp_matmul_force_isa(const char *isa) {
         __atomic_store_n(&zp_isa_choice, ZP_ISA_UNSET, __ATOMIC_RELAXED);
         return 0;
     }
-    if (strcmp(isa, "avx512") == 0)
+    if (strcmp(isa, "amx") == 0)
+        want = ZP_ISA_AMX;
+    else if (strcmp(isa, "avx512") == 0)
         want = ZP_ISA_AVX512;
     else if (strcmp(isa, "avx2") == 0)
         want = ZP_ISA_AVX2;
@@ -674,15 +708,302 @@ void zp_widen(float *dst, const void *src, int wtype, size_t n) {
         dst[i] = widen((const char *)src + i * (size_t)zp_wtype_size(wtype), 0, wtype);
 }
 
+/* ---------------------------------------------------------------- AMX kernel (bf16 weights) */
+/* Opt-in (zp_matmul_force_isa("amx")): measured slower than the AVX-512 kernel end to end on
+ * the one AMX host we had (matmul.h); kept, tested, for CPUs and shapes where it wins.
+ * On CPUs with AMX (Sapphire Rapids and later), bf16 weights go through the tile unit:
+ * TDPBF16PS multiplies a 16 x 32 bf16 tile by a 32 x 16 one into 16 x 16 float32 sums, about
+ * 1000 multiply-adds a cycle per core against 32 for AVX-512 FMAs. Its inputs are bf16 on both
+ * sides, so every activation is split exactly into three bf16 parts, x = hi + mid + lo (hi = x
+ * rounded to bf16, mid = the rest rounded, lo = what is left, which fits: 24 bits of significand
+ * in three pieces of 8). The products of two bf16 values are exact in float32, so the only
+ * roundings are the tile unit's accumulation and the final hi + mid + lo.
+ *
+ * Layout: the weights are the A operand as stored, (N, K) row-major: a tile is 16 output
+ * columns (rows of w) by 32 elements of K, read in place with a row stride of 2K bytes. The
+ * activations are the B operand, a panel of up to 5 rows of x per tile: column 3 i + p holds
+ * part p of row i, row kp the pair (k = 2 kp, 2 kp + 1) (amx_split). So one TDPBF16PS per
+ * weight tile and panel computes all three parts, each in its own column of C: the sums over K
+ * of w . hi, w . mid, w . lo, added as (hi + mid) + lo on the way out (transposed into y).
+ * Tiles: 2 weight tiles (32 output columns: a group) x 2 panels (10 rows) = 4 C tiles, 2 A and
+ * 2 B: all 8 tile registers, and consecutive weight tiles use different registers, so that a
+ * load does not wait for the products still reading the other one.
+ *
+ * Bits: each output is a fixed function of its row of x and its row of w: three accumulators
+ * over K steps of 32 in order, then (hi + mid) + lo; the tile unit computes each element of C
+ * from its row of A and its column of B only (checked by test_matmul: rows alone, threads, any
+ * cut of the columns), so results do not depend on m, batch company or thread count. They are
+ * not the bits of the AVX-512 / AVX2 / scalar kernels, and the tile unit flushes float32
+ * subnormals (inputs and sums) to zero. */
+enum {
+    ZP_AMX_COLS = 32, /* output columns per AMX group: 2 weight tiles of 16 */
+    ZP_AMX_ROWS = 5,  /* rows of x per panel: 3 parts each, 15 of a B tile's 16 columns */
+};
+/* Above this many bytes of split activations (plus the copy of x) per thread, a product of bf16
+ * weights runs on the AVX-512 kernel instead (rows x K beyond anything a decode pass holds:
+ * about 2000 rows at K = 14336). */
+#define ZP_AMX_MAX_BYTES ((size_t)256 << 20)
+
+/* The 64-byte tile configuration (palette 1) for a pair of panels of r0 and r1 rows: tmm0/tmm2 C
+ * of panel 0 (16 x 3 r0 float32) for weight tiles 0/1, tmm1/tmm3 the same for panel 1, tmm4/tmm5
+ * A (16 x 32 bf16), tmm6/tmm7 B of panels 0/1 (16 pair rows x 3 r); r1 = 0: one panel. */
+static void amx_make_config(unsigned char cfg[64], int r0, int r1) {
+    const int r[2] = {r0, r1 > 0 ? r1 : r0};
+    uint16_t colsb[8];
+    memset(cfg, 0, 64);
+    cfg[0] = 1;
+    for (int t = 0; t < 8; t++) {
+        colsb[t] = (uint16_t)(t == 4 || t == 5 ? 64 : 12 * r[t < 4 ? t % 2 : t - 6]);
+        cfg[48 + t] = 16;
+    }
+    memcpy(cfg + 16, colsb, sizeof colsb);
+}
+
+/* The tile instructions, in inline assembly with memory clobbers (the compiler must not move
+ * the stores of the split activations or the reads of the stored C tiles across them). */
+#define ZP_AMX_LOAD(t, base, stride)                                                               \
+    __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"(base), "r"((long)(stride)) : "memory")
+#define ZP_AMX_STORE(t, base)                                                                      \
+    __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(base), "r"(64L) : "memory")
+#define ZP_AMX_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+#define ZP_AMX_ZERO(t)     __asm__ volatile("tilezero %%tmm" #t ::)
+
+ZP_INLINE ZP_TARGET_AMX void amx_load_config(const unsigned char cfg[64]) {
+    __asm__ volatile("ldtilecfg %0" ::"m"(*(const unsigned char(*)[64])cfg));
+}
+
+ZP_INLINE ZP_TARGET_AMX void amx_release(void) {
+    __asm__ volatile("tilerelease" ::: "memory");
+}
+
+/* Pair rows per panel: K padded to a multiple of 32, halved. */
+static inline size_t amx_pair_rows(int K) {
+    return (size_t)(K + 31) / 32 * 16;
+}
+
+/* x rounded to bf16 (nearest, ties to even), as float32 bits whose low half is zero. */
+ZP_INLINE ZP_TARGET_AVX512 __m512i bf16_round_avx512(__m512 v) {
+    __m512i u = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb);
+    return _mm512_and_si512(r, _mm512_set1_epi32((int)0xffff0000u));
+}
+
+/* x (m, K) float32 -> the B operands of every panel: bs[(panel * P + kp) * 16 + 3 i + p] =
+ * (part p of x[5 panel + i][2 kp], of x[5 panel + i][2 kp + 1]) as two bf16 (low half first),
+ * P = amx_pair_rows(K), elements past K zero. Columns past a panel's rows are not written (the
+ * tiles never read them). */
+static ZP_TARGET_AVX512 void amx_split(uint32_t *bs, const float *x, int m, int K) {
+    const size_t P = amx_pair_rows(K);
+    const int steps = (K + 31) / 32;
+    __m512i odd; /* word indices 1, 3, .., 31 of a, then of b: the high halves */
+    uint16_t idx[32];
+    for (int j = 0; j < 32; j++) idx[j] = (uint16_t)(j < 16 ? 2 * j + 1 : 32 + 2 * (j - 16) + 1);
+    memcpy(&odd, idx, sizeof idx);
+    const __m512i rows =
+        _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                           _mm512_set1_epi32(16));
+    for (int i = 0; i < m; i++) {
+        const float *xr = x + (size_t)i * K;
+        uint32_t *col = bs + (size_t)(i / ZP_AMX_ROWS) * P * 16 + (size_t)(3 * (i % ZP_AMX_ROWS));
+        for (int s = 0; s < steps; s++) {
+            int k = 32 * s, left = K - k;
+            __mmask16 m0 = (__mmask16)(left >= 16 ? 0xffffu : (1u << left) - 1u);
+            __mmask16 m1 = (__mmask16)(left >= 32  ? 0xffffu
+                                       : left > 16 ? (1u << (left - 16)) - 1u
+                                                   : 0u);
+            __m512 a = _mm512_maskz_loadu_ps(m0, xr + k),
+                   b = _mm512_maskz_loadu_ps(m1, xr + k + 16);
+            for (int part = 0; part < 3; part++) {
+                __m512i ha = bf16_round_avx512(a), hb = bf16_round_avx512(b);
+                a = _mm512_sub_ps(a, _mm512_castsi512_ps(ha)); /* exact: the rest of x */
+                b = _mm512_sub_ps(b, _mm512_castsi512_ps(hb));
+                __m512i pairs = _mm512_permutex2var_epi16(ha, odd, hb);
+                _mm512_i32scatter_epi32(col + (size_t)s * 16 * 16 + part, rows, pairs, 4);
+            }
+        }
+    }
+}
+
+/* Each thread keeps its last split (and a copy of the x it came from): the calls of one product
+ * (a team thread's block and chunks, the outputs of a multi-product call) share one split, and
+ * a call whose x differs in any bit from the copy splits again. Freed when the thread ends. */
+typedef struct {
+    float *x;
+    uint32_t *bs;
+    size_t x_cap, bs_cap; /* bytes */
+    int m, K, valid;
+} amx_cache;
+
+static pthread_key_t amx_key;
+static pthread_once_t amx_key_once = PTHREAD_ONCE_INIT;
+static int amx_key_ok;
+
+static void amx_cache_free(void *p) {
+    amx_cache *c = p;
+    free(c->x), free(c->bs), free(c);
+}
+
+static void amx_key_init(void) {
+    amx_key_ok = pthread_key_create(&amx_key, amx_cache_free) == 0;
+}
+
+/* The split of x (m, K) for this thread, or NULL when the memory cannot be had (then the caller
+ * runs the AVX-512 kernel). */
+static const uint32_t *amx_prepare(const float *x, int m, int K) {
+    const size_t x_bytes = (size_t)m * (size_t)K * sizeof(float) + 64;
+    const size_t bs_bytes =
+        (size_t)(m + ZP_AMX_ROWS - 1) / ZP_AMX_ROWS * amx_pair_rows(K) * 64 + 64;
+    if (x_bytes + bs_bytes > ZP_AMX_MAX_BYTES) return NULL;
+    pthread_once(&amx_key_once, amx_key_init);
+    if (!amx_key_ok) return NULL;
+    amx_cache *c = pthread_getspecific(amx_key);
+    if (c == NULL) {
+        if ((c = calloc(1, sizeof *c)) == NULL) return NULL;
+        if (pthread_setspecific(amx_key, c) != 0) {
+            free(c);
+            return NULL;
+        }
+    }
+    if (c->valid && c->m == m && c->K == K &&
+        memcmp(c->x, x, (size_t)m * (size_t)K * sizeof(float)) == 0)
+        return c->bs;
+    c->valid = 0;
+    if (c->x_cap < x_bytes) {
+        free(c->x);
+        c->x_cap = 0;
+        if ((c->x = malloc(x_bytes)) == NULL) return NULL;
+        c->x_cap = x_bytes;
+    }
+    if (c->bs_cap < bs_bytes) {
+        free(c->bs);
+        c->bs_cap = 0;
+        if ((c->bs = aligned_alloc(64, (bs_bytes + 63) / 64 * 64)) == NULL) return NULL;
+        c->bs_cap = bs_bytes;
+    }
+    memcpy(c->x, x, (size_t)m * (size_t)K * sizeof(float));
+    amx_split(c->bs, x, m, K);
+    c->m = m, c->K = K, c->valid = 1;
+    return c->bs;
+}
+
+/* Weight tile T (0, 1) of the group at K step kb into tmm REG (4 + T): 16 rows of w from column
+ * n0 + 16 T, or, for a tile of fewer rows or past K, those rows copied into the zeroed pad
+ * first (so nothing beyond the matrix is read and the padding adds exact zeros). */
+#define ZP_AMX_A(T, REG)                                                                           \
+    do {                                                                                           \
+        const int rows = nc - 16 * (T) < 16 ? nc - 16 * (T) : 16;                                  \
+        const char *a = w + (size_t)(n0 + 16 * (T)) * ld + (size_t)kb * 64;                        \
+        long stride = (long)ld;                                                                    \
+        if (rows < 16 || kbytes < 64) {                                                            \
+            uint16_t *pad = pads[T];                                                               \
+            memset(pad, 0, sizeof pads[T]);                                                        \
+            if (kbytes == 64)                                                                      \
+                for (int r = 0; r < rows; r++)                                                     \
+                    _mm512_store_si512((void *)(pad + 32 * r),                                     \
+                                       _mm512_loadu_si512((const void *)(a + (size_t)r * ld)));    \
+            else                                                                                   \
+                for (int r = 0; r < rows; r++) memcpy(pad + 32 * r, a + (size_t)r * ld, kbytes);   \
+            a = (const char *)pad, stride = 64;                                                    \
+        }                                                                                          \
+        ZP_AMX_LOAD(REG, a, stride);                                                               \
+    } while (0)
+
+/* The tile configuration this thread loaded (panel rows r0 * 8 + r1 + 1; 0: none): loaded by the
+ * first group of a zp_matmul_range call that needs it, kept for the next groups and released
+ * at the end of the call (loading and releasing the tile state per group cost more than its
+ * work). */
+static __thread int amx_cfg_key;
+
+static ZP_TARGET_AMX void amx_end(void) {
+    if (amx_cfg_key) {
+        amx_release();
+        amx_cfg_key = 0;
+    }
+}
+
+/* Output columns cols.n0 .. + cols.nc (adjacent, <= 32) for all m rows, from the split bs of x.
+ * While the first panels run, it prefetches (into L2) the rows read next, `nxt`, spread evenly
+ * over its K steps, so the next group's weights are on their way while this one computes. */
+static ZP_TARGET_AMX void group_amx(float *y, int ldy, const uint32_t *bs, const char *w, int m,
+                                    int K, zp_colset cols, zp_after nxt) {
+    const int nc = cols.nc < ZP_AMX_COLS ? cols.nc : ZP_AMX_COLS, n0 = cols.n0;
+    const int two = nc > 16, steps = (K + 31) / 32, panels = (m + ZP_AMX_ROWS - 1) / ZP_AMX_ROWS;
+    const size_t ld = (size_t)K * 2, P = amx_pair_rows(K);
+    uint16_t pads[2][16 * 32] __attribute__((aligned(64)));
+    float c[16 * 16] __attribute__((aligned(64)));
+    unsigned char cfg[64] __attribute__((aligned(64)));
+    const size_t line_row = nxt.w ? ((size_t)K * (size_t)nxt.es + 63) / 64 : 0;
+    const size_t lines = line_row * (size_t)(nxt.rows > 0 ? nxt.rows : 0);
+    for (int p0 = 0; p0 < panels; p0 += 2) {
+        const int r0 = m - ZP_AMX_ROWS * p0 < ZP_AMX_ROWS ? m - ZP_AMX_ROWS * p0 : ZP_AMX_ROWS;
+        const int left = m - ZP_AMX_ROWS * (p0 + 1);
+        const int r1 = left <= 0 ? 0 : left < ZP_AMX_ROWS ? left : ZP_AMX_ROWS;
+        if (amx_cfg_key != r0 * 8 + r1 + 1) {
+            amx_make_config(cfg, r0, r1);
+            amx_load_config(cfg);
+            amx_cfg_key = r0 * 8 + r1 + 1;
+        }
+        const uint32_t *b0 = bs + (size_t)p0 * P * 16, *b1 = b0 + P * 16;
+        ZP_AMX_ZERO(0);
+        ZP_AMX_ZERO(1);
+        ZP_AMX_ZERO(2);
+        ZP_AMX_ZERO(3);
+        for (int kb = 0; kb < steps; kb++) {
+            const size_t kbytes = K - 32 * kb < 32 ? (size_t)(K - 32 * kb) * 2 : 64;
+            ZP_AMX_LOAD(6, b0 + (size_t)kb * 256, 64);
+            ZP_AMX_A(0, 4);
+            ZP_AMX_DP(0, 4, 6);
+            if (r1) {
+                ZP_AMX_LOAD(7, b1 + (size_t)kb * 256, 64);
+                ZP_AMX_DP(1, 4, 7);
+            }
+            if (two) {
+                ZP_AMX_A(1, 5);
+                ZP_AMX_DP(2, 5, 6);
+                if (r1) ZP_AMX_DP(3, 5, 7);
+            }
+#ifndef ZP_PF_OFF
+            if (p0 == 0)
+                for (size_t l = lines * kb / steps, e = lines * (kb + 1) / steps; l < e; l++)
+                    _mm_prefetch(nxt.w + (l / line_row) * nxt.step + (l % line_row) * 64,
+                                 _MM_HINT_T1);
+#endif
+        }
+        /* C tile (weight tile t, panel q) -> y: rows (hi + mid) + lo */
+        for (int t = 0; t < 1 + two; t++)
+            for (int q = 0; q < 1 + (r1 > 0); q++) {
+                switch (2 * t + q) { /* tile numbers are immediates */
+                case 0: ZP_AMX_STORE(0, c); break;
+                case 1: ZP_AMX_STORE(1, c); break;
+                case 2: ZP_AMX_STORE(2, c); break;
+                default: ZP_AMX_STORE(3, c); break;
+                }
+                const int rows = nc - 16 * t < 16 ? nc - 16 * t : 16, i0 = ZP_AMX_ROWS * (p0 + q);
+                for (int i = 0; i < (q ? r1 : r0); i++) {
+                    float *yi = y + (size_t)(i0 + i) * ldy + n0 + 16 * t;
+                    for (int r = 0; r < rows; r++)
+                        yi[r] = (c[16 * r + 3 * i] + c[16 * r + 3 * i + 1]) + c[16 * r + 3 * i + 2];
+                }
+            }
+    }
+}
+#undef ZP_AMX_A
+
 /* ---------------------------------------------------------------- dispatch */
 typedef void (*zp_group_fn)(float *y, int ldy, const float *x, const char *w, int m, int K,
                             zp_colset cols, zp_after nxt);
 
 /* The vector group function for (isa, wtype) and its width in output columns (4, or 6 for the
- * wide AVX-512 tile when `wide`); NULL for the scalar kernel (4 columns a group). */
+ * wide AVX-512 tile when `wide`); NULL for the scalar kernel (4 columns a group). bf16 under
+ * ZP_ISA_AMX: width 64, computed by group_amx (run_cols), the function returned unused. */
 static zp_group_fn group_fn(int isa, int wtype, int wide, int *width) {
     *width = ZP_COLS;
-    if (isa == ZP_ISA_AVX512) {
+    if (isa == ZP_ISA_AMX && wtype == ZP_WTYPE_BF16) {
+        *width = ZP_AMX_COLS;
+        return group_avx512_bf16;
+    }
+    if (isa >= ZP_ISA_AVX512) {
         *width = wide ? ZP_WIDE : ZP_COLS;
         switch (wtype) {
         case ZP_WTYPE_F32: return wide ? group_wide_avx512_f32 : group_avx512_f32;
@@ -699,7 +1020,7 @@ static zp_group_fn group_fn(int isa, int wtype, int wide, int *width) {
 
 int zp_matmul_flags(int m) {
     int flags = 0;
-    if (isa_current() == ZP_ISA_AVX512 && m >= __atomic_load_n(&zp_wide_rows, __ATOMIC_RELAXED))
+    if (isa_current() >= ZP_ISA_AVX512 && m >= __atomic_load_n(&zp_wide_rows, __ATOMIC_RELAXED))
         flags |= ZP_MATMUL_WIDE;
     if (m >= zp_get_blas_min_rows()) flags |= ZP_MATMUL_BLAS;
     return flags;
@@ -741,7 +1062,7 @@ void zp_matmul_set_lanes(int max_rows) {
  * the AVX2 development machine. Which tile computes a column never changes its bits.
  * Returns the lane length T when the run walks in lanes, 0 when adjacent. */
 static int run_lanes(int isa, int wide, int m, int cols, int width) {
-    if (isa == ZP_ISA_SCALAR || wide || cols <= width ||
+    if (isa == ZP_ISA_SCALAR || wide || width > ZP_WIDE /* AMX */ || cols <= width ||
         m > __atomic_load_n(&zp_lane_rows, __ATOMIC_RELAXED))
         return 0;
     return (cols + width - 1) / width;
@@ -788,10 +1109,11 @@ static zp_after run_first(int isa, int wide, int m, int K, const zp_matmul_out *
  * wide group numbered by a caller whose ISA was since forced to a narrower kernel takes two
  * tiles. Each tile prefetches the rows read next: the same tile of the next output, the next
  * tile, or after the last one `after` (the first tile of what the caller runs next). */
-static void run_cols(int isa, int wide, const float *x, int m, int K, const zp_matmul_out *o,
-                     int n_o, int n0, int n1, zp_after after) {
+static void run_cols(int isa, int wide, const float *x, const uint32_t *bs, int m, int K,
+                     const zp_matmul_out *o, int n_o, int n0, int n1, zp_after after) {
     int width;
     zp_group_fn fn = group_fn(isa, o[0].wtype, wide, &width);
+    const int amx = isa == ZP_ISA_AMX && o[0].wtype == ZP_WTYPE_BF16;
     const int cols = n1 - n0, T = run_lanes(isa, wide, m, cols, width);
     const int tiles = (cols + width - 1) / width;
     for (int t = 0; t < tiles; t++) {
@@ -801,7 +1123,9 @@ static void run_cols(int isa, int wide, const float *x, int m, int K, const zp_m
                            : t + 1 < tiles
                                ? tile_rows(&o[0], K, run_tile(n0, cols, width, T, t + 1))
                                : after;
-            if (fn)
+            if (amx)
+                group_amx(o[j].y, o[j].ldy, bs, (const char *)o[j].w, m, K, tile, nxt);
+            else if (fn)
                 fn(o[j].y, o[j].ldy, x, (const char *)o[j].w, m, K, tile, nxt);
             else
                 group_scalar(o[j].y, o[j].ldy, x, (const char *)o[j].w, o[j].wtype, m, K, tile);
@@ -872,18 +1196,24 @@ zp_cols zp_matmul_range(const float *x, int m, int K, const zp_matmul_out *out, 
     if (x == NULL || out == NULL || m <= 0 || K < 0 || n_out <= 0 || g0 < 0 || g1 <= g0)
         return mine;
     if ((flags & ZP_MATMUL_BLAS) && omp_in_parallel()) flags &= ~ZP_MATMUL_BLAS;
-    const int isa = isa_current(), wide = (flags & ZP_MATMUL_WIDE) != 0;
+    int isa = isa_current();
+    const int wide = (flags & ZP_MATMUL_WIDE) != 0;
     const int width = wide ? ZP_WIDE : ZP_COLS; /* numbering unit, fixed by the caller's flags */
     const int64_t groups = zp_matmul_groups(K, out, n_out, flags);
     if (g1 > groups) g1 = groups;
     if (g0 >= g1) return mine;
+    const uint32_t *bs = NULL; /* x split for the AMX tiles, when a bf16 output needs it */
+    for (int j = 0; isa == ZP_ISA_AMX && bs == NULL && j < n_out; j++)
+        if (out[j].wtype == ZP_WTYPE_BF16 && (bs = amx_prepare(x, m, K)) == NULL)
+            isa = ZP_ISA_AVX512; /* no memory for the split */
     zp_after after = range_first(isa, wide, m, K, out, n_out, flags, width, groups, next, next_end);
     if (flags & ZP_MATMUL_JOINT) {
         /* group g: columns [g width, (g + 1) width) of every output (same N and wtype): one run */
         const int N = out[0].N;
         mine.n0 = (int)(g0 * width);
         mine.n1 = (int)(g1 * width < N ? g1 * width : N);
-        run_cols(isa, wide, x, m, K, out, n_out, mine.n0, mine.n1, after);
+        run_cols(isa, wide, x, bs, m, K, out, n_out, mine.n0, mine.n1, after);
+        if (bs) amx_end();
         return mine;
     }
     /* groups of every skinny output numbered one after the other: the range cut into runs of one
@@ -898,11 +1228,12 @@ zp_cols zp_matmul_range(const float *x, int m, int K, const zp_matmul_out *out, 
         zp_after a = g + take < g1 ? range_first(isa, wide, m, K, out, n_out, flags, width, groups,
                                                  g + take, g1)
                                    : after;
-        run_cols(isa, wide, x, m, K, &out[j], 1, n0, end, a);
+        run_cols(isa, wide, x, bs, m, K, &out[j], 1, n0, end, a);
         if (n_out == 1) mine.n0 = n0, mine.n1 = end;
         g += take;
         if (g < g1) locate(K, out, n_out, flags, width, g, &j, &n0, &n1);
     }
+    if (bs) amx_end();
     return mine;
 }
 

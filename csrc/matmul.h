@@ -20,6 +20,17 @@
  * vdpbf16ps would round x to bf16 as well: a relative error near 2^-9 per product, far above
  * the 1e-4 the logits tests allow, so it is not used.)
  *
+ * AMX ("amx", opt-in through zp_matmul_force_isa where the CPU and OS offer AMX-BF16): bf16
+ * weights go through the tile unit, TDPBF16PS, about 30x the multiply-adds per cycle of AVX-512
+ * FMAs. Its inputs are bf16 on both sides, so each activation is split exactly into three bf16
+ * parts (hi + mid + lo = x: 24 bits of significand in three pieces of 8), every product is
+ * exact, and only the tile unit's float32 accumulation rounds: bf16 logits within 1.1-1.7e-6
+ * of the AVX-512 kernel's (relative to the largest) on GPT-B / GPT-L. Its bits are the tile
+ * unit's, not those of the other kernels, and float32 subnormals flush to zero there. float32
+ * and f16 weights run the AVX-512 kernel unchanged. Not the default: on the 16-core Sapphire-
+ * Rapids-class host it was slower than the AVX-512 kernel end to end (one-query passes
+ * 1.2-1.4x, ZipAR-4 on GPT-L 24x24 at 2 threads 1.25x; BENCHMARKS.md, issue 13).
+ *
  * Compute-bound passes (many rows): the AVX-512 tile is register-blocked, 4 rows of x by 4 rows
  * of w (16 zmm accumulators, 8 loads per 16 fused multiply-adds); the group of 4 rows of w and
  * a K block of up to 64 rows of x stay in L1/L2 while the tiles reuse them; bf16/f16 blocks are
@@ -36,10 +47,15 @@
  * s8[j] = s[j] + s[j+8], s4[j] = s8[j] + s8[j+4], s2[j] = s4[j] + s4[j+2], y = s2[0] + s2[1].
  * So y[i][n] is bit-identical whatever the thread count, whatever m (< the BLAS threshold),
  * whatever other rows share the batch, and whichever of the three instruction sets runs it.
- * The BLAS path has no such promise.
+ * The BLAS path has no such promise. The AMX path (bf16 weights) keeps the first three: each
+ * output is one accumulator over K steps of 32 in a fixed order (hi, mid, lo products per step),
+ * and the tile unit computes each element from its own row and column only.
  *
- * No function here allocates, prints or fails: sizes out of range (m, N <= 0, K < 0, ldy < N)
- * make the product a no-op. Thread settings are process-wide.
+ * No function here prints or fails: sizes out of range (m, N <= 0, K < 0, ldy < N) make the
+ * product a no-op. The only allocation is the AMX path's: each thread keeps its last split of x
+ * (3 bf16 parts of m x K, freed when the thread ends); when that memory cannot be had (or would
+ * pass 256 MiB), the product runs on the AVX-512 kernel, with that kernel's bits. Thread
+ * settings are process-wide.
  */
 #ifndef ZP_MATMUL_H
 #define ZP_MATMUL_H
@@ -168,7 +184,8 @@ zp_cols zp_matmul_range(const float *x, int m, int K, const zp_matmul_out *out, 
 int zp_set_num_threads(int n);
 int zp_get_num_threads(void);
 
-/* "avx512", "avx2" or "scalar": the skinny kernel chosen at run time for this CPU. */
+/* "avx512", "avx2" or "scalar": the skinny kernel chosen at run time for this CPU; "amx" when
+ * forced (AVX-512 for float32 / f16 weights, AMX tiles for bf16 ones). */
 const char *zp_matmul_isa(void);
 /* e.g. "scipy-openblas32 (OpenBLAS 0.3.x ... config)" or "openblas (system) (OpenBLAS 0.3.21 ...)"
  * Static storage; valid until the next call from the same thread. */
@@ -187,8 +204,9 @@ void zp_set_blas_min_rows(int m);
 int zp_get_blas_min_rows(void);
 
 /* ---------------------------------------------------------------- testing only */
-/* Forces the skinny kernel, and the attention loops of model.c, to "avx512", "avx2" or "scalar"
- * (plain x86-64); NULL returns to automatic choice.
+/* Forces the skinny kernel, and the attention loops of model.c, to "amx", "avx512", "avx2" or
+ * "scalar" (plain x86-64); NULL returns to automatic choice. ("avx512" on an AMX machine gives bf16
+ * products the bits of every other kernel.)
  * Returns 0, or -1 (and changes nothing) when the name is unknown or the CPU cannot run it. */
 int zp_matmul_force_isa(const char *isa);
 /* Passes of m >= this many rows take the wide AVX-512 tile (default 1 << 30: never; m <= 0

@@ -929,6 +929,13 @@ static PyObject *py_set_blas_min_rows(PyObject *mod, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_force_isa(PyObject *mod, PyObject *args) {
+    (void)mod;
+    const char *isa = NULL;
+    if (!PyArg_ParseTuple(args, "z", &isa)) return parse_failed();
+    return PyBool_FromLong(zp_matmul_force_isa(isa) == 0);
+}
+
 static PyObject *py_build_info(PyObject *mod, PyObject *noargs) {
     (void)mod;
     (void)noargs;
@@ -990,6 +997,7 @@ static PyMethodDef module_methods[] = {
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Current thread count."},
     {"set_blas_min_rows", py_set_blas_min_rows, METH_VARARGS, "Rows from which BLAS is used."},
     {"build_info", py_build_info, METH_NOARGS, "Kernel, BLAS and OpenMP facts."},
+    {"force_isa", py_force_isa, METH_VARARGS, "Kernel instruction set by name, or None: auto."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT,

@@ -13,7 +13,8 @@ from ._checks import int_scalar
 from ._ext import const, core
 
 __all__ = ["build_info", "show_config", "set_num_threads", "get_num_threads", "read_bandwidth",
-           "set_blas_min_rows", "stage_times", "StageTimes", "STAGES", "__version__"]
+           "set_blas_min_rows", "set_kernel_isa", "kernel_isa", "KERNEL_ISAS", "stage_times",
+           "StageTimes", "STAGES", "__version__"]
 
 __version__ = "0.1.0"
 
@@ -63,6 +64,34 @@ def set_blas_min_rows(m: int) -> None:
     if isinstance(m, bool) or not isinstance(m, int) or m < 1:
         raise ValueError(f"set_blas_min_rows needs a positive int, got {m!r}")
     core().set_blas_min_rows(m)
+
+
+#: the instruction sets of the matrix kernels ("amx", opt-in: AVX-512 for float32 / float16
+#: weights and AMX tiles for bfloat16 ones)
+KERNEL_ISAS = ("amx", "avx512", "avx2", "scalar")
+
+
+def kernel_isa() -> str:
+    """The instruction set the matrix kernels run: one of KERNEL_ISAS."""
+    return build_info()["kernel_isa"]
+
+
+def set_kernel_isa(isa: str | None) -> None:
+    """Run the matrix kernels (and attention) on ``isa``, one of KERNEL_ISAS this CPU supports,
+    or on the automatic choice again (``None``: "avx512", else "avx2", else "scalar"; never
+    "amx"). Process-wide; takes effect from the next product.
+
+    "amx" (opt-in, CPUs with AMX-BF16): bfloat16 weights run on the tile unit, activations
+    split exactly into three bf16 parts. Its bits are its own (logits within float32 rounding of
+    the other kernels'); measured slower than "avx512" end to end on a Sapphire-Rapids-class host
+    (BENCHMARKS.md). float32 and float16 weights give the same bits on every set. On any one set,
+    results never depend on the thread count or the batch."""
+    if isa is not None and isa not in KERNEL_ISAS:
+        raise ValueError(f"set_kernel_isa: unknown instruction set {isa!r}; "
+                         f"expected one of {KERNEL_ISAS} or None")
+    if not core().force_isa(isa):
+        raise ValueError(f"set_kernel_isa: this CPU cannot run {isa!r} "
+                         f"(it runs {kernel_isa()!r})")
 
 
 #: the stages of a layer that zipar times, in order, then the output head (csrc/zipar.h,

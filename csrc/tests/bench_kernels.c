@@ -94,7 +94,7 @@ __attribute__((target("avx2"))) static float stream_sum_avx2(const float *a, siz
 }
 
 static int wide_isa(void) {
-    return strcmp(zp_matmul_isa(), "avx512") == 0;
+    return strcmp(zp_matmul_isa(), "avx512") == 0 || strcmp(zp_matmul_isa(), "amx") == 0;
 }
 
 /* Best of 5 passes over `mib` MiB split between the threads: bytes per second. */

@@ -54,7 +54,14 @@ static int close_enough(float got, double ref, double abs_sum, int depth) {
     return fabs((double)got - ref) <= bound;
 }
 
-static const char *isa_names[] = {"avx512", "avx2", "scalar"};
+/* "amx" runs bf16 weights on the AMX tiles (its own bits) and everything else as "avx512" */
+static const char *isa_names[] = {"amx", "avx512", "avx2", "scalar"};
+enum { N_ISA = 4, SCALAR = 3 };
+
+/* Whether kernel s runs products of weight type wtype on the AMX tiles. */
+static int on_tiles(int s, int wtype) {
+    return s == 0 && wtype == 1 /* ZP_WTYPE_BF16 */;
+}
 
 /* ---------------------------------------------------------------- correctness over shapes */
 /* All shapes for one (K, N) with every m: each available skinny kernel (for every m, also those
@@ -73,12 +80,12 @@ static void check_shapes(int K, int N) {
     for (int mi = 0; mi < n_ms; mi++) {
         int m = ms[mi];
         int have_first = 0;
-        for (int s = -1; s < 3; s++) { /* -1: BLAS */
+        for (int s = -1; s < N_ISA; s++) { /* -1: BLAS */
             int blas = s < 0;
             if (blas && m < saved_rows) continue;
             if (!blas && zp_matmul_force_isa(isa_names[s]) != 0) continue;
             /* the scalar kernel calls fmaf per product: keep its share of the run short */
-            if (s == 2 && (double)m * K * N > 4e7) continue;
+            if (s == SCALAR && (double)m * K * N > 4e7) continue;
             zp_set_blas_min_rows(blas ? 1 : 1 << 30);
             zp_matmul(y, x, w, m, K, N);
             const char *name = blas ? "blas" : isa_names[s];
@@ -257,7 +264,9 @@ static void random_half(int wtype, size_t n, uint16_t **bits, float **wide) {
 /* For one (wtype, K, N): every kernel, every m (through both the skinny and the wide tile), is
  * bitwise the float32 product with the exactly widened weights (the kernels widen in registers)
  * and within float32 error of the float64 reference; threads, batch company and the fused
- * zp_matmul_multi change no bit. */
+ * zp_matmul_multi change no bit. bf16 on the AMX tiles: within the error of 3 K float32
+ * roundings (each step adds three exact products; truncating accumulation allowed for) instead
+ * of the float32 bits, the rest the same. */
 static void check_half(int wtype, int K, int N) {
     static const int ms[] = {1, 2, 5, 7, 8, 9, 13, 33, 64, 70};
     const int m_max = 70;
@@ -271,17 +280,18 @@ static void check_half(int wtype, int K, int N) {
     matmul_ref(ref, abs_sum, x, wf, m_max, K, N);
     for (int mi = 0; mi < (int)(sizeof ms / sizeof ms[0]); mi++) {
         int m = ms[mi];
-        for (int s = 0; s < 3; s++) {
+        for (int s = 0; s < N_ISA; s++) {
             if (zp_matmul_force_isa(isa_names[s]) != 0) continue;
-            if (s == 2 && (double)m * K * N > 2e7) continue;
+            if (s == SCALAR && (double)m * K * N > 2e7) continue;
+            const int tiles = on_tiles(s, wtype);
             zp_matmul_w(y, N, x, wh, wtype, m, K, N);
             zp_matmul(y32, x, wf, m, K, N);
-            CHECK(memcmp(y, y32, sizeof(float) * m * N) == 0,
+            CHECK(tiles || memcmp(y, y32, sizeof(float) * m * N) == 0,
                   "%s %s m=%d K=%d N=%d: differs from float32 on the widened weights", tname,
                   isa_names[s], m, K, N);
             int bad = 0;
             for (size_t j = 0; j < (size_t)m * N && bad < 3; j++)
-                if (!close_enough(y[j], ref[j], abs_sum[j], K / 16 + 4)) {
+                if (!close_enough(y[j], ref[j], abs_sum[j], tiles ? 6 * K : K / 16 + 4)) {
                     CHECK(0, "%s %s m=%d K=%d N=%d: y[%zu]=%.9g ref=%.9g", tname, isa_names[s], m,
                           K, N, j, y[j], ref[j]);
                     bad++;
@@ -354,7 +364,7 @@ static void check_widening(void) {
                 memset(w + (size_t)n * K, 0, sizeof *w * K);
                 w[(size_t)n * K + n % K] = (uint16_t)(base + (uint32_t)n);
             }
-            for (int s = 0; s < 3; s++) {
+            for (int s = 0; s < N_ISA; s++) {
                 if (zp_matmul_force_isa(isa_names[s]) != 0) continue;
                 zp_matmul_w(y, N, x, w, wtype, 16, K, N);
                 int bad = 0;
@@ -364,6 +374,8 @@ static void check_widening(void) {
                     if (wtype == ZP_WTYPE_BF16) {
                         want = from_bf16(h);
                         if (isnan(want)) continue;
+                        if (on_tiles(s, wtype) && (h & 0x7f80u) == 0)
+                            want = 0.0f; /* the tile unit flushes subnormals */
                     } else {
                         if (((h >> 10) & 0x1f) == 0x1f)
                             continue; /* inf, NaN: 0 * inf in the other lanes */
@@ -476,6 +488,56 @@ static void check_ranges(const char *isa, int wtype, int K, int m) {
     free(x);
 }
 
+/* Activations pass the bf16 kernels exactly (AMX: split into three bf16 parts): with unit
+ * weights (row n of w is 1 at k = 5n, else 0) y[i][n] is x[i][5n] bit for bit, for rows in two
+ * AMX panels, K with a tail and random float32 x of many magnitudes. A part dropped or put in
+ * the wrong pair would show. */
+static void check_exact_x(void) {
+    const int m = 20, K = 70, N = 14;
+    float *x = malloc(sizeof(float) * m * K), *y = malloc(sizeof(float) * m * N);
+    uint16_t *w = calloc((size_t)N * K, sizeof *w);
+    for (int i = 0; i < m * K; i++) x[i] = ldexpf(uniform(), (int)(uniform() * 40.f));
+    for (int n = 0; n < N; n++) w[(size_t)n * K + 5 * n] = 0x3f80u; /* bf16 1.0 */
+    for (int s = 0; s < N_ISA; s++) {
+        if (zp_matmul_force_isa(isa_names[s]) != 0) continue;
+        zp_matmul_w(y, N, x, w, ZP_WTYPE_BF16, m, K, N);
+        int bad = 0;
+        for (int i = 0; i < m; i++)
+            for (int n = 0; n < N; n++)
+                if (memcmp(&y[(size_t)i * N + n], &x[(size_t)i * K + 5 * n], 4) != 0 && bad++ < 3)
+                    CHECK(0, "%s: x[%d][%d] = %.9g came out %.9g through unit bf16 weights",
+                          isa_names[s], i, 5 * n, x[(size_t)i * K + 5 * n], y[(size_t)i * N + n]);
+        CHECK(bad == 0, "%s: activations not exact through bf16 weights", isa_names[s]);
+    }
+    zp_matmul_force_isa(NULL);
+    free(x), free(y), free(w);
+}
+
+/* The AMX path keeps each thread's last split of x: a call with the same buffer changed in one
+ * element (its last) must see the change. Checked for every kernel against a fresh buffer. */
+static void check_changed_x(void) {
+    const int m = 3, K = 40, N = 20;
+    uint16_t *wh;
+    float *wf, *x = random_floats((size_t)m * K), *x2 = malloc(sizeof(float) * m * K);
+    float *y = malloc(sizeof(float) * m * N), *want = malloc(sizeof(float) * m * N);
+    random_half(ZP_WTYPE_BF16, (size_t)N * K, &wh, &wf);
+    for (int s = 0; s < N_ISA; s++) {
+        if (zp_matmul_force_isa(isa_names[s]) != 0) continue;
+        zp_matmul_w(y, N, x, wh, ZP_WTYPE_BF16, m, K, N); /* fills the cache with x */
+        memcpy(x2, x, sizeof(float) * m * K);
+        x2[m * K - 1] += 0.5f;
+        zp_matmul_w(want, N, x2, wh, ZP_WTYPE_BF16, m, K, N);
+        x[m * K - 1] += 0.5f; /* the same buffer as the first call, now equal to x2 */
+        zp_matmul_w(y, N, x, wh, ZP_WTYPE_BF16, m, K, N);
+        CHECK(memcmp(y, want, sizeof(float) * m * N) == 0,
+              "%s: a changed x in the same buffer "
+              "gives a stale product",
+              isa_names[s]);
+    }
+    zp_matmul_force_isa(NULL);
+    free(wh), free(wf), free(x), free(x2), free(y), free(want);
+}
+
 int main(void) {
     static const int Ks[] = {1, 3, 7, 16, 31, 64, 100, 768, 1041, 2048};
     static const int Ns[] = {1, 3, 17, 64, 100, 2304};
@@ -483,7 +545,7 @@ int main(void) {
 
     printf("test_matmul: kernel %s, blas %s, %d threads, blas_min_rows %d\n", zp_matmul_isa(),
            zp_blas_name(), zp_get_num_threads(), zp_get_blas_min_rows());
-    for (int s = 0; s < 3; s++) {
+    for (int s = 0; s < N_ISA; s++) {
         int ok = zp_matmul_force_isa(isa_names[s]) == 0;
         printf("  %-6s %s\n", isa_names[s], ok ? "tested" : "not supported by this CPU: skipped");
     }
@@ -496,7 +558,7 @@ int main(void) {
     printf("  shapes: %d K x %d N x 16 m, against float64 reference: done\n", n_K, n_N);
 
     static const int det_K[] = {7, 100, 768}, det_N[] = {17, 100};
-    for (int s = 0; s < 3; s++)
+    for (int s = 0; s < N_ISA; s++)
         for (int a = 0; a < 3; a++)
             for (int b = 0; b < 2; b++) check_determinism(isa_names[s], det_K[a], det_N[b]);
     printf("  determinism: 1 vs 2 threads, alone vs batch, across kernels: done\n");
@@ -510,16 +572,19 @@ int main(void) {
     for (int t = ZP_WTYPE_F32; t <= ZP_WTYPE_F16; t++) check_wide_same(t);
     zp_matmul_set_wide_min_rows(0);
     check_widening();
-    printf("  bf16 / f16 weights: = float32 on widened weights, threads, rows, fused: done\n");
+    check_exact_x();
+    check_changed_x();
+    printf("  bf16 / f16 weights: = float32 on widened weights (AMX: within float32 error, x "
+           "exact), threads, rows, fused: done\n");
 
-    for (int s = 0; s < 3; s++) {
+    for (int s = 0; s < N_ISA; s++) {
         check_ldy(isa_names[s], 5, 31, 17);
         check_ldy(isa_names[s], 17, 100, 6);
     }
     check_ldy(NULL, 70, 33, 19); /* BLAS path */
     printf("  ldy and unmodified inputs: done\n");
 
-    for (int s = 0; s < 3; s++) {
+    for (int s = 0; s < N_ISA; s++) {
         if (zp_matmul_force_isa(isa_names[s]) != 0) continue;
         for (int t = ZP_WTYPE_F32; t <= ZP_WTYPE_BF16; t++) {
             check_ranges(isa_names[s], t, 100, 2);
