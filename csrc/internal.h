@@ -25,6 +25,11 @@ struct zp_model {
     float *rope_cos; /* (seq_len, head_dim/2) OWNED; 2-D: 0 at conditioning positions; 1-D: row p
                        * is position p */
     float *rope_sin; /* (seq_len, head_dim/2) OWNED */
+    /* bf16 models built while the kernels run "amx": every matrix again in AMX tile order
+     * (zp_tile_bf16), for the passes that run on "amx"; NULL otherwise */
+    void *tiles;               /* OWNED: the copies */
+    zp_layer_weights *tlayers; /* (n_layer,) OWNED: the layer table with the copies' matrices */
+    const void *toutput;       /* the output head's copy, in tiles */
 };
 
 /* Per-pass scratch: grown on demand, never shrunk; nothing is allocated when a pass fits. */

@@ -204,7 +204,8 @@ int zp_wtype_size(int wtype) {
     switch (wtype) {
     case ZP_WTYPE_F32: return 4;
     case ZP_WTYPE_BF16:
-    case ZP_WTYPE_F16: return 2;
+    case ZP_WTYPE_F16:
+    case ZP_WTYPE_BF16_TILES: return 2;
     default: return 0;
     }
 }
@@ -703,7 +704,7 @@ static void group_scalar(float *y, int ldy, const float *x, const char *w, int w
 }
 
 void zp_widen(float *dst, const void *src, int wtype, size_t n) {
-    if (zp_wtype_size(wtype) == 0) return;
+    if (zp_wtype_size(wtype) == 0 || wtype == ZP_WTYPE_BF16_TILES) return;
     for (size_t i = 0; i < n; i++) /* rows of a few thousand elements: plain C is enough */
         dst[i] = widen((const char *)src + i * (size_t)zp_wtype_size(wtype), 0, wtype);
 }
@@ -779,6 +780,25 @@ ZP_INLINE ZP_TARGET_AMX void amx_release(void) {
 /* Pair rows per panel: K padded to a multiple of 32, halved. */
 static inline size_t amx_pair_rows(int K) {
     return (size_t)(K + 31) / 32 * 16;
+}
+
+size_t zp_tile_bf16_bytes(int N, int K) {
+    if (N < 1 || K < 1) return 0;
+    return (size_t)(N + 15) / 16 * amx_pair_rows(K) * 2 * 16 * 2; /* blocks x K32 x 16 rows */
+}
+
+void zp_tile_bf16(void *dst, const void *src, int N, int K) {
+    if (dst == NULL || src == NULL || N < 1 || K < 1) return;
+    const int steps = (K + 31) / 32;
+    const uint16_t *w = src;
+    uint16_t *t = dst;
+    for (int nb = 0; nb < (N + 15) / 16; nb++)
+        for (int kb = 0; kb < steps; kb++)
+            for (int r = 0; r < 16; r++)
+                for (int c = 0; c < 32; c++) {
+                    int n = 16 * nb + r, k = 32 * kb + c;
+                    *t++ = n < N && k < K ? w[(size_t)n * K + k] : 0;
+                }
 }
 
 /* x rounded to bf16 (nearest, ties to even), as float32 bits whose low half is zero. */
@@ -887,15 +907,18 @@ static const uint32_t *amx_prepare(const float *x, int m, int K) {
     return c->bs;
 }
 
-/* Weight tile T (0, 1) of the group at K step kb into tmm REG (4 + T): 16 rows of w from column
- * n0 + 16 T, or, for a tile of fewer rows or past K, those rows copied into the zeroed pad
- * first (so nothing beyond the matrix is read and the padding adds exact zeros). */
+/* Weight tile T (0, 1) of the group at K step kb into tmm REG (4 + T). Tile order (tiled): the
+ * KiB of tile (block nb0 + T, kb). In place: 16 rows of w from column n0 + 16 T, or, for a tile
+ * of fewer rows or past K, those rows copied into the zeroed pad first (so nothing beyond the
+ * matrix is read and the padding adds exact zeros, as in tile order). */
 #define ZP_AMX_A(T, REG)                                                                           \
     do {                                                                                           \
         const int rows = nc - 16 * (T) < 16 ? nc - 16 * (T) : 16;                                  \
         const char *a = w + (size_t)(n0 + 16 * (T)) * ld + (size_t)kb * 64;                        \
         long stride = (long)ld;                                                                    \
-        if (rows < 16 || kbytes < 64) {                                                            \
+        if (tiled) {                                                                               \
+            a = w + ((size_t)(nb0 + (T)) * steps + (size_t)kb) * 1024, stride = 64;                \
+        } else if (rows < 16 || kbytes < 64) {                                                     \
             uint16_t *pad = pads[T];                                                               \
             memset(pad, 0, sizeof pads[T]);                                                        \
             if (kbytes == 64)                                                                      \
@@ -922,18 +945,26 @@ static ZP_TARGET_AMX void amx_end(void) {
     }
 }
 
-/* Output columns cols.n0 .. + cols.nc (adjacent, <= 32) for all m rows, from the split bs of x.
- * While the first panels run, it prefetches (into L2) the rows read next, `nxt`, spread evenly
- * over its K steps, so the next group's weights are on their way while this one computes. */
+/* Output columns cols.n0 .. + cols.nc (adjacent, <= 32) for all m rows, from the split bs of x;
+ * w in place (tiled = 0) or in tile order (tiled: then the columns lie in the two row blocks from
+ * n0 / 16 on, and rows of the blocks outside them are computed but not stored). While the first
+ * panels run, it prefetches (into L2) the rows read next, `nxt` (in tile order: nxt.rows blocks
+ * of nxt.step bytes), spread evenly over its K steps, so the next group's weights are on their
+ * way while this one computes. */
 static ZP_TARGET_AMX void group_amx(float *y, int ldy, const uint32_t *bs, const char *w, int m,
-                                    int K, zp_colset cols, zp_after nxt) {
-    const int nc = cols.nc < ZP_AMX_COLS ? cols.nc : ZP_AMX_COLS, n0 = cols.n0;
-    const int two = nc > 16, steps = (K + 31) / 32, panels = (m + ZP_AMX_ROWS - 1) / ZP_AMX_ROWS;
+                                    int K, zp_colset cols, zp_after nxt, const int tiled) {
+    const int steps = (K + 31) / 32, panels = (m + ZP_AMX_ROWS - 1) / ZP_AMX_ROWS;
+    /* in tile order the group starts at the block of n0: column n0 is row `off` of tile 0 */
+    const int off = tiled ? cols.n0 & 15 : 0, n0 = cols.n0 - off, nb0 = n0 / 16;
+    const int nc = (cols.nc < ZP_AMX_COLS ? cols.nc : ZP_AMX_COLS) + off;
+    const int two = nc > 16;
     const size_t ld = (size_t)K * 2, P = amx_pair_rows(K);
     uint16_t pads[2][16 * 32] __attribute__((aligned(64)));
     float c[16 * 16] __attribute__((aligned(64)));
     unsigned char cfg[64] __attribute__((aligned(64)));
-    const size_t line_row = nxt.w ? ((size_t)K * (size_t)nxt.es + 63) / 64 : 0;
+    const size_t line_row = !nxt.w  ? 0
+                            : tiled ? (size_t)nxt.step / 64
+                                    : ((size_t)K * (size_t)nxt.es + 63) / 64;
     const size_t lines = line_row * (size_t)(nxt.rows > 0 ? nxt.rows : 0);
     for (int p0 = 0; p0 < panels; p0 += 2) {
         const int r0 = m - ZP_AMX_ROWS * p0 < ZP_AMX_ROWS ? m - ZP_AMX_ROWS * p0 : ZP_AMX_ROWS;
@@ -980,9 +1011,10 @@ static ZP_TARGET_AMX void group_amx(float *y, int ldy, const uint32_t *bs, const
                 default: ZP_AMX_STORE(3, c); break;
                 }
                 const int rows = nc - 16 * t < 16 ? nc - 16 * t : 16, i0 = ZP_AMX_ROWS * (p0 + q);
+                const int first = t == 0 ? off : 0; /* rows before cols.n0: not ours */
                 for (int i = 0; i < (q ? r1 : r0); i++) {
                     float *yi = y + (size_t)(i0 + i) * ldy + n0 + 16 * t;
-                    for (int r = 0; r < rows; r++)
+                    for (int r = first; r < rows; r++)
                         yi[r] = (c[16 * r + 3 * i] + c[16 * r + 3 * i + 1]) + c[16 * r + 3 * i + 2];
                 }
             }
@@ -999,7 +1031,7 @@ typedef void (*zp_group_fn)(float *y, int ldy, const float *x, const char *w, in
  * ZP_ISA_AMX: width 64, computed by group_amx (run_cols), the function returned unused. */
 static zp_group_fn group_fn(int isa, int wtype, int wide, int *width) {
     *width = ZP_COLS;
-    if (isa == ZP_ISA_AMX && wtype == ZP_WTYPE_BF16) {
+    if ((isa == ZP_ISA_AMX && wtype == ZP_WTYPE_BF16) || wtype == ZP_WTYPE_BF16_TILES) {
         *width = ZP_AMX_COLS;
         return group_avx512_bf16;
     }
@@ -1028,7 +1060,7 @@ int zp_matmul_flags(int m) {
 
 static int out_valid(const zp_matmul_out *o) {
     return o->y != NULL && o->w != NULL && zp_wtype_size(o->wtype) > 0 && o->N > 0 &&
-           o->ldy >= o->N;
+           o->ldy >= o->N && (o->wtype != ZP_WTYPE_BF16_TILES || isa_supported(ZP_ISA_AMX));
 }
 
 /* Whether output o goes to BLAS sgemm under these flags (float32 only; its lda must be >= 1). */
@@ -1081,11 +1113,25 @@ static zp_colset run_tile(int n0, int cols, int width, int T, int t) {
     return c;
 }
 
+/* Group t of run [n0, n1): run_tile's, or in tile order (tiled) the columns of [n0, n1) within
+ * [base + t width, base + (t + 1) width), base = n0 rounded down to a multiple of 32. */
+static zp_colset run_group(int tiled, int base, int n0, int n1, int width, int T, int t) {
+    if (!tiled) return run_tile(n0, n1 - n0, width, T, t);
+    int a = base + t * width > n0 ? base + t * width : n0;
+    int b = base + (t + 1) * width < n1 ? base + (t + 1) * width : n1;
+    zp_colset c = {a, 1, b > a ? b - a : 0};
+    return c;
+}
+
 /* The weight rows of tile `cols` of output o, as what a group reads next. */
 static zp_after tile_rows(const zp_matmul_out *o, int K, zp_colset cols) {
     int es = zp_wtype_size(o->wtype);
     zp_after a = {NULL, 0, es > 0 ? es : 4, 0};
-    if (cols.nc > 0 && es > 0) {
+    if (cols.nc > 0 && o->wtype == ZP_WTYPE_BF16_TILES) { /* blocks of 16 rows, each contiguous */
+        a.step = amx_pair_rows(K) * 64;
+        a.w = (const char *)o->w + (size_t)(cols.n0 / 16) * a.step;
+        a.rows = ((cols.n0 & 15) + cols.nc + 15) / 16;
+    } else if (cols.nc > 0 && es > 0) {
         a.w = (const char *)o->w + (size_t)cols.n0 * K * es, a.rows = cols.nc;
         a.step = (size_t)cols.step * K * es;
     }
@@ -1100,7 +1146,8 @@ static zp_after run_first(int isa, int wide, int m, int K, const zp_matmul_out *
     group_fn(isa, o->wtype, wide, &width);
     if (n0 >= n1) return tile_rows(o, K, none);
     return tile_rows(o, K,
-                     run_tile(n0, n1 - n0, width, run_lanes(isa, wide, m, n1 - n0, width), 0));
+                     run_group(o->wtype == ZP_WTYPE_BF16_TILES, n0 & ~31, n0, n1, width,
+                               run_lanes(isa, wide, m, n1 - n0, width), 0));
 }
 
 /* Columns [n0, n1) of the n_o outputs o (same N and wtype when n_o > 1: a joint run) for all m
@@ -1113,18 +1160,27 @@ static void run_cols(int isa, int wide, const float *x, const uint32_t *bs, int 
                      const zp_matmul_out *o, int n_o, int n0, int n1, zp_after after) {
     int width;
     zp_group_fn fn = group_fn(isa, o[0].wtype, wide, &width);
-    const int amx = isa == ZP_ISA_AMX && o[0].wtype == ZP_WTYPE_BF16;
-    const int cols = n1 - n0, T = run_lanes(isa, wide, m, cols, width);
-    const int tiles = (cols + width - 1) / width;
+    const int tiled = o[0].wtype == ZP_WTYPE_BF16_TILES;
+    const int amx = tiled || (isa == ZP_ISA_AMX && o[0].wtype == ZP_WTYPE_BF16);
+    if (amx && bs == NULL) { /* no memory for the split (matmul.h): NaN, never stale values */
+        for (int j = 0; j < n_o; j++)
+            for (int i = 0; i < m; i++)
+                for (int n = n0; n < n1; n++) o[j].y[(size_t)i * o[j].ldy + n] = NAN;
+        return;
+    }
+    /* tile order: groups cut at multiples of 32 columns (whole blocks of 16 rows) */
+    const int cols = n1 - n0, T = run_lanes(isa, wide, m, cols, width),
+              base = tiled ? n0 & ~31 : n0;
+    const int tiles = (n1 - base + width - 1) / width;
     for (int t = 0; t < tiles; t++) {
-        zp_colset tile = run_tile(n0, cols, width, T, t);
+        zp_colset tile = run_group(tiled, base, n0, n1, width, T, t);
+        zp_colset next_tile = run_group(tiled, base, n0, n1, width, T, t + 1);
         for (int j = 0; j < n_o; j++) {
-            zp_after nxt = j + 1 < n_o ? tile_rows(&o[j + 1], K, tile)
-                           : t + 1 < tiles
-                               ? tile_rows(&o[0], K, run_tile(n0, cols, width, T, t + 1))
-                               : after;
+            zp_after nxt = j + 1 < n_o     ? tile_rows(&o[j + 1], K, tile)
+                           : t + 1 < tiles ? tile_rows(&o[0], K, next_tile)
+                                           : after;
             if (amx)
-                group_amx(o[j].y, o[j].ldy, bs, (const char *)o[j].w, m, K, tile, nxt);
+                group_amx(o[j].y, o[j].ldy, bs, (const char *)o[j].w, m, K, tile, nxt, tiled);
             else if (fn)
                 fn(o[j].y, o[j].ldy, x, (const char *)o[j].w, m, K, tile, nxt);
             else
@@ -1141,7 +1197,7 @@ static int joint_ok(const zp_matmul_out *out, int n_out) {
 }
 
 int64_t zp_matmul_groups(int K, const zp_matmul_out *out, int n_out, int flags) {
-    const int width = flags & ZP_MATMUL_WIDE ? ZP_WIDE : ZP_COLS;
+    const int width = flags & ZP_MATMUL_TILES ? 16 : flags & ZP_MATMUL_WIDE ? ZP_WIDE : ZP_COLS;
     if (out == NULL || n_out <= 0 || K < 0) return 0;
     if (flags & ZP_MATMUL_JOINT)
         return joint_ok(out, n_out) && !out_blas(&out[0], K, flags) ? (out[0].N + width - 1) / width
@@ -1198,14 +1254,18 @@ zp_cols zp_matmul_range(const float *x, int m, int K, const zp_matmul_out *out, 
     if ((flags & ZP_MATMUL_BLAS) && omp_in_parallel()) flags &= ~ZP_MATMUL_BLAS;
     int isa = isa_current();
     const int wide = (flags & ZP_MATMUL_WIDE) != 0;
-    const int width = wide ? ZP_WIDE : ZP_COLS; /* numbering unit, fixed by the caller's flags */
+    /* numbering unit, fixed by the caller's flags */
+    const int width = flags & ZP_MATMUL_TILES ? 16 : wide ? ZP_WIDE : ZP_COLS;
     const int64_t groups = zp_matmul_groups(K, out, n_out, flags);
     if (g1 > groups) g1 = groups;
     if (g0 >= g1) return mine;
     const uint32_t *bs = NULL; /* x split for the AMX tiles, when a bf16 output needs it */
-    for (int j = 0; isa == ZP_ISA_AMX && bs == NULL && j < n_out; j++)
-        if (out[j].wtype == ZP_WTYPE_BF16 && (bs = amx_prepare(x, m, K)) == NULL)
-            isa = ZP_ISA_AVX512; /* no memory for the split */
+    int split = 0;             /* an output runs on AMX: bf16 under "amx", or bf16 in tile order */
+    for (int j = 0; j < n_out; j++)
+        split |= (isa == ZP_ISA_AMX && out[j].wtype == ZP_WTYPE_BF16) ||
+                 (out[j].wtype == ZP_WTYPE_BF16_TILES && out_valid(&out[j]));
+    if (split && (bs = amx_prepare(x, m, K)) == NULL && isa == ZP_ISA_AMX)
+        isa = ZP_ISA_AVX512; /* no memory for the split: bf16 in place on AVX-512 */
     zp_after after = range_first(isa, wide, m, K, out, n_out, flags, width, groups, next, next_end);
     if (flags & ZP_MATMUL_JOINT) {
         /* group g: columns [g width, (g + 1) width) of every output (same N and wtype): one run */

@@ -27,9 +27,12 @@
  * exact, and only the tile unit's float32 accumulation rounds: bf16 logits within 1.1-1.7e-6
  * of the AVX-512 kernel's (relative to the largest) on GPT-B / GPT-L. Its bits are the tile
  * unit's, not those of the other kernels, and float32 subnormals flush to zero there. float32
- * and f16 weights run the AVX-512 kernel unchanged. Not the default: on the 16-core Sapphire-
- * Rapids-class host it was slower than the AVX-512 kernel end to end (one-query passes
- * 1.2-1.4x, ZipAR-4 on GPT-L 24x24 at 2 threads 1.25x; BENCHMARKS.md, issue 13).
+ * and f16 weights run the AVX-512 kernel unchanged. Weights read in place stream as 32
+ * interleaved rows; a copy in tile order (ZP_WTYPE_BF16_TILES, which zp_forward uses for bf16
+ * models built under "amx") streams as one. Not the default: on the 16-core Sapphire-Rapids-
+ * class host, with the copy, one-query passes took 1.11-1.51x the AVX-512 kernel's time, while
+ * ZipAR-4 / ZipAR-8 on GPT-L 24x24 at 2 threads ran 1.17x / 1.09x faster (raster 1.09x slower);
+ * in place, every pass was slower (BENCHMARKS.md, issue 13).
  *
  * Compute-bound passes (many rows): the AVX-512 tile is register-blocked, 4 rows of x by 4 rows
  * of w (16 zmm accumulators, 8 loads per 16 fused multiply-adds); the group of 4 rows of w and
@@ -77,10 +80,26 @@ void zp_matmul_ld(float *y, int ldy, const float *x, const float *w, int m, int 
 
 /* Storage type of a weight matrix. bf16 and f16 elements are uint16_t bit patterns (bfloat16:
  * the high half of a float32; float16: IEEE binary16). */
-typedef enum { ZP_WTYPE_F32 = 0, ZP_WTYPE_BF16 = 1, ZP_WTYPE_F16 = 2 } zp_wtype;
+typedef enum {
+    ZP_WTYPE_F32 = 0,
+    ZP_WTYPE_BF16 = 1,
+    ZP_WTYPE_F16 = 2,
+    ZP_WTYPE_BF16_TILES = 3, /* bf16 in AMX tile order (zp_tile_bf16): the AMX kernel only */
+} zp_wtype;
 
 /* Bytes per element of a weight type; 0 for an unknown one. */
 int zp_wtype_size(int wtype);
+
+/* bf16 weights (N, K) in AMX tile order, for the AMX kernel: 16 rows by 32 elements per 1 KiB
+ * tile (row-major inside), tiles in the order (row block, K step), rows padded to a multiple of
+ * 16 and K to one of 32 with zeros. Every tile the kernel reads is then one contiguous KiB and
+ * a group of columns one contiguous block: a single sequential stream of weights, against 32
+ * interleaved row streams for bf16 read in place. The products are bit for bit those of the
+ * AMX kernel on the same weights in place. A product of ZP_WTYPE_BF16_TILES weights runs on AMX
+ * whatever kernel is chosen for the others, and is a no-op on a CPU without AMX.
+ * zp_tile_bf16_bytes: the size of the copy (0 for N or K < 1); zp_tile_bf16: writes it. */
+size_t zp_tile_bf16_bytes(int N, int K);
+void zp_tile_bf16(void *dst, const void *src, int N, int K);
 /* dst[i] = element i of src (n elements of type wtype) as float32, exactly (bf16 / f16 widened
  * as the kernels widen them). An unknown wtype writes nothing. */
 void zp_widen(float *dst, const void *src, int wtype, size_t n);
@@ -126,6 +145,7 @@ enum {
                           * ignored inside an active OpenMP parallel region (OpenBLAS's pthreads
                           * build warns and may hang there): call from a team of one */
     ZP_MATMUL_WIDE = 4,  /* groups of 6 columns (the wide AVX-512 tile) */
+    ZP_MATMUL_TILES = 8, /* groups of 16 columns (one AMX tile of weights in tile order) */
 };
 /* The flags the kernel settings give for a product of m rows: ZP_MATMUL_WIDE when the AVX-512
  * kernel runs and m >= the wide-tile threshold, ZP_MATMUL_BLAS when m >= zp_get_blas_min_rows().

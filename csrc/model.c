@@ -159,6 +159,39 @@ static void build_rope(zp_model *m) {
     }
 }
 
+/* A bf16 model built while the kernels run "amx" keeps a copy of every matrix in AMX tile order
+ * (zp_tile_bf16, matmul.h): the passes that run on "amx" read it, one sequential stream of
+ * weights per group instead of 32 interleaved rows, with the same bits as in place. Without the
+ * memory for it the model has no copy and "amx" passes read the weights in place. */
+static void build_tiles(zp_model *m) {
+    const zp_config *c = &m->cfg;
+    const int D = c->dim, H = c->hidden, A = c->n_head * c->head_dim;
+    const int N[5] = {m->qkv_dim, D, H, H, D}, K[5] = {D, A, D, D, H};
+    size_t layer = 0, total;
+    for (int j = 0; j < 5; j++) layer += zp_tile_bf16_bytes(N[j], K[j]);
+    total = layer * (size_t)c->n_layer + zp_tile_bf16_bytes(c->vocab, D);
+    char *t = aligned_alloc(64, (total + 63) / 64 * 64);
+    zp_layer_weights *tl = malloc(sizeof *tl * (size_t)c->n_layer);
+    if (!t || !tl) {
+        free(t), free(tl);
+        return;
+    }
+    m->tiles = t, m->tlayers = tl;
+    for (int l = 0; l < c->n_layer; l++) {
+        const zp_layer_weights *L = &m->layers[l];
+        const void *src[5] = {L->wqkv, L->wo, L->w1, L->w3, L->w2};
+        const void **dst[5] = {&tl[l].wqkv, &tl[l].wo, &tl[l].w1, &tl[l].w3, &tl[l].w2};
+        tl[l] = *L; /* norms and the rest as they are */
+        for (int j = 0; j < 5; j++) {
+            zp_tile_bf16(t, src[j], N[j], K[j]);
+            *dst[j] = t;
+            t += zp_tile_bf16_bytes(N[j], K[j]);
+        }
+    }
+    zp_tile_bf16(t, m->w.output, c->vocab, D);
+    m->toutput = t;
+}
+
 zp_status zp_model_new(const zp_config *cfg, const zp_weights *w, zp_model **out) {
     *out = NULL;
     zp_status st = zp_config_check(cfg);
@@ -191,6 +224,7 @@ zp_status zp_model_new(const zp_config *cfg, const zp_weights *w, zp_model **out
     memcpy(m->layers, w->layers, sizeof(zp_layer_weights) * cfg->n_layer);
     m->w.layers = m->layers;
     build_rope(m);
+    if (w->wtype == ZP_WTYPE_BF16 && strcmp(zp_matmul_isa(), "amx") == 0) build_tiles(m);
     *out = m;
     return ZP_OK;
 }
@@ -198,6 +232,8 @@ zp_status zp_model_new(const zp_config *cfg, const zp_weights *w, zp_model **out
 void zp_model_free(zp_model *m) {
     if (!m) return;
     free(m->layers);
+    free(m->tiles);
+    free(m->tlayers);
     free(m->rope_cos);
     free(m->rope_sin);
     free(m);
@@ -933,6 +969,7 @@ typedef struct {
     int lrows;       /* rows that want logits (the output head's rows), in s->logit_row */
     int head_flags;  /* zp_matmul_flags(lrows), read once */
     int norm_all;    /* every thread norms all rows into its own s->xn: no barrier (norm_rows) */
+    int tiles;       /* the matrices from the model's tile-order copy (kernels on "amx") */
     float scale;     /* 1 / sqrt(head_dim) */
     attend_fn *attend;
     zp_team team;
@@ -1141,9 +1178,11 @@ static void layer_stages(zp_pass *p, int l, int tid, int nth, int *sense) {
     const zp_config *c = &m->cfg;
     zp_cache *k = p->k;
     zp_scratch *s = &k->s;
-    const zp_layer_weights *L = &m->layers[l];
+    /* "amx" passes of a model with a tile-order copy read the copy (build_tiles) */
+    const zp_layer_weights *L = p->tiles ? &m->tlayers[l] : &m->layers[l];
     const int D = c->dim, HD = c->head_dim, NH = c->n_head, NKV = c->n_kv_head, KVD = NKV * HD;
-    const int QKV = m->qkv_dim, rows = p->rows, H = c->hidden, wt = m->w.wtype;
+    const int QKV = m->qkv_dim, rows = p->rows, H = c->hidden;
+    const int wt = p->tiles ? ZP_WTYPE_BF16_TILES : m->w.wtype;
     const size_t kv_size = (size_t)zp_wtype_size(k->kv_type), SPAD = zp_tiled_len(k->seq_len);
     char *kl = (char *)k->k + (size_t)l * k->n_streams * SPAD * KVD * kv_size;
     char *vl = (char *)k->v + (size_t)l * k->n_streams * SPAD * KVD * kv_size;
@@ -1209,7 +1248,8 @@ static void head_stage(zp_pass *p, int tid, int nth, int *sense) {
     zp_scratch *s = &p->k->s;
     PROF_STAGE(p->team.timed, ZP_STAGE_HEAD);
     const float *xl = norm_rows(p, m->w.norm, s->logit_row, p->lrows, s->xl, tid, nth, sense);
-    zp_matmul_out out = {s->logits2, c->vocab, m->w.output, m->w.wtype, c->vocab};
+    zp_matmul_out out = {s->logits2, c->vocab, p->tiles ? m->toutput : m->w.output,
+                         p->tiles ? ZP_WTYPE_BF16_TILES : m->w.wtype, c->vocab};
     product(p, ZP_HEAD, xl, p->lrows, c->dim, &out, 1, p->head_flags, ZP_POST_NONE, tid, nth);
     PROF_WORKED(p->team.timed);
 }
@@ -1333,16 +1373,20 @@ zp_status zp_forward(const zp_model *m, zp_cache *k, const zp_query *q, int nq, 
 
     /* ---- the layers and the head: one thread team for all of them (see "the pass's thread
      * team") */
+    /* "amx" read once with the flags: every thread numbers the column groups alike */
+    const int tiles = m->tiles != NULL && strcmp(zp_matmul_isa(), "amx") == 0;
+    const int tile_flag = tiles ? ZP_MATMUL_TILES : 0;
     zp_pass pass = {.m = m,
                     .k = k,
                     .q = q,
                     .cap = cap,
                     .rows = rows,
                     .n_groups = n_groups,
-                    .flags = zp_matmul_flags(rows), /* once: every thread numbers alike */
+                    .flags = zp_matmul_flags(rows) | tile_flag,
                     .scale = 1.0f / sqrtf((float)HD),
                     .lrows = lrows,
-                    .head_flags = zp_matmul_flags(lrows),
+                    .head_flags = zp_matmul_flags(lrows) | tile_flag,
+                    .tiles = tiles,
                     .attend = attend_pick(k->kv_type)};
     /* the team only when the largest product or the attention is worth waking threads for */
     size_t att_work = 0;          /* multiply-adds of one layer's attention */

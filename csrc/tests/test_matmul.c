@@ -538,6 +538,72 @@ static void check_changed_x(void) {
     free(wh), free(wf), free(x), free(x2), free(y), free(want);
 }
 
+/* bf16 weights in AMX tile order (zp_tile_bf16): the layout element by element (padding zeros);
+ * the group numbering of ZP_MATMUL_TILES; and on an AMX CPU every product, share and random
+ * range cut (numbered in 16s, and in 4s so that runs start inside a block) bitwise equal to the
+ * AMX kernel on the same weights in place. Without AMX, a product of tile-order weights is a
+ * no-op. */
+static void check_tiles(void) {
+    const int N = 37, K = 70, steps = (K + 31) / 32;
+    uint16_t *wh;
+    float *wf, *x = random_floats((size_t)13 * K);
+    random_half(ZP_WTYPE_BF16, (size_t)N * K, &wh, &wf);
+    size_t bytes = zp_tile_bf16_bytes(N, K);
+    CHECK(bytes == (size_t)48 * 96 * 2, "tile-order copy of %zu bytes", bytes);
+    CHECK(zp_tile_bf16_bytes(0, K) == 0 && zp_tile_bf16_bytes(N, 0) == 0, "empty sizes");
+    uint16_t *t = malloc(bytes);
+    zp_tile_bf16(t, wh, N, K);
+    int bad = 0;
+    for (int n = 0; n < 48; n++)
+        for (int k = 0; k < 96; k++) {
+            uint16_t got = t[((size_t)(n / 16 * steps + k / 32) * 16 + n % 16) * 32 + k % 32];
+            uint16_t want = n < N && k < K ? wh[(size_t)n * K + k] : 0;
+            bad += got != want;
+        }
+    CHECK(bad == 0, "tile order: %d elements misplaced", bad);
+    float *y = malloc(sizeof(float) * 13 * N), *ref = malloc(sizeof(float) * 13 * N);
+    zp_matmul_out bf = {y, N, wh, ZP_WTYPE_BF16, N};
+    CHECK(zp_matmul_groups(K, &bf, 1, ZP_MATMUL_TILES) == (N + 15) / 16, "groups of 16 columns");
+
+    if (zp_matmul_force_isa("amx") != 0) { /* no AMX: a no-op */
+        for (int e = 0; e < 13 * N; e++) y[e] = 7.f;
+        zp_matmul_w(y, N, x, t, ZP_WTYPE_BF16_TILES, 13, K, N);
+        int touched = 0;
+        for (int e = 0; e < 13 * N; e++) touched |= y[e] != 7.f;
+        CHECK(!touched, "tile-order weights without AMX wrote");
+    } else {
+        static const int ms[] = {1, 2, 5, 6, 11, 13};
+        for (int a = 0; a < 6; a++) {
+            int m = ms[a];
+            zp_matmul_w(ref, N, x, wh, ZP_WTYPE_BF16, m, K, N); /* AMX in place */
+            zp_matmul_w(y, N, x, t, ZP_WTYPE_BF16_TILES, m, K, N);
+            CHECK(memcmp(y, ref, sizeof(float) * m * N) == 0, "tile order differs, m=%d", m);
+            for (int flags = 0; flags <= ZP_MATMUL_TILES; flags += ZP_MATMUL_TILES) {
+                zp_matmul_out o = {y, N, t, ZP_WTYPE_BF16_TILES, N};
+                int64_t groups = zp_matmul_groups(K, &o, 1, flags);
+                for (int parts = 1; parts <= 4; parts++) {
+                    for (int e = 0; e < m * N; e++) y[e] = NAN;
+                    for (int part = parts - 1; part >= 0; part--)
+                        zp_matmul_part(x, m, K, &o, 1, flags, part, parts);
+                    CHECK(memcmp(y, ref, sizeof(float) * m * N) == 0,
+                          "tile order, m=%d flags %d: %d shares differ", m, flags, parts);
+                }
+                for (int e = 0; e < m * N; e++) y[e] = NAN;
+                for (int64_t g = 0; g < groups;) { /* random cuts, each hinting the next */
+                    int64_t g1 = g + 1 + (int64_t)((uniform() + 1.f) * 1.5f);
+                    g1 = g1 < groups ? g1 : groups;
+                    zp_matmul_range(x, m, K, &o, 1, flags, g, g1, g1 < groups ? g1 : -1, -1);
+                    g = g1;
+                }
+                CHECK(memcmp(y, ref, sizeof(float) * m * N) == 0,
+                      "tile order, m=%d flags %d: range cuts differ", m, flags);
+            }
+        }
+    }
+    zp_matmul_force_isa(NULL);
+    free(wh), free(wf), free(x), free(t), free(y), free(ref);
+}
+
 int main(void) {
     static const int Ks[] = {1, 3, 7, 16, 31, 64, 100, 768, 1041, 2048};
     static const int Ns[] = {1, 3, 17, 64, 100, 2304};
@@ -574,6 +640,7 @@ int main(void) {
     check_widening();
     check_exact_x();
     check_changed_x();
+    check_tiles();
     printf("  bf16 / f16 weights: = float32 on widened weights (AMX: within float32 error, x "
            "exact), threads, rows, fused: done\n");
 

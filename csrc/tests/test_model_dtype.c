@@ -184,6 +184,22 @@ int main(void) {
                 compare(mf, mh, !(k == 0 && wtype == ZP_WTYPE_BF16), what);
             }
         }
+        /* on AMX: a bf16 model built under "amx" keeps its matrices in tile order too; its
+         * passes give the bits of the in-place model's, in passes of any width */
+        if (wtype == ZP_WTYPE_BF16 && zp_matmul_force_isa("amx") == 0) {
+            zp_model *mt;
+            const size_t n = (size_t)N * (1 + H * W) * VOCAB;
+            float *a = malloc(sizeof(float) * n), *b = malloc(sizeof(float) * n);
+            CHECK(zp_model_new(&cfg, &wh, &mt) == ZP_OK, "tiles model: %s", zp_last_error());
+            zp_set_num_threads(2);
+            run(mh, 0, a, "bf16 in place on amx");
+            run(mt, 0, b, "bf16 in tile order");
+            CHECK(memcmp(a, b, sizeof(float) * n) == 0, "tile order differs from in place");
+            run(mt, 1, b, "bf16 in tile order, one query a pass");
+            CHECK(memcmp(a, b, sizeof(float) * n) == 0, "tile order: pass widths differ");
+            zp_model_free(mt);
+            free(a), free(b);
+        }
         zp_matmul_force_isa(NULL);
         zp_set_num_threads(0);
         zp_model_free(mf), zp_model_free(mh);
