@@ -710,8 +710,8 @@ void zp_widen(float *dst, const void *src, int wtype, size_t n) {
 }
 
 /* ---------------------------------------------------------------- AMX kernel (bf16 weights) */
-/* Opt-in (zp_matmul_force_isa("amx")): measured slower than the AVX-512 kernel end to end on
- * the one AMX host we had (matmul.h); kept, tested, for CPUs and shapes where it wins.
+/* Opt-in (zp_matmul_force_isa("amx")): on the one AMX host measured, one-query passes were
+ * slower than the AVX-512 kernel's and only ZipAR's passes of many rows gained (matmul.h).
  * On CPUs with AMX (Sapphire Rapids and later), bf16 weights go through the tile unit:
  * TDPBF16PS multiplies a 16 x 32 bf16 tile by a 32 x 16 one into 16 x 16 float32 sums, about
  * 1000 multiply-adds a cycle per core against 32 for AVX-512 FMAs. Its inputs are bf16 on both
@@ -720,8 +720,9 @@ void zp_widen(float *dst, const void *src, int wtype, size_t n) {
  * in three pieces of 8). The products of two bf16 values are exact in float32, so the only
  * roundings are the tile unit's accumulation and the final hi + mid + lo.
  *
- * Layout: the weights are the A operand as stored, (N, K) row-major: a tile is 16 output
- * columns (rows of w) by 32 elements of K, read in place with a row stride of 2K bytes. The
+ * Layout: the weights are the A operand, a tile 16 output columns (rows of w) by 32 elements of
+ * K: read in place, (N, K) row-major, with a row stride of 2K bytes, or from a copy in tile order
+ * (ZP_WTYPE_BF16_TILES: each tile one contiguous KiB, matmul.h), with the same bits. The
  * activations are the B operand, a panel of up to 5 rows of x per tile: column 3 i + p holds
  * part p of row i, row kp the pair (k = 2 kp, 2 kp + 1) (amx_split). So one TDPBF16PS per
  * weight tile and panel computes all three parts, each in its own column of C: the sums over K
