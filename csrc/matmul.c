@@ -131,23 +131,26 @@ const char *zp_matmul_isa(void) {
     }
 }
 
+/* The ISA named, or ZP_ISA_UNSET for an unknown name. */
+static int isa_by_name(const char *isa) {
+    if (strcmp(isa, "amx") == 0) return ZP_ISA_AMX;
+    if (strcmp(isa, "avx512") == 0) return ZP_ISA_AVX512;
+    if (strcmp(isa, "avx2") == 0) return ZP_ISA_AVX2;
+    if (strcmp(isa, "scalar") == 0) return ZP_ISA_SCALAR;
+    return ZP_ISA_UNSET;
+}
+
+int zp_matmul_isa_supported(const char *isa) {
+    return isa != NULL && isa_supported(isa_by_name(isa));
+}
+
 int zp_matmul_force_isa(const char *isa) {
-    int want;
     if (isa == NULL) {
         __atomic_store_n(&zp_isa_choice, ZP_ISA_UNSET, __ATOMIC_RELAXED);
         return 0;
     }
-    if (strcmp(isa, "amx") == 0)
-        want = ZP_ISA_AMX;
-    else if (strcmp(isa, "avx512") == 0)
-        want = ZP_ISA_AVX512;
-    else if (strcmp(isa, "avx2") == 0)
-        want = ZP_ISA_AVX2;
-    else if (strcmp(isa, "scalar") == 0)
-        want = ZP_ISA_SCALAR;
-    else
-        return -1;
-    if (!isa_supported(want)) return -1;
+    int want = isa_by_name(isa);
+    if (!isa_supported(want)) return -1; /* unknown names too: isa_supported(UNSET) is 0 */
     __atomic_store_n(&zp_isa_choice, want, __ATOMIC_RELAXED);
     return 0;
 }

@@ -207,6 +207,9 @@ int zp_get_num_threads(void);
 /* "avx512", "avx2" or "scalar": the skinny kernel chosen at run time for this CPU; "amx" when
  * forced (AVX-512 for float32 / f16 weights, AMX tiles for bf16 ones). */
 const char *zp_matmul_isa(void);
+/* 1 when this CPU (and OS) can run the named kernel ("amx", "avx512", "avx2", "scalar"), else 0.
+ * Asking about "amx" requests the tile permission from Linux once. */
+int zp_matmul_isa_supported(const char *isa);
 /* e.g. "scipy-openblas32 (OpenBLAS 0.3.x ... config)" or "openblas (system) (OpenBLAS 0.3.21 ...)"
  * Static storage; valid until the next call from the same thread. */
 const char *zp_blas_name(void);

@@ -109,7 +109,16 @@ def test_set_kernel_isa_refuses_bad_names():
         zipar.runtime.set_kernel_isa("avx1024")
     with kernel_isa("scalar"):
         assert zipar.runtime.kernel_isa() == "scalar"
-    assert zipar.runtime.kernel_isa() in zipar.runtime.KERNEL_ISAS
+    have = zipar.build_info()["kernel_isas"]
+    assert zipar.runtime.kernel_isa() in have and "scalar" in have
+    assert set(have) <= set(zipar.runtime.KERNEL_ISAS)
+    for isa in zipar.runtime.KERNEL_ISAS:  # each listed set can be forced, the others not
+        if isa in have:
+            with kernel_isa(isa):
+                assert zipar.runtime.kernel_isa() == isa
+        else:
+            with pytest.raises(ValueError, match="this CPU cannot run"):
+                zipar.runtime.set_kernel_isa(isa)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])

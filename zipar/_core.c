@@ -944,9 +944,19 @@ static PyObject *py_build_info(PyObject *mod, PyObject *noargs) {
     omp_max = omp_get_max_threads();
     omp_on = _OPENMP;
 #endif
-    return Py_BuildValue("{sssssisisisi}", "kernel_isa", zp_matmul_isa(), "blas", zp_blas_name(),
-                         "blas_threads", zp_blas_threads(), "openmp", omp_on, "omp_max_threads",
-                         omp_max, "blas_min_rows", zp_get_blas_min_rows());
+    static const char *isas[] = {"amx", "avx512", "avx2", "scalar"};
+    PyObject *have = PyList_New(0);
+    for (int i = 0; have && i < 4; i++) {
+        if (!zp_matmul_isa_supported(isas[i])) continue;
+        PyObject *name = PyUnicode_FromString(isas[i]);
+        if (!name || PyList_Append(have, name) != 0) Py_CLEAR(have);
+        Py_XDECREF(name);
+    }
+    if (!have) return NULL;
+    return Py_BuildValue("{sssNsssisisisi}", "kernel_isa", zp_matmul_isa(), "kernel_isas", have,
+                         "blas", zp_blas_name(), "blas_threads", zp_blas_threads(), "openmp",
+                         omp_on, "omp_max_threads", omp_max, "blas_min_rows",
+                         zp_get_blas_min_rows());
 }
 
 static PyObject *py_read_bandwidth(PyObject *mod, PyObject *args) {

@@ -31,7 +31,9 @@ def show_config() -> None:
     rows = info["blas_min_rows"]
     when = ("every matrix product; OpenBLAS sgemm off" if rows >= 1 << 30 else
             f"products below {rows} rows; sgemm from {rows}")
-    print(f"  matrix kernel : {info['kernel_isa']} ({when})")
+    print(f"  matrix kernel : {info['kernel_isa']} ({when}); this CPU runs "
+          f"{', '.join(info['kernel_isas'])}" + (" ('amx' opt-in: set_kernel_isa)"
+                                                  if "amx" in info["kernel_isas"] else ""))
     print(f"  BLAS          : {info['blas']}, {info['blas_threads']} thread(s)")
     print(f"  OpenMP        : libgomp (_OPENMP={info['openmp']}), "
           f"{get_num_threads()} thread(s), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")

@@ -200,6 +200,13 @@ static void check_settings(void) {
           zp_get_num_threads(), zp_blas_threads());
 
     CHECK(zp_matmul_force_isa("avx1024") == -1, "unknown isa accepted");
+    CHECK(zp_matmul_isa_supported("scalar") && !zp_matmul_isa_supported("avx1024") &&
+              !zp_matmul_isa_supported(NULL),
+          "isa_supported");
+    for (int s = 0; s < N_ISA; s++) /* supported exactly when it can be forced */
+        CHECK(zp_matmul_isa_supported(isa_names[s]) == (zp_matmul_force_isa(isa_names[s]) == 0),
+              "%s: supported and forceable disagree", isa_names[s]);
+    zp_matmul_force_isa(NULL);
     CHECK(zp_matmul_force_isa("scalar") == 0, "scalar refused");
     CHECK(strcmp(zp_matmul_isa(), "scalar") == 0, "forced isa not reported");
     zp_matmul_force_isa(NULL);
