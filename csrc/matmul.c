@@ -744,9 +744,9 @@ enum {
     ZP_AMX_COLS = 32, /* output columns per AMX group: 2 weight tiles of 16 */
     ZP_AMX_ROWS = 5,  /* rows of x per panel: 3 parts each, 15 of a B tile's 16 columns */
 };
-/* Above this many bytes of split activations (plus the copy of x) per thread, a product of bf16
- * weights runs on the AVX-512 kernel instead (rows x K beyond anything a decode pass holds:
- * about 2000 rows at K = 14336). */
+/* Above this many bytes of split activations (plus the copy of x) per thread, amx_prepare
+ * gives up as when out of memory (rows x K beyond anything a decode pass holds: about 2000 rows
+ * at K = 14336). */
 #define ZP_AMX_MAX_BYTES ((size_t)256 << 20)
 
 /* The 64-byte tile configuration (palette 1) for a pair of panels of r0 and r1 rows: tmm0/tmm2 C
@@ -786,9 +786,14 @@ static inline size_t amx_pair_rows(int K) {
     return (size_t)(K + 31) / 32 * 16;
 }
 
+/* Bytes of one block of 16 weight rows in tile order: K / 32 tiles (K padded) of one KiB. */
+static inline size_t amx_block_bytes(int K) {
+    return (size_t)(K + 31) / 32 * 1024;
+}
+
 size_t zp_tile_bf16_bytes(int N, int K) {
     if (N < 1 || K < 1) return 0;
-    return (size_t)(N + 15) / 16 * amx_pair_rows(K) * 2 * 16 * 2; /* blocks x K32 x 16 rows */
+    return (size_t)(N + 15) / 16 * amx_block_bytes(K);
 }
 
 void zp_tile_bf16(void *dst, const void *src, int N, int K) {
@@ -872,8 +877,8 @@ static void amx_key_init(void) {
     amx_key_ok = pthread_key_create(&amx_key, amx_cache_free) == 0;
 }
 
-/* The split of x (m, K) for this thread, or NULL when the memory cannot be had (then the caller
- * runs the AVX-512 kernel). */
+/* The split of x (m, K) for this thread, or NULL when the memory cannot be had (then bf16 in
+ * place runs on the AVX-512 kernel and bf16 in tile order gives NaN: run_cols). */
 static const uint32_t *amx_prepare(const float *x, int m, int K) {
     const size_t x_bytes = (size_t)m * (size_t)K * sizeof(float) + 64;
     const size_t bs_bytes =
@@ -921,7 +926,7 @@ static const uint32_t *amx_prepare(const float *x, int m, int K) {
         const char *a = w + (size_t)(n0 + 16 * (T)) * ld + (size_t)kb * 64;                        \
         long stride = (long)ld;                                                                    \
         if (tiled) {                                                                               \
-            a = w + ((size_t)(nb0 + (T)) * steps + (size_t)kb) * 1024, stride = 64;                \
+            a = w + (size_t)(nb0 + (T)) * amx_block_bytes(K) + (size_t)kb * 1024, stride = 64;     \
         } else if (rows < 16 || kbytes < 64) {                                                     \
             uint16_t *pad = pads[T];                                                               \
             memset(pad, 0, sizeof pads[T]);                                                        \
@@ -1032,7 +1037,8 @@ typedef void (*zp_group_fn)(float *y, int ldy, const float *x, const char *w, in
 
 /* The vector group function for (isa, wtype) and its width in output columns (4, or 6 for the
  * wide AVX-512 tile when `wide`); NULL for the scalar kernel (4 columns a group). bf16 under
- * ZP_ISA_AMX: width 64, computed by group_amx (run_cols), the function returned unused. */
+ * ZP_ISA_AMX, and bf16 in tile order on any: width 32, computed by group_amx (run_cols), the
+ * function returned unused. */
 static zp_group_fn group_fn(int isa, int wtype, int wide, int *width) {
     *width = ZP_COLS;
     if ((isa == ZP_ISA_AMX && wtype == ZP_WTYPE_BF16) || wtype == ZP_WTYPE_BF16_TILES) {
@@ -1132,7 +1138,7 @@ static zp_after tile_rows(const zp_matmul_out *o, int K, zp_colset cols) {
     int es = zp_wtype_size(o->wtype);
     zp_after a = {NULL, 0, es > 0 ? es : 4, 0};
     if (cols.nc > 0 && o->wtype == ZP_WTYPE_BF16_TILES) { /* blocks of 16 rows, each contiguous */
-        a.step = amx_pair_rows(K) * 64;
+        a.step = amx_block_bytes(K);
         a.w = (const char *)o->w + (size_t)(cols.n0 / 16) * a.step;
         a.rows = ((cols.n0 & 15) + cols.nc + 15) / 16;
     } else if (cols.nc > 0 && es > 0) {
@@ -1200,8 +1206,13 @@ static int joint_ok(const zp_matmul_out *out, int n_out) {
     return 1;
 }
 
+/* Columns per group of the numbering under these flags (matmul.h, the flags). */
+static int group_width(int flags) {
+    return flags & ZP_MATMUL_TILES ? 16 : flags & ZP_MATMUL_WIDE ? ZP_WIDE : ZP_COLS;
+}
+
 int64_t zp_matmul_groups(int K, const zp_matmul_out *out, int n_out, int flags) {
-    const int width = flags & ZP_MATMUL_TILES ? 16 : flags & ZP_MATMUL_WIDE ? ZP_WIDE : ZP_COLS;
+    const int width = group_width(flags);
     if (out == NULL || n_out <= 0 || K < 0) return 0;
     if (flags & ZP_MATMUL_JOINT)
         return joint_ok(out, n_out) && !out_blas(&out[0], K, flags) ? (out[0].N + width - 1) / width
@@ -1258,8 +1269,7 @@ zp_cols zp_matmul_range(const float *x, int m, int K, const zp_matmul_out *out, 
     if ((flags & ZP_MATMUL_BLAS) && omp_in_parallel()) flags &= ~ZP_MATMUL_BLAS;
     int isa = isa_current();
     const int wide = (flags & ZP_MATMUL_WIDE) != 0;
-    /* numbering unit, fixed by the caller's flags */
-    const int width = flags & ZP_MATMUL_TILES ? 16 : wide ? ZP_WIDE : ZP_COLS;
+    const int width = group_width(flags); /* numbering unit, fixed by the caller's flags */
     const int64_t groups = zp_matmul_groups(K, out, n_out, flags);
     if (g1 > groups) g1 = groups;
     if (g0 >= g1) return mine;

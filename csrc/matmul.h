@@ -57,8 +57,9 @@
  * No function here prints or fails: sizes out of range (m, N <= 0, K < 0, ldy < N) make the
  * product a no-op. The only allocation is the AMX path's: each thread keeps its last split of x
  * (3 bf16 parts of m x K, freed when the thread ends); when that memory cannot be had (or would
- * pass 256 MiB), the product runs on the AVX-512 kernel, with that kernel's bits. Thread
- * settings are process-wide.
+ * pass 256 MiB), bf16 weights in place run on the AVX-512 kernel, with that kernel's bits, and
+ * bf16 weights in tile order give NaN (no kernel but AMX's reads them). Thread settings are
+ * process-wide.
  */
 #ifndef ZP_MATMUL_H
 #define ZP_MATMUL_H
