@@ -716,12 +716,13 @@ void zp_widen(float *dst, const void *src, int wtype, size_t n) {
 /* Opt-in (zp_matmul_force_isa("amx")): on the one AMX host measured, one-query passes were
  * slower than the AVX-512 kernel's and only ZipAR's passes of many rows gained (matmul.h).
  * On CPUs with AMX (Sapphire Rapids and later), bf16 weights go through the tile unit:
- * TDPBF16PS multiplies a 16 x 32 bf16 tile by a 32 x 16 one into 16 x 16 float32 sums, about
- * 1000 multiply-adds a cycle per core against 32 for AVX-512 FMAs. Its inputs are bf16 on both
- * sides, so every activation is split exactly into three bf16 parts, x = hi + mid + lo (hi = x
- * rounded to bf16, mid = the rest rounded, lo = what is left, which fits: 24 bits of significand
- * in three pieces of 8). The products of two bf16 values are exact in float32, so the only
- * roundings are the tile unit's accumulation and the final hi + mid + lo.
+ * TDPBF16PS multiplies a 16 x 32 bf16 tile by a 32 x 16 one into 16 x 16 float32 sums (one
+ * core of the device host: 1153 GMAC/s, benchmarks/amx_probe.c; AVX-512 FMAs there, about 41
+ * GMAC/s a core, BENCHMARKS.md). Its inputs are bf16 on both sides, so every activation is
+ * split exactly into three bf16 parts, x = hi + mid + lo (hi = x rounded to bf16, mid = the rest
+ * rounded, lo = what is left, which fits: 24 bits of significand in three pieces of 8). The
+ * products of two bf16 values are exact in float32, so the only roundings are the tile unit's
+ * accumulation and the final hi + mid + lo.
  *
  * Layout: the weights are the A operand, a tile 16 output columns (rows of w) by 32 elements of
  * K: read in place, (N, K) row-major, with a row stride of 2K bytes, or from a copy in tile order
