@@ -32,7 +32,8 @@
  * models built under "amx") streams as one. Not the default: on the 16-core Sapphire-Rapids-
  * class host, with the copy, one-query passes took 1.11-1.51x the AVX-512 kernel's time, while
  * ZipAR-4 / ZipAR-8 on GPT-L 24x24 at 2 threads ran 1.17x / 1.09x faster (raster 1.09x slower);
- * in place, every pass was slower (BENCHMARKS.md, issue 13).
+ * at 16 threads every policy was slower (1.12-1.19x); in place, every pass was slower
+ * (BENCHMARKS.md, issue 13).
  *
  * Compute-bound passes (many rows): the AVX-512 tile is register-blocked, 4 rows of x by 4 rows
  * of w (16 zmm accumulators, 8 loads per 16 fused multiply-adds); the group of 4 rows of w and

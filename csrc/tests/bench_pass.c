@@ -9,7 +9,8 @@
  * longest), and what runs outside the team (setup, threads' start-up, join, output head).
  *
  * Run: make -C csrc/tests bench-pass ARGS="L bf16 1,6 40"   (SHAPE DTYPE QUERIES REPS; threads:
- *      OMP_NUM_THREADS, e.g. OMP_NUM_THREADS=2 taskset -c 0,1 for two)
+ *      OMP_NUM_THREADS, e.g. OMP_NUM_THREADS=2 taskset -c 0,1 for two; ZP_BENCH_ISA=amx forces a
+ *      kernel, ZP_BENCH_WIDE=m the wide tile from m rows)
  */
 #include <math.h>
 #include <omp.h>
@@ -104,6 +105,11 @@ int main(int argc, char **argv) {
                     .norm = ones(dim),
                     .output = matrix((size_t)VOCAB * dim, 0.05f, bf16, &wbytes),
                     .wtype = bf16 ? ZP_WTYPE_BF16 : ZP_WTYPE_F32};
+    /* ZP_BENCH_ISA: a kernel forced before the model is built (so "amx" builds its tile-order copy) */
+    if (getenv("ZP_BENCH_ISA") && zp_matmul_force_isa(getenv("ZP_BENCH_ISA")) != 0) {
+        fprintf(stderr, "bench_pass: this CPU cannot run kernel %s\n", getenv("ZP_BENCH_ISA"));
+        return 1;
+    }
     zp_model *m = NULL;
     zp_cache *k = NULL;
     float *cond = ones(dim), *unc = ones(dim);
