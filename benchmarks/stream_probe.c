@@ -108,8 +108,10 @@ static int cmp(const void *a, const void *b) {
 }
 int main(int argc, char **argv) {
     int rounds = argc > 1 ? atoi(argv[1]) : 20;
+    rounds = rounds < 1 ? 1 : rounds > 200 ? 200 : rounds; /* the rows of t below */
     int nth = omp_get_max_threads();
     const size_t part = (size_t)32 << 20; /* bytes per product (all threads) */
+    const size_t share = part / nth / 65536 * 65536; /* each thread's, in whole 64 KiB */
     const size_t total = (size_t)1 << 30;
     const int copies = total / part;
     char *buf = aligned_alloc(4096, total);
@@ -144,12 +146,11 @@ int main(int argc, char **argv) {
 #pragma omp parallel
             {
                 int id = omp_get_thread_num();
-                size_t share = part / nth / 65536 * 65536;
                 float f = v[i].f(a + id * share, share, v[i].pf);
 #pragma omp atomic
                 sink += f;
             }
-            t[i][r] = (double)(part / nth / 65536 * 65536) * nth / (now() - s0) * 1e-9;
+            t[i][r] = (double)share * nth / (now() - s0) * 1e-9;
         }
     printf("stream: %d threads, %d rounds, 32 MiB products cycled through 1 GiB, GB/s median / best\n",
            nth, rounds);

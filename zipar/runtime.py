@@ -89,9 +89,8 @@ def set_kernel_isa(isa: str | None) -> None:
     matrices in tile order, which the tile unit streams faster. Measured on a Sapphire-Rapids-
     class host with that copy: ZipAR on GPT-L 1.1-1.2x faster than "avx512" at 2 threads, raster
     and one-query passes 1.1-1.5x slower; at 16 threads raster and ZipAR 1.12-1.19x slower
-    (BENCHMARKS.md). float32 and float16 weights give the
-    same bits on every set. On any one set, results never depend on the thread count or the
-    batch."""
+    (BENCHMARKS.md). float32 and float16 weights give the same bits on every set. On any one set,
+    results never depend on the thread count or the batch."""
     if isa is not None and isa not in KERNEL_ISAS:
         raise ValueError(f"set_kernel_isa: unknown instruction set {isa!r}; "
                          f"expected one of {KERNEL_ISAS} or None")
