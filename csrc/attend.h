@@ -25,7 +25,10 @@
  *
  * Order of operations. Every lane (a slot's score, an output element) is computed by the same
  * chain of operations in every instance; only how many lanes one instruction carries differs.
- * Per row and head the result depends only on the row's query and its visible slots:
+ * Loops: tile by tile (the K tiles for the scores, then the V tiles), and within a tile chunks of
+ * ZP_ATT_CHUNK rows that take each head in turn (the head's block of the tile stays in L1 for the
+ * chunk's rows). Per row and head the result depends only on the row's query and its visible
+ * slots, whatever the loop order:
  *   - score of slot s: two chains over the head dimension, one over even d and one over odd d,
  *     each acc += q[d] * k[d][s] in increasing d; then even + odd; then * scale;
  *   - softmax: maximum and sum over 16 lane partials (slot j into partial j % 16, in increasing
@@ -78,39 +81,42 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
         const ZP_ATT_KV *ktile = kt + (size_t)(t0 / ZP_TILE) * kvd * ZP_TILE;
         if (t0 + ZP_PREFETCH * ZP_TILE <= last)
             prefetch_tile(ktile, ZP_PREFETCH, tile_bytes, span_lo, span_hi);
-        for (int a = 0; a < n; a++) {
-            int r = rows[a], p0 = cursor[a], p1 = p0;
-            while (p1 < nv[r] && vis[r][p1] < t0 + ZP_TILE) p1++;
-            if (p1 == p0) continue;
-            const float *qr = q + (size_t)r * ldq;
-            float *sr = sc + (size_t)r * ldsc;
+        for (int a0 = 0; a0 < n; a0 += ZP_ATT_CHUNK) {
+            const int na = n - a0 < ZP_ATT_CHUNK ? n - a0 : ZP_ATT_CHUNK;
+            int32_t p1s[ZP_ATT_CHUNK]; /* the chunk's rows: visible slots [cursor, p1s) here */
+            tile_ranges(rows + a0, na, vis, nv, cursor + a0, t0, p1s);
             for (int h = h0; h < h1; h++) {
-                const float *qh = qr + (size_t)h * hd;
                 const ZP_ATT_KV *kh = ktile + (size_t)(h / group) * hd * ZP_TILE;
-                float acc[ZP_TILE];
-                /* 2 * NS independent chains (d even / odd x NS vectors of lanes) hide the FMA
-                 * latency; the tile's lanes in blocks of ZP_ATT_SLANES */
-                for (int l0 = 0; l0 < ZP_TILE; l0 += ZP_ATT_SLANES) {
-                    ZP_ATT_V ev[NS], od[NS];
-                    for (int i = 0; i < NS; i++) ev[i] = od[i] = zero;
-                    int d = 0;
-                    for (; d + 2 <= hd; d += 2) {
-                        const ZP_ATT_KV *k0 = kh + (size_t)d * ZP_TILE + l0;
-                        const float qe = qh[d], qo = qh[d + 1];
-                        for (int i = 0; i < NS; i++) {
-                            ev[i] += qe * ZP_ATT_LOADKV(k0 + i * W);
-                            od[i] += qo * ZP_ATT_LOADKV(k0 + ZP_TILE + i * W);
+                for (int a = 0; a < na; a++) {
+                    int r = rows[a0 + a], p0 = cursor[a0 + a], p1 = p1s[a];
+                    if (p1 == p0) continue;
+                    const float *qh = q + (size_t)r * ldq + (size_t)h * hd;
+                    float acc[ZP_TILE];
+                    /* 2 * NS independent chains (d even / odd x NS vectors of lanes) hide the
+                     * FMA latency; the tile's lanes in blocks of ZP_ATT_SLANES */
+                    for (int l0 = 0; l0 < ZP_TILE; l0 += ZP_ATT_SLANES) {
+                        ZP_ATT_V ev[NS], od[NS];
+                        for (int i = 0; i < NS; i++) ev[i] = od[i] = zero;
+                        int d = 0;
+                        for (; d + 2 <= hd; d += 2) {
+                            const ZP_ATT_KV *k0 = kh + (size_t)d * ZP_TILE + l0;
+                            const float qe = qh[d], qo = qh[d + 1];
+                            for (int i = 0; i < NS; i++) {
+                                ev[i] += qe * ZP_ATT_LOADKV(k0 + i * W);
+                                od[i] += qo * ZP_ATT_LOADKV(k0 + ZP_TILE + i * W);
+                            }
                         }
+                        if (d < hd)
+                            for (int i = 0; i < NS; i++)
+                                ev[i] +=
+                                    qh[d] * ZP_ATT_LOADKV(kh + (size_t)d * ZP_TILE + l0 + i * W);
+                        for (int i = 0; i < NS; i++) ZP_VEC_STORE(acc + l0 + i * W, ev[i] + od[i]);
                     }
-                    if (d < hd)
-                        for (int i = 0; i < NS; i++)
-                            ev[i] += qh[d] * ZP_ATT_LOADKV(kh + (size_t)d * ZP_TILE + l0 + i * W);
-                    for (int i = 0; i < NS; i++) ZP_VEC_STORE(acc + l0 + i * W, ev[i] + od[i]);
+                    float *sh = sc + (size_t)r * ldsc + (size_t)h * nv[r];
+                    for (int p = p0; p < p1; p++) sh[p] = acc[vis[r][p] - t0] * scale;
                 }
-                float *sh = sr + (size_t)h * nv[r];
-                for (int p = p0; p < p1; p++) sh[p] = acc[vis[r][p] - t0] * scale;
             }
-            cursor[a] = p1;
+            for (int a = 0; a < na; a++) cursor[a0 + a] = p1s[a];
         }
     }
     /* softmax per row and head: maximum and sum in 16 lane partials (16 / W vectors), while the
@@ -191,62 +197,68 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
         const ZP_ATT_KV *vtile = vt + (size_t)(t0 / ZP_TILE) * kvd * ZP_TILE;
         if (t0 + ZP_PREFETCH * ZP_TILE <= last)
             prefetch_tile(vtile, ZP_PREFETCH, tile_bytes, span_lo, span_hi);
-        for (int a = 0; a < n; a++) {
-            int r = rows[a], p0 = cursor[a], p1 = p0;
-            while (p1 < nv[r] && vis[r][p1] < t0 + ZP_TILE) p1++;
-            if (p1 == p0) continue;
-            const float *sr = sc + (size_t)r * ldsc;
-            float *orow = o + (size_t)r * nh * hd;
-            const int32_t *lanes = vis[r];
+        for (int a0 = 0; a0 < n; a0 += ZP_ATT_CHUNK) {
+            const int na = n - a0 < ZP_ATT_CHUNK ? n - a0 : ZP_ATT_CHUNK;
+            int32_t p1s[ZP_ATT_CHUNK];
+            tile_ranges(rows + a0, na, vis, nv, cursor + a0, t0, p1s);
             for (int h = h0; h < h1; h++) {
-                const float *wh = sr + (size_t)h * nv[r];
-                float *oh = orow + (size_t)h * hd;
                 /* the head's (ZP_TILE, hd) block, lane = slot - t0 */
                 const ZP_ATT_KV *vh = vtile + (size_t)(h / group) * ZP_TILE * hd - (size_t)t0 * hd;
+                for (int a = 0; a < na; a++) {
+                    int r = rows[a0 + a], p0 = cursor[a0 + a], p1 = p1s[a];
+                    if (p1 == p0) continue;
+                    const float *wh = sc + (size_t)r * ldsc + (size_t)h * nv[r];
+                    float *oh = o + (size_t)r * nh * hd + (size_t)h * hd;
+                    const int32_t *lanes = vis[r];
 #define VROW(p) (vh + (size_t)lanes[p] * hd)
-                int d = 0;
-                /* four independent chains (visible slots p0+4i+k, k = 0..3) of NE vectors per
-                 * ZP_ATT_VELEMS elements, summed (0+1)+(2+3) and added to the running output */
-                for (; d + ZP_ATT_VELEMS <= hd; d += ZP_ATT_VELEMS) {
-                    ZP_ATT_V a0[NE], a1[NE], a2[NE], a3[NE];
-                    for (int i = 0; i < NE; i++) a0[i] = a1[i] = a2[i] = a3[i] = zero;
-                    int p = p0;
-                    for (; p + 4 <= p1; p += 4) {
-                        const float w0 = wh[p], w1 = wh[p + 1], w2 = wh[p + 2], w3 = wh[p + 3];
-                        const ZP_ATT_KV *v0 = VROW(p) + d, *v1 = VROW(p + 1) + d,
-                                        *v2 = VROW(p + 2) + d, *v3 = VROW(p + 3) + d;
+                    int d = 0;
+                    /* four independent chains (visible slots p0+4i+k, k = 0..3) of NE vectors
+                     * per ZP_ATT_VELEMS elements, summed (0+1)+(2+3) and added to the running
+                     * output */
+                    for (; d + ZP_ATT_VELEMS <= hd; d += ZP_ATT_VELEMS) {
+                        ZP_ATT_V a0v[NE], a1v[NE], a2v[NE], a3v[NE];
+                        for (int i = 0; i < NE; i++) a0v[i] = a1v[i] = a2v[i] = a3v[i] = zero;
+                        int p = p0;
+                        for (; p + 4 <= p1; p += 4) {
+                            const float w0 = wh[p], w1 = wh[p + 1], w2 = wh[p + 2], w3 = wh[p + 3];
+                            const ZP_ATT_KV *v0 = VROW(p) + d, *v1 = VROW(p + 1) + d,
+                                            *v2 = VROW(p + 2) + d, *v3 = VROW(p + 3) + d;
+                            for (int i = 0; i < NE; i++) {
+                                a0v[i] += w0 * ZP_ATT_LOADKV(v0 + i * W);
+                                a1v[i] += w1 * ZP_ATT_LOADKV(v1 + i * W);
+                                a2v[i] += w2 * ZP_ATT_LOADKV(v2 + i * W);
+                                a3v[i] += w3 * ZP_ATT_LOADKV(v3 + i * W);
+                            }
+                        }
                         for (int i = 0; i < NE; i++) {
-                            a0[i] += w0 * ZP_ATT_LOADKV(v0 + i * W);
-                            a1[i] += w1 * ZP_ATT_LOADKV(v1 + i * W);
-                            a2[i] += w2 * ZP_ATT_LOADKV(v2 + i * W);
-                            a3[i] += w3 * ZP_ATT_LOADKV(v3 + i * W);
+                            if (p < p1) a0v[i] += wh[p] * ZP_ATT_LOADKV(VROW(p) + d + i * W);
+                            if (p + 1 < p1)
+                                a1v[i] += wh[p + 1] * ZP_ATT_LOADKV(VROW(p + 1) + d + i * W);
+                            if (p + 2 < p1)
+                                a2v[i] += wh[p + 2] * ZP_ATT_LOADKV(VROW(p + 2) + d + i * W);
+                            ZP_VEC_STORE(oh + d + i * W,
+                                         ZP_ATT_LOAD(oh + d + i * W) +
+                                             ((a0v[i] + a1v[i]) + (a2v[i] + a3v[i])));
                         }
                     }
-                    for (int i = 0; i < NE; i++) {
-                        if (p < p1) a0[i] += wh[p] * ZP_ATT_LOADKV(VROW(p) + d + i * W);
-                        if (p + 1 < p1) a1[i] += wh[p + 1] * ZP_ATT_LOADKV(VROW(p + 1) + d + i * W);
-                        if (p + 2 < p1) a2[i] += wh[p + 2] * ZP_ATT_LOADKV(VROW(p + 2) + d + i * W);
-                        ZP_VEC_STORE(oh + d + i * W, ZP_ATT_LOAD(oh + d + i * W) +
-                                                         ((a0[i] + a1[i]) + (a2[i] + a3[i])));
+                    for (; d < hd; d++) {
+                        float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+                        int p = p0;
+                        for (; p + 4 <= p1; p += 4) {
+                            s0 += wh[p] * ZP_ATT_KV1(VROW(p)[d]);
+                            s1 += wh[p + 1] * ZP_ATT_KV1(VROW(p + 1)[d]);
+                            s2 += wh[p + 2] * ZP_ATT_KV1(VROW(p + 2)[d]);
+                            s3 += wh[p + 3] * ZP_ATT_KV1(VROW(p + 3)[d]);
+                        }
+                        if (p < p1) s0 += wh[p] * ZP_ATT_KV1(VROW(p)[d]);
+                        if (p + 1 < p1) s1 += wh[p + 1] * ZP_ATT_KV1(VROW(p + 1)[d]);
+                        if (p + 2 < p1) s2 += wh[p + 2] * ZP_ATT_KV1(VROW(p + 2)[d]);
+                        oh[d] += (s0 + s1) + (s2 + s3);
                     }
-                }
-                for (; d < hd; d++) {
-                    float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-                    int p = p0;
-                    for (; p + 4 <= p1; p += 4) {
-                        a0 += wh[p] * ZP_ATT_KV1(VROW(p)[d]);
-                        a1 += wh[p + 1] * ZP_ATT_KV1(VROW(p + 1)[d]);
-                        a2 += wh[p + 2] * ZP_ATT_KV1(VROW(p + 2)[d]);
-                        a3 += wh[p + 3] * ZP_ATT_KV1(VROW(p + 3)[d]);
-                    }
-                    if (p < p1) a0 += wh[p] * ZP_ATT_KV1(VROW(p)[d]);
-                    if (p + 1 < p1) a1 += wh[p + 1] * ZP_ATT_KV1(VROW(p + 1)[d]);
-                    if (p + 2 < p1) a2 += wh[p + 2] * ZP_ATT_KV1(VROW(p + 2)[d]);
-                    oh[d] += (a0 + a1) + (a2 + a3);
-                }
 #undef VROW
+                }
             }
-            cursor[a] = p1;
+            for (int a = 0; a < na; a++) cursor[a0 + a] = p1s[a];
         }
     }
 }

@@ -58,6 +58,16 @@ enum {
 #define ZP_KBLOCK 512
 #endif
 
+/* bf16 / f16 weights in a panel of at least this many tiles of x rows are widened once per
+ * (panel, K block) into a float32 scratch block that the tiles share; fewer tiles widen in
+ * registers, each tile its own loads. Measured on the 16-core AVX-512 host (BENCHMARKS.md,
+ * issue 13, stop 24), GPT-L and GPT-B layers, cold and hot weights, 2 and 16
+ * threads: in registers 1.12-1.26x faster at m = 6..12 (2-3 tiles), within 5% either way at
+ * m = 16..20, the scratch block up to 5% faster from m = 24 (6 tiles). */
+#ifndef ZP_WIDEN_MIN_TILES
+#define ZP_WIDEN_MIN_TILES 5
+#endif
+
 /* Cache level the software prefetch of the next weights targets; ZP_PF_OFF compiles the prefetch
  * out (hardware prefetch only). Measured on the 16-core AVX-512 host (BENCHMARKS.md, issue 13):
  * T0 and T1 (L2) within its noise; off, a GPT-L bf16 one-query pass took 1.4x as long at 2
@@ -425,9 +435,10 @@ ZP_INLINE ZP_TARGET_AVX512 void widen_block_avx512(float *dst, int ld,
  * tile takes w from memory and the others reuse it from L1; so that memory stays busy while they
  * compute, the T tiles share out the prefetch of the next block's rows (T < NC: NC/T rows each;
  * T >= NC: tiles 0..NC-1 one row each).
- * bf16 / f16 weights with more than one tile: each (panel, K block) of w is first widened into a
- * float32 scratch block that the tiles then share, so the conversion is paid once per block, not
- * once per tile (the tiles read the same float32 values either way: same bits). */
+ * bf16 / f16 weights with at least ZP_WIDEN_MIN_TILES tiles: each (panel, K block) of w is first
+ * widened into a float32 scratch block that the tiles then share, so the conversion is paid once
+ * per block, not once per tile; with fewer tiles each tile widens its loads in registers, which
+ * measured faster (the tiles read the same float32 values either way: same bits). */
 ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x, const char *w,
                                                int m, int K, zp_colset cols, zp_after nxt,
                                                const int NC, const int DT) {
@@ -444,7 +455,8 @@ ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x
         int rows = m - i0 < ZP_PANEL ? m - i0 : ZP_PANEL, tiles = (rows + ZP_ROWS - 1) / ZP_ROWS;
         /* one tile reads x once: no blocking, and the prefetch runs a whole group ahead */
         int kblock = tiles > 1 && K > 2 * ZP_KBLOCK ? ZP_KBLOCK : (K > 0 ? K : 1);
-        int widen = DT != ZP_WTYPE_F32 && tiles > 1; /* then kblock <= 2 * ZP_KBLOCK */
+        /* then tiles > 1, so kblock <= 2 * ZP_KBLOCK */
+        int widen = DT != ZP_WTYPE_F32 && tiles >= ZP_WIDEN_MIN_TILES && tiles > 1;
         int k0 = 0;
         do {
             int k1 = K - k0 < kblock ? K : k0 + kblock;
@@ -1087,8 +1099,11 @@ static void blas_product(const float *x, int m, int K, const zp_matmul_out *o) {
 }
 
 /* Passes of at most this many rows walk a run of columns in lanes (below); more rows, the wide tile
- * and the scalar kernel walk adjacent groups. */
-enum { ZP_LANE_MAX_ROWS = ZP_ROWS };
+ * and the scalar kernel walk adjacent groups. 8 rows, measured on the 16-core AVX-512 host (GPT-L
+ * layers, cold weights, BENCHMARKS.md issue 13 stop 24): bf16 passes of 6 and 8 rows 1.08-1.14x
+ * and 1.02-1.09x faster in lanes at 2 threads, float32 within 2% either way; from 12 rows lanes
+ * lost up to 5% at 16 threads (up to 10% for float32 at 16 rows). */
+enum { ZP_LANE_MAX_ROWS = 8 };
 static int zp_lane_rows = ZP_LANE_MAX_ROWS; /* zp_matmul_set_lanes */
 
 void zp_matmul_set_lanes(int max_rows) {

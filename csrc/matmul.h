@@ -38,7 +38,8 @@
  * Compute-bound passes (many rows): the AVX-512 tile is register-blocked, 4 rows of x by 4 rows
  * of w (16 zmm accumulators, 8 loads per 16 fused multiply-adds); the group of 4 rows of w and
  * a K block of up to 64 rows of x stay in L1/L2 while the tiles reuse them; bf16/f16 blocks are
- * widened once into a float32 scratch block that all tiles share. A wider 4 x 6 tile exists
+ * widened once into a float32 scratch block that all tiles share when a panel has 5 tiles or
+ * more (m > 16), in registers by each tile below that (1.12-1.26x faster at m = 6..12). A wider 4 x 6 tile exists
  * (zp_matmul_set_wide_min_rows) with the same summation order; measured on a 16-core
  * Sapphire-Rapids-class host (csrc/tests/bench_kernels.c, BENCHMARKS.md) it was no faster than
  * the 4 x 4 one at 16 threads (slower for bf16), so it is off by default. OpenBLAS sgemm is
@@ -192,7 +193,7 @@ int64_t zp_matmul_groups(int K, const zp_matmul_out *out, int n_out, int flags);
  * weights the last tile prefetches. Never BLAS. Returns the columns written as zp_matmul_part
  * does (when the range lies in one output, or joint). Each column's bits are those of any other
  * split.
- * Within a range, a pass of few rows (m <= 4, not wide) walks each output's columns in 4 lanes
+ * Within a range, a pass of few rows (m <= 8, not wide) walks each output's columns in 4 lanes
  * (tile t computes columns t, t + T, t + 2T, t + 3T of the run, T = ceil(columns / 4)): four
  * sequential streams of weight rows; more rows walk adjacent groups. Same bits either way. */
 zp_cols zp_matmul_range(const float *x, int m, int K, const zp_matmul_out *out, int n_out,
@@ -238,7 +239,7 @@ int zp_matmul_force_isa(const char *isa);
  * restores the default). Results are the same bits either way; only the speed differs. */
 void zp_matmul_set_wide_min_rows(int m);
 /* Passes of at most max_rows rows walk runs of columns in lanes (zp_matmul_range), more rows
- * adjacent groups; 0: adjacent always; < 0 restores the default (4). Results are the same bits
+ * adjacent groups; 0: adjacent always; < 0 restores the default (8). Results are the same bits
  * either way; only the speed differs. */
 void zp_matmul_set_lanes(int max_rows);
 

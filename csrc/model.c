@@ -669,6 +669,24 @@ prefetch_tile(const void *tile, int ahead, size_t tile_bytes, size_t lo, size_t 
     for (size_t e = lo; e < hi; e += 64) __builtin_prefetch(next + e);
 }
 
+/* Rows per chunk of attend.h's loops: within a tile the chunk's rows take each head in turn, so
+ * that the head's K or V block (8 KiB for GPT-L float32) is read from memory once and from L1 by
+ * the chunk's other rows (a whole tile of every head is 128 KiB, more than L1). */
+#ifndef ZP_ATT_CHUNK
+#define ZP_ATT_CHUNK 32
+#endif
+
+/* For the n rows rows[a] whose visible slots before cursor[a] lie in earlier tiles: p1[a], the
+ * end of their visible slots in the tile starting at slot t0 (cursor[a] when none). */
+static inline void tile_ranges(const int32_t *rows, int n, const int32_t *const *vis,
+                               const int32_t *nv, const int32_t *cursor, int t0, int32_t *p1) {
+    for (int a = 0; a < n; a++) {
+        int r = rows[a], p = cursor[a];
+        while (p < nv[r] && vis[r][p] < t0 + ZP_TILE) p++;
+        p1[a] = p;
+    }
+}
+
 /* Attention of the rows of one stream (one image's cond or uncond cache) in this pass. ZipAR
  * passes hold several queries per image; they share the cache, so the slots are walked in
  * tiles of ZP_TILE and every K/V tile is used by all the stream's rows while it is in cache.

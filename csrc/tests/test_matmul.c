@@ -408,7 +408,7 @@ static void check_widening(void) {
  * cut of the groups into ranges (random lengths, taken in a shuffled order, with right, wrong and
  * no `next` hints), joint (w1/w3-like: same N) and not (three outputs of different N): every
  * column written exactly once, bitwise equal to one zp_matmul_w call per output made with lanes
- * off (adjacent groups), so that runs walked in lanes (m <= 4) are checked against adjacent
+ * off (adjacent groups), so that runs walked in lanes (m <= 8) are checked against adjacent
  * ones. */
 static void check_ranges(const char *isa, int wtype, int K, int m) {
     enum { NO = 3 };
@@ -662,6 +662,7 @@ int main(void) {
         if (zp_matmul_force_isa(isa_names[s]) != 0) continue;
         for (int t = ZP_WTYPE_F32; t <= ZP_WTYPE_BF16; t++) {
             check_ranges(isa_names[s], t, 100, 2);
+            check_ranges(isa_names[s], t, 100, 6);   /* lanes with a 4-row and a 2-row tile */
             check_ranges(isa_names[s], t, 1100, 12); /* K blocks with several tiles */
         }
     }
