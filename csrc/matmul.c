@@ -83,7 +83,8 @@ enum { ZP_ISA_UNSET = 0, ZP_ISA_SCALAR = 1, ZP_ISA_AVX2 = 2, ZP_ISA_AVX512 = 3, 
 static int zp_isa_choice = ZP_ISA_UNSET; /* read and written with __atomic: set once, racily */
 static int zp_threads = 0;               /* 0: omp_get_max_threads() at each call */
 static int zp_blas_rows = 1 << 30; /* m >= this goes to sgemm: off by default (see matmul.h) */
-static int zp_wide_rows = ZP_WIDE_MIN_ROWS; /* m >= this takes the wide AVX-512 tile */
+static int zp_wide_rows = ZP_WIDE_MIN_ROWS;     /* m >= this takes the wide AVX-512 tile */
+static int zp_widen_tiles = ZP_WIDEN_MIN_TILES; /* zp_matmul_set_widen_min_tiles */
 
 /* AMX-TILE and AMX-BF16 in CPUID, and the kernel's permission to use the tile data (Linux asks
  * each process to request it, arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); granted once
@@ -184,6 +185,10 @@ int zp_get_num_threads(void) {
 
 void zp_matmul_set_wide_min_rows(int m) {
     __atomic_store_n(&zp_wide_rows, m > 0 ? m : ZP_WIDE_MIN_ROWS, __ATOMIC_RELAXED);
+}
+
+void zp_matmul_set_widen_min_tiles(int tiles) {
+    __atomic_store_n(&zp_widen_tiles, tiles > 0 ? tiles : ZP_WIDEN_MIN_TILES, __ATOMIC_RELAXED);
 }
 
 void zp_set_blas_min_rows(int m) {
@@ -435,7 +440,7 @@ ZP_INLINE ZP_TARGET_AVX512 void widen_block_avx512(float *dst, int ld,
  * tile takes w from memory and the others reuse it from L1; so that memory stays busy while they
  * compute, the T tiles share out the prefetch of the next block's rows (T < NC: NC/T rows each;
  * T >= NC: tiles 0..NC-1 one row each).
- * bf16 / f16 weights with at least ZP_WIDEN_MIN_TILES tiles: each (panel, K block) of w is first
+ * bf16 / f16 weights with at least ZP_WIDEN_MIN_TILES tiles (zp_matmul_set_widen_min_tiles): each (panel, K block) of w is first
  * widened into a float32 scratch block that the tiles then share, so the conversion is paid once
  * per block, not once per tile; with fewer tiles each tile widens its loads in registers, which
  * measured faster (the tiles read the same float32 values either way: same bits). */
@@ -456,7 +461,8 @@ ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x
         /* one tile reads x once: no blocking, and the prefetch runs a whole group ahead */
         int kblock = tiles > 1 && K > 2 * ZP_KBLOCK ? ZP_KBLOCK : (K > 0 ? K : 1);
         /* then tiles > 1, so kblock <= 2 * ZP_KBLOCK */
-        int widen = DT != ZP_WTYPE_F32 && tiles >= ZP_WIDEN_MIN_TILES && tiles > 1;
+        int widen = DT != ZP_WTYPE_F32 && tiles > 1 &&
+                    tiles >= __atomic_load_n(&zp_widen_tiles, __ATOMIC_RELAXED);
         int k0 = 0;
         do {
             int k1 = K - k0 < kblock ? K : k0 + kblock;

@@ -238,6 +238,11 @@ int zp_matmul_force_isa(const char *isa);
 /* Passes of m >= this many rows take the wide AVX-512 tile (default 1 << 30: never; m <= 0
  * restores the default). Results are the same bits either way; only the speed differs. */
 void zp_matmul_set_wide_min_rows(int m);
+/* bf16 / f16 panels of x of at least `tiles` tiles of 4 rows (AVX-512 kernel) widen each block of
+ * weights once into a scratch block that the tiles share; fewer tiles widen in registers, each
+ * tile its own loads (default 5; tiles <= 0 restores it). Results are the same bits either way;
+ * only the speed differs. */
+void zp_matmul_set_widen_min_tiles(int tiles);
 /* Passes of at most max_rows rows walk runs of columns in lanes (zp_matmul_range), more rows
  * adjacent groups; 0: adjacent always; < 0 restores the default (8). Results are the same bits
  * either way; only the speed differs. */

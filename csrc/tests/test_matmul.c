@@ -269,8 +269,8 @@ static void random_half(int wtype, size_t n, uint16_t **bits, float **wide) {
 }
 
 /* For one (wtype, K, N): every kernel, every m (through both the skinny and the wide tile), is
- * bitwise the float32 product with the exactly widened weights (the kernels widen in registers)
- * and within float32 error of the float64 reference; threads, batch company and the fused
+ * bitwise the float32 product with the exactly widened weights (the kernels widen in registers
+ * or into a scratch block: both forced in turn) and within float32 error of the float64 reference; threads, batch company and the fused
  * zp_matmul_multi change no bit. bf16 on the AMX tiles: within the error of 3 K float32
  * roundings (each step adds three exact products; truncating accumulation allowed for) instead
  * of the float32 bits, the rest the same. */
@@ -303,6 +303,14 @@ static void check_half(int wtype, int K, int N) {
                           K, N, j, y[j], ref[j]);
                     bad++;
                 }
+            /* the weights widened into a shared scratch block at every tile count, and never */
+            for (int never = 0; never < 2; never++) {
+                zp_matmul_set_widen_min_tiles(never ? 1 << 30 : 1);
+                zp_matmul_w(y2, N, x, wh, wtype, m, K, N);
+                CHECK(memcmp(y2, y, sizeof(float) * m * N) == 0, "%s %s m=%d: widening %s differs",
+                      tname, isa_names[s], m, never ? "in registers" : "into scratch");
+            }
+            zp_matmul_set_widen_min_tiles(0);
             /* fused: the same product twice in one region, into one (m, 2N) buffer */
             zp_matmul_out outs[2] = {{y2, 2 * N, wh, wtype, N}, {y2 + N, 2 * N, wh, wtype, N}};
             zp_matmul_multi(x, m, K, outs, 2);
