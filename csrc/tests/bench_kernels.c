@@ -31,40 +31,7 @@
 
 #include "../blas.h"
 #include "../matmul.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void *alloc_bytes(size_t bytes) {
-    void *a = aligned_alloc(64, (bytes + 63) / 64 * 64);
-    if (!a) {
-        fprintf(stderr, "out of memory (%zu bytes)\n", bytes);
-        exit(1);
-    }
-    return a;
-}
-
-/* n small values in [-1, 1) of the given type (touches every page). */
-static void *random_weights(size_t n, int wtype, uint32_t seed) {
-    void *a = alloc_bytes(n * (size_t)zp_wtype_size(wtype));
-    uint32_t state = seed;
-    for (size_t i = 0; i < n; i++) {
-        state = state * 1664525u + 1013904223u;
-        float f = (float)(state >> 8) / (float)(1u << 23) - 1.0f;
-        if (wtype == ZP_WTYPE_F32) {
-            ((float *)a)[i] = f;
-        } else {
-            uint32_t b;
-            memcpy(&b, &f, sizeof b);
-            ((uint16_t *)a)[i] = (uint16_t)(b >> 16); /* bf16 and f16 timings do not depend on
-                                                         the values; f16 bits are just bits */
-        }
-    }
-    return a;
-}
+#include "bench_layer.h"
 
 /* ---------------------------------------------------------------- machine limits */
 __attribute__((target("avx512f"))) static float stream_sum_avx512(const float *a, size_t n) {
@@ -174,10 +141,6 @@ typedef struct {
 } zp_shape;
 
 typedef struct {
-    void *wqkv, *wo, *w1, *w3, *w2;
-} zp_layer;
-
-typedef struct {
     float *qkv, *att, *h1, *h3, *out;
 } zp_acts;
 
@@ -285,15 +248,7 @@ int main(int argc, char **argv) {
         for (int wtype = ZP_WTYPE_F32; wtype <= ZP_WTYPE_BF16; wtype++) {
             size_t bytes = params * (size_t)zp_wtype_size(wtype);
             int copies = (int)((rotation_mib << 20) / bytes) + 1;
-            zp_layer *L = malloc(sizeof *L * (size_t)copies);
-            for (int c = 0; c < copies; c++) {
-                uint32_t seed = 1000u * (uint32_t)c;
-                L[c].wqkv = random_weights((size_t)3 * D * D, wtype, seed + 1);
-                L[c].wo = random_weights((size_t)D * D, wtype, seed + 2);
-                L[c].w1 = random_weights((size_t)H * D, wtype, seed + 3);
-                L[c].w3 = random_weights((size_t)H * D, wtype, seed + 4);
-                L[c].w2 = random_weights((size_t)D * H, wtype, seed + 5);
-            }
+            zp_layer *L = layers_new(copies, D, H, wtype, 1000u);
             double cold[N_MS], hot[N_MS], narrow[N_MS], blas[N_MS], fused1, split1;
             time_layers(cold, ms, N_MS, s, L, copies, &a, wtype, MODE_FUSED, budget);
             time_layers(hot, ms, N_MS, s, L, 1, &a, wtype, MODE_FUSED, budget);
@@ -322,9 +277,7 @@ int main(int argc, char **argv) {
             printf("m = 1, interleaved: w1 and w3 fused %.3f ms per layer, as two calls %.3f ms "
                    "(fused gain %.2fx)\n",
                    fused1 * 1e3, split1 * 1e3, split1 / fused1);
-            for (int c = 0; c < copies; c++)
-                free(L[c].wqkv), free(L[c].wo), free(L[c].w1), free(L[c].w3), free(L[c].w2);
-            free(L);
+            layers_free(L, copies);
         }
         free(a.qkv), free(a.att), free(a.h1), free(a.h3), free(a.out);
     }

@@ -22,38 +22,7 @@
 #include <time.h>
 
 #include "../matmul.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* n values in [-1, 1) of the given type (touches every page). */
-static void *random_weights(size_t n, int wtype, uint32_t seed) {
-    size_t bytes = (n * (size_t)zp_wtype_size(wtype) + 63) / 64 * 64;
-    void *a = aligned_alloc(64, bytes);
-    if (!a) {
-        fprintf(stderr, "out of memory (%zu bytes)\n", bytes);
-        exit(1);
-    }
-    uint32_t state = seed;
-    for (size_t i = 0; i < n; i++) {
-        state = state * 1664525u + 1013904223u;
-        float f = (float)(state >> 8) / (float)(1u << 23) - 1.0f;
-        uint32_t b;
-        memcpy(&b, &f, sizeof b);
-        if (wtype == ZP_WTYPE_F32)
-            ((float *)a)[i] = f;
-        else
-            ((uint16_t *)a)[i] = (uint16_t)(b >> 16);
-    }
-    return a;
-}
-
-typedef struct {
-    void *wqkv, *wo, *w1, *w3, *w2;
-} zp_layer;
+#include "bench_layer.h"
 
 enum { M_MAX = 32, ROUNDS_MAX = 400 };
 static const int ms[] = {2, 6, 8, 12, 16, 24, 32};
@@ -93,9 +62,9 @@ int main(int argc, char **argv) {
     printf("bench_rows: GPT-%s layer (dim %d, hidden %d), kernel %s, %d threads, %d rounds\n",
            large ? "L" : "B", D, H, zp_matmul_isa(), zp_get_num_threads(), rounds);
     float *x = random_weights((size_t)M_MAX * H, ZP_WTYPE_F32, 7);
-    float *y = aligned_alloc(64, sizeof(float) * M_MAX * 3 * D);
-    float *h1 = aligned_alloc(64, sizeof(float) * M_MAX * H);
-    float *h3 = aligned_alloc(64, sizeof(float) * M_MAX * H);
+    float *y = alloc_bytes(sizeof(float) * M_MAX * 3 * D);
+    float *h1 = alloc_bytes(sizeof(float) * M_MAX * H),
+          *h3 = alloc_bytes(sizeof(float) * M_MAX * H);
     static double t[N_SET][N_MS][ROUNDS_MAX];
     for (int wtype = ZP_WTYPE_F32; wtype <= ZP_WTYPE_BF16; wtype++) {
         const char *tname = wtype == ZP_WTYPE_F32 ? "fp32" : "bf16";
@@ -103,15 +72,7 @@ int main(int argc, char **argv) {
         size_t params = (size_t)4 * D * D + (size_t)3 * D * H;
         size_t bytes = params * (size_t)zp_wtype_size(wtype);
         int copies = (int)(((size_t)400 << 20) / bytes) + 1;
-        zp_layer *L = malloc(sizeof *L * (size_t)copies);
-        for (int c = 0; c < copies; c++) {
-            uint32_t seed = 10u * (uint32_t)c;
-            L[c].wqkv = random_weights((size_t)3 * D * D, wtype, seed + 1);
-            L[c].wo = random_weights((size_t)D * D, wtype, seed + 2);
-            L[c].w1 = random_weights((size_t)H * D, wtype, seed + 3);
-            L[c].w3 = random_weights((size_t)H * D, wtype, seed + 4);
-            L[c].w2 = random_weights((size_t)D * H, wtype, seed + 5);
-        }
+        zp_layer *L = layers_new(copies, D, H, wtype, 10u);
         for (int hot = 0; hot < 2; hot++) {
             int next = 0;
             for (int r = 0; r < rounds; r++)
@@ -143,9 +104,7 @@ int main(int argc, char **argv) {
                 printf("\n");
             }
         }
-        for (int c = 0; c < copies; c++)
-            free(L[c].wqkv), free(L[c].wo), free(L[c].w1), free(L[c].w3), free(L[c].w2);
-        free(L);
+        layers_free(L, copies);
     }
     free(x), free(y), free(h1), free(h3);
     return 0;
