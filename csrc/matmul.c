@@ -60,10 +60,10 @@ enum {
 
 /* bf16 / f16 weights in a panel of at least this many tiles of x rows are widened once per
  * (panel, K block) into a float32 scratch block that the tiles share; fewer tiles widen in
- * registers, each tile its own loads. Measured on the 16-core AVX-512 host (BENCHMARKS.md,
- * issue 13, stop 24), GPT-L and GPT-B layers, cold and hot weights, 2 and 16
- * threads: in registers 1.12-1.26x faster at m = 6..12 (2-3 tiles), within 5% either way at
- * m = 16..20, the scratch block up to 5% faster from m = 24 (6 tiles). */
+ * registers, each tile its own loads. Measured on the 16-core AVX-512 host
+ * (csrc/tests/bench_rows.c; BENCHMARKS.md, issue 13, stop 24), GPT-L and GPT-B layers, cold and
+ * hot weights, 2 and 16 threads: in registers 1.06-1.28x faster at m = 6..12 (2-3 tiles),
+ * within 6% either way at m = 16..20, 0-6% slower from m = 24 (6 tiles). */
 #ifndef ZP_WIDEN_MIN_TILES
 #define ZP_WIDEN_MIN_TILES 5
 #endif
@@ -440,10 +440,11 @@ ZP_INLINE ZP_TARGET_AVX512 void widen_block_avx512(float *dst, int ld,
  * tile takes w from memory and the others reuse it from L1; so that memory stays busy while they
  * compute, the T tiles share out the prefetch of the next block's rows (T < NC: NC/T rows each;
  * T >= NC: tiles 0..NC-1 one row each).
- * bf16 / f16 weights with at least ZP_WIDEN_MIN_TILES tiles (zp_matmul_set_widen_min_tiles): each (panel, K block) of w is first
- * widened into a float32 scratch block that the tiles then share, so the conversion is paid once
- * per block, not once per tile; with fewer tiles each tile widens its loads in registers, which
- * measured faster (the tiles read the same float32 values either way: same bits). */
+ * bf16 / f16 weights with at least ZP_WIDEN_MIN_TILES tiles (zp_matmul_set_widen_min_tiles):
+ * each (panel, K block) of w is first widened into a float32 scratch block that the tiles then
+ * share, so the conversion is paid once per block, not once per tile; with fewer tiles each tile
+ * widens its loads in registers, which measured faster (the tiles read the same float32 values
+ * either way: same bits). */
 ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x, const char *w,
                                                int m, int K, zp_colset cols, zp_after nxt,
                                                const int NC, const int DT) {
@@ -1106,9 +1107,9 @@ static void blas_product(const float *x, int m, int K, const zp_matmul_out *o) {
 
 /* Passes of at most this many rows walk a run of columns in lanes (below); more rows, the wide tile
  * and the scalar kernel walk adjacent groups. 8 rows, measured on the 16-core AVX-512 host (GPT-L
- * layers, cold weights, BENCHMARKS.md issue 13 stop 24): bf16 passes of 6 and 8 rows 1.08-1.14x
- * and 1.02-1.09x faster in lanes at 2 threads, float32 within 2% either way; from 12 rows lanes
- * lost up to 5% at 16 threads (up to 10% for float32 at 16 rows). */
+ * layers, cold weights, csrc/tests/bench_rows.c; BENCHMARKS.md issue 13 stop 24): bf16 passes of
+ * 6 and 8 rows 1.08-1.14x and 1.02-1.16x faster in lanes at 2 and 16 threads, float32 within 2%
+ * either way at 2 threads; lanes to 16 rows lost up to 8% (bf16) and 9% (float32) from 12 rows. */
 enum { ZP_LANE_MAX_ROWS = 8 };
 static int zp_lane_rows = ZP_LANE_MAX_ROWS; /* zp_matmul_set_lanes */
 

@@ -39,12 +39,12 @@
  * of w (16 zmm accumulators, 8 loads per 16 fused multiply-adds); the group of 4 rows of w and
  * a K block of up to 64 rows of x stay in L1/L2 while the tiles reuse them; bf16/f16 blocks are
  * widened once into a float32 scratch block that all tiles share when a panel has 5 tiles or
- * more (m > 16), in registers by each tile below that (1.12-1.26x faster at m = 6..12). A wider 4 x 6 tile exists
- * (zp_matmul_set_wide_min_rows) with the same summation order; measured on a 16-core
- * Sapphire-Rapids-class host (csrc/tests/bench_kernels.c, BENCHMARKS.md) it was no faster than
- * the 4 x 4 one at 16 threads (slower for bf16), so it is off by default. OpenBLAS sgemm is
- * slower on every decode shape measured and its blocking depends on m, which would break the
- * batch-independence below: it is off by default too.
+ * more (m > 16), in registers by each tile below that (1.06-1.28x faster at m = 6..12). A
+ * wider 4 x 6 tile exists (zp_matmul_set_wide_min_rows) with the same summation order; measured
+ * on a 16-core Sapphire-Rapids-class host (csrc/tests/bench_kernels.c, BENCHMARKS.md) it was no
+ * faster than the 4 x 4 one at 16 threads (slower for bf16), so it is off by default. OpenBLAS
+ * sgemm is slower on every decode shape measured and its blocking depends on m, which would break
+ * the batch-independence below: it is off by default too.
  *
  * Determinism of the skinny kernel: every y[i][n] is one dot product summed in one fixed order
  * that depends only on K: 16 partial sums, lane j accumulating (with fused multiply-add) the

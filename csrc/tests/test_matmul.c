@@ -270,10 +270,10 @@ static void random_half(int wtype, size_t n, uint16_t **bits, float **wide) {
 
 /* For one (wtype, K, N): every kernel, every m (through both the skinny and the wide tile), is
  * bitwise the float32 product with the exactly widened weights (the kernels widen in registers
- * or into a scratch block: both forced in turn) and within float32 error of the float64 reference; threads, batch company and the fused
- * zp_matmul_multi change no bit. bf16 on the AMX tiles: within the error of 3 K float32
- * roundings (each step adds three exact products; truncating accumulation allowed for) instead
- * of the float32 bits, the rest the same. */
+ * or into a scratch block: both forced in turn) and within float32 error of the float64
+ * reference; threads, batch company and the fused zp_matmul_multi change no bit. bf16 on the AMX
+ * tiles: within the error of 3 K float32 roundings (each step adds three exact products;
+ * truncating accumulation allowed for) instead of the float32 bits, the rest the same. */
 static void check_half(int wtype, int K, int N) {
     static const int ms[] = {1, 2, 5, 7, 8, 9, 13, 33, 64, 70};
     const int m_max = 70;
