@@ -1,7 +1,8 @@
 /* bench_rows.c -- one transformer layer's products (GPT-B or GPT-L shape: qkv, wo, w1 and w3
  * fused, w2) for passes of a few rows (ZipAR passes: 2 rows per query under CFG), each kernel
  * setting that does not change a bit of the result timed against the default, interleaved in
- * the same rounds so that a shared host's drift hits every setting alike:
+ * the same rounds (in an order rotated each round) so that a shared host's drift hits every
+ * setting alike:
  *   - default: the package's settings;
  *   - lanes off / lanes to 16 rows: runs of columns walked as adjacent groups, or in 4 lanes up
  *     to 16 rows (zp_matmul_set_lanes; default 8);
@@ -77,7 +78,10 @@ int main(int argc, char **argv) {
             int next = 0;
             for (int r = 0; r < rounds; r++)
                 for (int i = 0; i < N_MS; i++)
-                    for (int v = 0; v < N_SET; v++) {
+                    for (int j = 0; j < N_SET; j++) {
+                        /* the settings in an order rotated each round: the first after a change
+                         * of m ran up to 1.3x slower on the development machine, whatever it was */
+                        int v = (j + r) % N_SET;
                         zp_matmul_set_lanes(settings[v].lanes);
                         zp_matmul_set_widen_min_tiles(settings[v].widen);
                         const zp_layer *l = &L[hot ? 0 : next++ % copies];
