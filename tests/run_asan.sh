@@ -23,11 +23,12 @@ make -s -C "$root/csrc/tests" BUILD=../../build/asan/ctests TESTS="$ctests" \
     CFLAGS="-O1 -g -fopenmp -Wall -Wextra $san" test
 
 echo "run_asan: C tests $((SECONDS - t0)) s"
-# ---- the extension, into a copy of the package (ZIPAR_ASAN_REUSE=1: keep the last build)
+# ---- the extension, into a copy of the package (ZIPAR_ASAN_REUSE=1: keep the last build), at -O1
+# like the C tests above (-O3 took about 260 s for matmul.c alone under the sanitizers)
 if [ "${ZIPAR_ASAN_REUSE:-0}" != 1 ] || [ ! -d "$out/pkg" ]; then
 rm -rf "$out/pkg" "$out/tmp" "$out/lib"
 mkdir -p "$out/pkg"
-(cd "$root" && CFLAGS="-g $san" LDFLAGS="$san" python3 setup.py -q build_ext -j 2 \
+(cd "$root" && ZIPAR_OPT=-O1 CFLAGS="-g $san" LDFLAGS="$san" python3 setup.py -q build_ext -j 2 \
     --build-temp "$out/tmp" --build-lib "$out/lib" >/dev/null 2>"$out/build.log") || {
     cat "$out/build.log"; exit 1; }
 (cd "$root" && git ls-files -z zipar | xargs -0 -I{} cp --parents {} "$out/pkg/")
