@@ -167,16 +167,7 @@ static void run_layer(const zp_shape *s, const zp_layer *L, zp_acts *a, int wtyp
          0.0f, a->out, D);
         return;
     }
-    zp_matmul_w(a->qkv, 3 * D, a->att, L->wqkv, wtype, m, D, 3 * D);
-    zp_matmul_w(a->out, D, a->att, L->wo, wtype, m, D, D);
-    if (mode == MODE_FUSED) {
-        zp_matmul_out gate_up[2] = {{a->h1, H, L->w1, wtype, H}, {a->h3, H, L->w3, wtype, H}};
-        zp_matmul_multi(a->att, m, D, gate_up, 2);
-    } else {
-        zp_matmul_w(a->h1, H, a->att, L->w1, wtype, m, D, H);
-        zp_matmul_w(a->h3, H, a->att, L->w3, wtype, m, D, H);
-    }
-    zp_matmul_w(a->out, D, a->h1, L->w2, wtype, m, H, D);
+    layer_products(D, H, L, wtype, m, a->att, a->qkv, a->out, a->h1, a->h3, mode == MODE_FUSED);
 }
 
 /* Fastest seconds per layer for each m, over rounds that visit every m in turn, cycling through

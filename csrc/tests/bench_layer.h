@@ -1,6 +1,7 @@
 /* bench_layer.h -- what bench_kernels.c and bench_rows.c share: a clock, page-touching random
- * weights, and copies of one transformer layer's weight matrices (qkv, wo, w1, w3, w2), cycled
- * through by the benchmarks so that every product reads its weights from memory. Include after
+ * weights, copies of one transformer layer's weight matrices (qkv, wo, w1, w3, w2), cycled
+ * through by the benchmarks so that every product reads its weights from memory, and the
+ * layer's products. Include after
  * matmul.h. */
 #ifndef ZP_BENCH_LAYER_H
 #define ZP_BENCH_LAYER_H
@@ -62,6 +63,23 @@ static zp_layer *layers_new(int copies, int D, int H, int wtype, uint32_t seed_s
         L[c].w2 = random_weights((size_t)D * H, wtype, seed + 5);
     }
     return L;
+}
+
+/* The products of one layer L for m rows x (m, D), as zp_forward calls them: qkv (m, 3D), wo and
+ * w2 into out (m, D), w1 and w3 into h1 and h3 (m, H): fused in one zp_matmul_multi, or as two
+ * calls. */
+static void layer_products(int D, int H, const zp_layer *L, int wtype, int m, const float *x,
+                           float *qkv, float *out, float *h1, float *h3, int fused) {
+    zp_matmul_w(qkv, 3 * D, x, L->wqkv, wtype, m, D, 3 * D);
+    zp_matmul_w(out, D, x, L->wo, wtype, m, D, D);
+    if (fused) {
+        zp_matmul_out gate_up[2] = {{h1, H, L->w1, wtype, H}, {h3, H, L->w3, wtype, H}};
+        zp_matmul_multi(x, m, D, gate_up, 2);
+    } else {
+        zp_matmul_w(h1, H, x, L->w1, wtype, m, D, H);
+        zp_matmul_w(h3, H, x, L->w3, wtype, m, D, H);
+    }
+    zp_matmul_w(out, D, h1, L->w2, wtype, m, H, D);
 }
 
 static void layers_free(zp_layer *L, int copies) {

@@ -40,15 +40,6 @@ static const zp_setting settings[] = {{"default", -1, 0},
                                       {"scratch never", -1, 1 << 30}};
 enum { N_SET = sizeof settings / sizeof settings[0] };
 
-static void run_layer(int D, int H, const zp_layer *L, int wtype, int m, const float *x, float *y,
-                      float *h1, float *h3) {
-    zp_matmul_w(y, 3 * D, x, L->wqkv, wtype, m, D, 3 * D);
-    zp_matmul_w(y, D, x, L->wo, wtype, m, D, D);
-    zp_matmul_out gate_up[2] = {{h1, H, L->w1, wtype, H}, {h3, H, L->w3, wtype, H}};
-    zp_matmul_multi(x, m, D, gate_up, 2);
-    zp_matmul_w(y, D, h1, L->w2, wtype, m, H, D);
-}
-
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -86,7 +77,7 @@ int main(int argc, char **argv) {
                         zp_matmul_set_widen_min_tiles(settings[v].widen);
                         const zp_layer *l = &L[hot ? 0 : next++ % copies];
                         double t0 = now();
-                        run_layer(D, H, l, wtype, ms[i], x, y, h1, h3);
+                        layer_products(D, H, l, wtype, ms[i], x, y, y, h1, h3, 1);
                         t[v][i][r] = now() - t0;
                     }
             zp_matmul_set_lanes(-1);
