@@ -13,11 +13,15 @@ One-query passes only (the decode step of one image with CFG: 2 rows), of random
 models in float32 and bf16 at a given thread count: ms per pass, weight bytes read per pass, GB/s
 and its fraction of the read bandwidth measured in the same process, in 5 rounds of (bandwidth,
 then passes), the fraction being the median of the rounds' ratios; in brackets the same fraction
-counting also the float32 K/V the pass reads (the visible slots of both streams in every layer),
-which shares the bandwidth with the weights:
+counting also the K/V the pass reads (the visible slots of both streams in every layer), which
+shares the bandwidth with the weights:
 
     python benchmarks/bench_forward.py --one-query [--shapes GPT-B GPT-L] [--dtypes fp32 bf16]
-        [--threads N] [--stages] [--ab OLD_CHECKOUT NEW_CHECKOUT [--repeats 3]]
+        [--kv-dtypes float32 bfloat16] [--threads N] [--stages]
+        [--ab OLD_CHECKOUT NEW_CHECKOUT [--repeats 3]]
+
+--kv-dtypes: the K/V cache types to run each model with (default float32 only; bfloat16 halves
+the K/V bytes, as a bf16 PyTorch model's cache does).
 
 --stages also prints, for each model, where the passes of the last round spent their time
 (zipar.runtime.stage_times: ms per pass of each layer stage, work and barrier waits).
@@ -48,12 +52,12 @@ def gpt_b(grid=16):
                               num_classes=1000, seed=0)
 
 
-def half_filled(model, m):
+def half_filled(model, m, kv_dtype="float32"):
     """A CFG session of m images with the first half of each grid committed (so that attention
     spans a realistic context), and a function timing one pass of one guided query per image at
     the k-th cell after that half (cells wrap around the grid)."""
     c = model.config
-    s = model.session(list(range(m)), cfg_scale=4.0)
+    s = model.session(list(range(m)), cfg_scale=4.0, kv_dtype=kv_dtype)
     s.prefill()
     half = c.H * c.W // 2
     img = np.repeat(np.arange(m), half)
@@ -79,12 +83,12 @@ def pass_time(model, m, reps):
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
-def one_query_rounds(model, wbytes, reps, rounds, stages=False):
+def one_query_rounds(model, wbytes, reps, rounds, stages=False, kv_dtype="float32"):
     """Median ms of one-query passes, median read bandwidth, and the median over `rounds` of
     (weight bytes / that round's median pass) / (that round's read bandwidth): each round measures
     the bandwidth right before its passes, so that a shared host's drift hits both sides of the
     ratio (on the 16-core device host single probes ranged 92-147 GB/s within minutes)."""
-    one_pass = half_filled(model, 1)
+    one_pass = half_filled(model, 1, kv_dtype)
     times, bws, fracs, k = [], [], [], 0
     for r in range(rounds):
         bw = zipar.runtime.read_bandwidth(512 << 20, 3)
@@ -102,7 +106,7 @@ def one_query_rounds(model, wbytes, reps, rounds, stages=False):
     return float(np.median(times)), float(np.median(bws)), float(np.median(fracs))
 
 
-def one_query(shapes, dtypes, threads, reps, rounds=5, stages=False):
+def one_query(shapes, dtypes, threads, reps, rounds=5, stages=False, kv_dtypes=("float32",)):
     """Rows of ms/pass, weight bytes, GB/s and bandwidth fraction of a one-query CFG pass."""
     if threads:
         zipar.set_num_threads(threads)
@@ -111,21 +115,22 @@ def one_query(shapes, dtypes, threads, reps, rounds=5, stages=False):
         n_layer, n_head, dim = zipar.config.LLAMAGEN_SIZES[shape]
         base = zipar.random_model(dim=dim, n_layer=n_layer, n_head=n_head, vocab_size=16384,
                                   grid=16, num_classes=1000, seed=0)
-        # the float32 K and V a pass must also read: both streams, every layer, the visible
+        # the K and V elements a pass must also read: both streams, every layer, the visible
         # slots of the half-filled grid (prefix, half the cells, the query itself)
         c = base.config
-        kvbytes = (2 * 2 * c.n_layer * (c.cls_token_num + c.H * c.W // 2 + 1)
-                   * c.n_kv_head * (c.dim // c.n_head) * 4)
-        for dt in dtypes:
+        kv_elems = (2 * 2 * c.n_layer * (c.cls_token_num + c.H * c.W // 2 + 1)
+                    * c.n_kv_head * (c.dim // c.n_head))
+        for dt, kvd in ((dt, kvd) for dt in dtypes for kvd in kv_dtypes):
+            kvbytes = kv_elems * (4 if kvd == "float32" else 2)
             model = base if dt == "fp32" else zipar.Model(base.config, base.weights,
                                                           dtype=DTYPES[dt])
             elems = (sum(a.size for k, a in base.weights.items() if k.startswith("layers.")
                          and a.ndim == 2) + base.weights["output.weight"].size)
             wbytes = elems * (4 if dt == "fp32" else 2)
             if stages:
-                print(f"{shape} {dt}, last round:", flush=True)
-            t, bw, frac = one_query_rounds(model, wbytes, reps, rounds, stages)
-            out.append(dict(shape=shape, dtype=dt, threads=zipar.get_num_threads(),
+                print(f"{shape} {dt} (K/V {kvd}), last round:", flush=True)
+            t, bw, frac = one_query_rounds(model, wbytes, reps, rounds, stages, kvd)
+            out.append(dict(shape=shape, dtype=dt, kv_dtype=kvd, threads=zipar.get_num_threads(),
                             pass_ms=t * 1e3, weight_bytes=wbytes, weight_gbps=wbytes / t / 1e9,
                             read_gbps=bw / 1e9, bandwidth_fraction=frac, kv_bytes=kvbytes,
                             weights_kv_fraction=frac * (wbytes + kvbytes) / wbytes))
@@ -135,7 +140,8 @@ def one_query(shapes, dtypes, threads, reps, rounds=5, stages=False):
 
 def print_rows(rows, label=""):
     for r in rows:
-        print(f"{label}{r['shape']:>6} {r['dtype']:>5} {r['threads']:>3} thr "
+        print(f"{label}{r['shape']:>6} {r['dtype']:>5} K/V {r.get('kv_dtype', 'float32'):>8} "
+              f"{r['threads']:>3} thr "
               f"{r['pass_ms']:>8.2f} ms {r['weight_bytes'] / 1e6:>7.0f} MB "
               f"{r['weight_gbps']:>6.1f} GB/s of {r['read_gbps']:>5.1f} = "
               f"{r['bandwidth_fraction']:>6.1%}"
@@ -147,6 +153,8 @@ def ab(args):
     """The one-query rows of two checkouts, alternately in fresh processes."""
     cmd = [sys.executable, os.path.abspath(__file__), "--one-query", "--json", "--reps",
            str(args.reps), "--shapes", *args.shapes, "--dtypes", *args.dtypes]
+    if args.kv_dtypes != ["float32"]:  # (checkouts from before the option run the default)
+        cmd += ["--kv-dtypes", *args.kv_dtypes]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     runs = {"old": [], "new": []}
@@ -163,7 +171,8 @@ def ab(args):
                for side in runs}
         frac = {side: float(np.median([run[i]["bandwidth_fraction"] for run in runs[side]]))
                 for side in runs}
-        print(f"{r['shape']:>6} {r['dtype']:>5} {r['threads']:>3} thr: old {med['old']:.2f} ms "
+        print(f"{r['shape']:>6} {r['dtype']:>5} K/V {r.get('kv_dtype', 'float32'):>8} "
+              f"{r['threads']:>3} thr: old {med['old']:.2f} ms "
               f"({frac['old']:.1%} of bw), new {med['new']:.2f} ms ({frac['new']:.1%}), "
               f"speed-up {med['old'] / med['new']:.2f}x (median of {args.repeats})")
 
@@ -175,6 +184,8 @@ def main():
     ap.add_argument("--shapes", nargs="+", default=["GPT-B", "GPT-L"],
                     choices=sorted(zipar.config.LLAMAGEN_SIZES))
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
+    ap.add_argument("--kv-dtypes", nargs="+", default=["float32"],
+                    choices=["float32", "bfloat16"], help="--one-query: K/V cache types")
     ap.add_argument("--threads", type=int, default=0, help="engine threads (0: default)")
     ap.add_argument("--reps", type=int, default=25, help="passes timed per model (median)")
     ap.add_argument("--ab", nargs=2, metavar=("OLD", "NEW"), help="compare two checkouts")
@@ -188,7 +199,7 @@ def main():
             ab(args)
             return
         rows = one_query(args.shapes, args.dtypes, args.threads, args.reps,
-                         stages=args.stages and not args.json)
+                         stages=args.stages and not args.json, kv_dtypes=args.kv_dtypes)
         if args.json:
             print(json.dumps(rows))
         else:
