@@ -11,8 +11,6 @@
  *   ZP_ATT_KV1     (ZP_ATT_KV) -> float, one element widened
  *   ZP_ATT_SLANES  tile lanes whose scores are accumulated at once (a multiple of ZP_ATT_W
  *                  dividing ZP_TILE): 2 * ZP_ATT_SLANES / ZP_ATT_W accumulators
- *   ZP_ATT_VELEMS  head elements whose values are accumulated at once (a multiple of ZP_ATT_W):
- *                  4 * ZP_ATT_VELEMS / ZP_ATT_W accumulators
  *   ZP_ATT_VEXP    1: the softmax's exponentials in vectors, 0: exp_nonpos one by one (the
  *                  same operations per lane)
  * This file #undefs ZP_ATT_NAME, ZP_ATT_KV, ZP_ATT_LOADKV and ZP_ATT_KV1 at its end (an
@@ -21,7 +19,8 @@
  * Why a template and not target_clones: a 16-lane GCC vector in an AVX2 or SSE2 clone is split
  * by the compiler into halves that live on the stack (every multiply-add loads and stores them),
  * and target_clones("avx2") does not enable FMA. Each instance here works in vectors of its own
- * register width, with every accumulator in a register.
+ * register width, its accumulators in registers (but for the value sums of a head's first row
+ * when a head's row is not 4 vectors: a small block on the stack, in L1; see the value loop).
  *
  * Order of operations. Every lane (a slot's score, an output element) is computed by the same
  * chain of operations in every instance; only how many lanes one instruction carries differs.
@@ -58,7 +57,9 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
     enum {
         W = ZP_ATT_W,
         NS = ZP_ATT_SLANES / ZP_ATT_W, /* score vectors per chain */
-        NE = ZP_ATT_VELEMS / ZP_ATT_W, /* value vectors per chain */
+        DB = ZP_ATT_W == 4 ? 8 : 16,   /* value elements per block (rows after the first) */
+        NE = DB / ZP_ATT_W,            /* value vectors per chain and block */
+        VM = 128,                      /* value elements the first row reads of each slot at once */
         NP = 16 / ZP_ATT_W,            /* vectors of the softmax's 16 partials */
     };
     const ZP_ATT_V zero = {0};
@@ -204,6 +205,7 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
             for (int h = h0; h < h1; h++) {
                 /* the head's (ZP_TILE, hd) block, lane = slot - t0 */
                 const ZP_ATT_KV *vh = vtile + (size_t)(h / group) * ZP_TILE * hd - (size_t)t0 * hd;
+                int warm = 0; /* the head's block was read by an earlier row: in L1 */
                 for (int a = 0; a < na; a++) {
                     int r = rows[a0 + a], p0 = cursor[a0 + a], p1 = p1s[a];
                     if (p1 == p0) continue;
@@ -211,34 +213,92 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
                     float *oh = o + (size_t)r * nh * hd + (size_t)h * hd;
                     const int32_t *lanes = vis[r];
 #define VROW(p) (vh + (size_t)lanes[p] * hd)
-                    int d = 0;
-                    /* four independent chains (visible slots p0+4i+k, k = 0..3) of NE vectors
-                     * per ZP_ATT_VELEMS elements, summed (0+1)+(2+3) and added to the running
-                     * output */
-                    for (; d + ZP_ATT_VELEMS <= hd; d += ZP_ATT_VELEMS) {
-                        ZP_ATT_V a0v[NE], a1v[NE], a2v[NE], a3v[NE];
-                        for (int i = 0; i < NE; i++) a0v[i] = a1v[i] = a2v[i] = a3v[i] = zero;
+                    /* Four independent chains (visible slots p0+4i+k, k = 0..3) per element,
+                     * summed (0+1)+(2+3) and added to the running output, by one of three loop
+                     * orders (the same operations per element):
+                     *   - hd = 4W: slot by slot, each reading its whole value row, the 16 chain
+                     *     sums in registers;
+                     *   - the first row to read the head's block: slot by slot, whole rows
+                     *     (chunks of up to VM elements), the chain sums in a block on the stack
+                     *     (L1): reads in order, which the hardware prefetchers follow;
+                     *   - the rows after it (block in L1): per DB elements, the slots in turn,
+                     *     the 4 DB / W chain-sum vectors in registers.
+                     * The last order alone, from memory, read at half the rate of the others:
+                     * its sweeps touch one line per slot, 256 bytes apart. Elements left over
+                     * (hd % W, hd % DB) go one at a time, in scalar chains: a vectorised tail
+                     * narrower than W would not fuse its multiply-adds in the AVX-512 instance
+                     * (target avx512f without avx512vl), where the scalar ones do. */
+                    if (hd == 4 * W) {
+                        ZP_ATT_V acc[4][4];
+                        for (int k = 0; k < 4; k++)
+                            for (int i = 0; i < 4; i++) acc[k][i] = zero;
                         int p = p0;
-                        for (; p + 4 <= p1; p += 4) {
-                            const float w0 = wh[p], w1 = wh[p + 1], w2 = wh[p + 2], w3 = wh[p + 3];
-                            const ZP_ATT_KV *v0 = VROW(p) + d, *v1 = VROW(p + 1) + d,
-                                            *v2 = VROW(p + 2) + d, *v3 = VROW(p + 3) + d;
-                            for (int i = 0; i < NE; i++) {
-                                a0v[i] += w0 * ZP_ATT_LOADKV(v0 + i * W);
-                                a1v[i] += w1 * ZP_ATT_LOADKV(v1 + i * W);
-                                a2v[i] += w2 * ZP_ATT_LOADKV(v2 + i * W);
-                                a3v[i] += w3 * ZP_ATT_LOADKV(v3 + i * W);
+                        for (; p + 4 <= p1; p += 4)
+                            for (int k = 0; k < 4; k++) {
+                                const float wk = wh[p + k];
+                                const ZP_ATT_KV *vk = VROW(p + k);
+                                for (int i = 0; i < 4; i++)
+                                    acc[k][i] += wk * ZP_ATT_LOADKV(vk + i * W);
                             }
+                        for (int k = 0; k < 3 && p + k < p1; k++) {
+                            const float wk = wh[p + k];
+                            const ZP_ATT_KV *vk = VROW(p + k);
+                            for (int i = 0; i < 4; i++) acc[k][i] += wk * ZP_ATT_LOADKV(vk + i * W);
                         }
-                        for (int i = 0; i < NE; i++) {
-                            if (p < p1) a0v[i] += wh[p] * ZP_ATT_LOADKV(VROW(p) + d + i * W);
-                            if (p + 1 < p1)
-                                a1v[i] += wh[p + 1] * ZP_ATT_LOADKV(VROW(p + 1) + d + i * W);
-                            if (p + 2 < p1)
-                                a2v[i] += wh[p + 2] * ZP_ATT_LOADKV(VROW(p + 2) + d + i * W);
-                            ZP_VEC_STORE(oh + d + i * W,
-                                         ZP_ATT_LOAD(oh + d + i * W) +
-                                             ((a0v[i] + a1v[i]) + (a2v[i] + a3v[i])));
+                        for (int i = 0; i < 4; i++)
+                            ZP_VEC_STORE(oh + i * W,
+                                         ZP_ATT_LOAD(oh + i * W) +
+                                             ((acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i])));
+                        continue;
+                    }
+                    int d = 0; /* elements done by vectors */
+                    if (!warm) {
+                        warm = 1;
+                        while (hd - d >= W) {
+                            const int nvec = (hd - d < VM ? hd - d : VM) / W;
+                            ZP_ATT_V acc[4][VM / W];
+                            for (int k = 0; k < 4; k++)
+                                for (int i = 0; i < nvec; i++) acc[k][i] = zero;
+                            for (int p = p0; p < p1; p++) {
+                                const float wk = wh[p];
+                                const ZP_ATT_KV *vk = VROW(p) + d;
+                                ZP_ATT_V *ak = acc[(p - p0) % 4];
+                                for (int i = 0; i < nvec; i++)
+                                    ak[i] += wk * ZP_ATT_LOADKV(vk + i * W);
+                            }
+                            for (int i = 0; i < nvec; i++)
+                                ZP_VEC_STORE(oh + d + i * W, ZP_ATT_LOAD(oh + d + i * W) +
+                                                                 ((acc[0][i] + acc[1][i]) +
+                                                                  (acc[2][i] + acc[3][i])));
+                            d += nvec * W;
+                        }
+                    } else {
+                        for (; d + DB <= hd; d += DB) {
+                            ZP_ATT_V a0v[NE], a1v[NE], a2v[NE], a3v[NE];
+                            for (int i = 0; i < NE; i++) a0v[i] = a1v[i] = a2v[i] = a3v[i] = zero;
+                            int p = p0;
+                            for (; p + 4 <= p1; p += 4) {
+                                const float w0 = wh[p], w1 = wh[p + 1], w2 = wh[p + 2],
+                                            w3 = wh[p + 3];
+                                const ZP_ATT_KV *v0 = VROW(p) + d, *v1 = VROW(p + 1) + d,
+                                                *v2 = VROW(p + 2) + d, *v3 = VROW(p + 3) + d;
+                                for (int i = 0; i < NE; i++) {
+                                    a0v[i] += w0 * ZP_ATT_LOADKV(v0 + i * W);
+                                    a1v[i] += w1 * ZP_ATT_LOADKV(v1 + i * W);
+                                    a2v[i] += w2 * ZP_ATT_LOADKV(v2 + i * W);
+                                    a3v[i] += w3 * ZP_ATT_LOADKV(v3 + i * W);
+                                }
+                            }
+                            for (int i = 0; i < NE; i++) {
+                                if (p < p1) a0v[i] += wh[p] * ZP_ATT_LOADKV(VROW(p) + d + i * W);
+                                if (p + 1 < p1)
+                                    a1v[i] += wh[p + 1] * ZP_ATT_LOADKV(VROW(p + 1) + d + i * W);
+                                if (p + 2 < p1)
+                                    a2v[i] += wh[p + 2] * ZP_ATT_LOADKV(VROW(p + 2) + d + i * W);
+                                ZP_VEC_STORE(oh + d + i * W,
+                                             ZP_ATT_LOAD(oh + d + i * W) +
+                                                 ((a0v[i] + a1v[i]) + (a2v[i] + a3v[i])));
+                            }
                         }
                     }
                     for (; d < hd; d++) {

@@ -7,4 +7,3 @@
 #undef ZP_ATT_VEXP
 #undef ZP_ATT_LOAD
 #undef ZP_ATT_SLANES
-#undef ZP_ATT_VELEMS

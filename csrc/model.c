@@ -711,7 +711,6 @@ typedef void attend_fn(const int32_t *rows, int n, const int32_t *const *vis, co
 #define ZP_ATT_VEXP   0
 #define ZP_ATT_LOAD   v16_load
 #define ZP_ATT_SLANES 32 /* 4 zmm score accumulators */
-#define ZP_ATT_VELEMS 16 /* 4 zmm value accumulators */
 #define ZP_ATT_NAME   attend_avx512_f32
 #define ZP_ATT_KV     float
 #define ZP_ATT_LOADKV v16_load
@@ -732,7 +731,6 @@ typedef void attend_fn(const int32_t *rows, int n, const int32_t *const *vis, co
 #define ZP_ATT_VEXP   1
 #define ZP_ATT_LOAD   v8_load
 #define ZP_ATT_SLANES 32 /* 8 ymm score accumulators of 16 */
-#define ZP_ATT_VELEMS 16 /* 8 ymm value accumulators */
 #define ZP_ATT_NAME   attend_avx2_f32
 #define ZP_ATT_KV     float
 #define ZP_ATT_LOADKV v8_load
@@ -753,7 +751,6 @@ typedef void attend_fn(const int32_t *rows, int n, const int32_t *const *vis, co
 #define ZP_ATT_VEXP   1
 #define ZP_ATT_LOAD   v4_load
 #define ZP_ATT_SLANES 16 /* 8 xmm score accumulators of 16 */
-#define ZP_ATT_VELEMS 8  /* 8 xmm value accumulators */
 #define ZP_ATT_NAME   attend_sse2_f32
 #define ZP_ATT_KV     float
 #define ZP_ATT_LOADKV v4_load
