@@ -1,6 +1,7 @@
 /* attend.h -- the attention of the rows of one stream, as a template: model.c includes this file
  * once per instruction set and K/V element type, after #defining
  *   ZP_ATT_NAME    the function's name
+ *   ZP_ATT_SLOTS   the name of its helper (the value sums in slot order)
  *   ZP_ATT_TARGET  its target attribute (empty for plain x86-64)
  *   ZP_ATT_V       a GCC float vector type that fits one register of that set, of
  *   ZP_ATT_W       lanes (16: a zmm, 8: a ymm, 4: an xmm)
@@ -13,8 +14,8 @@
  *                  dividing ZP_TILE): 2 * ZP_ATT_SLANES / ZP_ATT_W accumulators
  *   ZP_ATT_VEXP    1: the softmax's exponentials in vectors, 0: exp_nonpos one by one (the
  *                  same operations per lane)
- * This file #undefs ZP_ATT_NAME, ZP_ATT_KV, ZP_ATT_LOADKV and ZP_ATT_KV1 at its end (an
- * instruction set's two instances share the others; attend_undef.h clears them).
+ * This file #undefs ZP_ATT_NAME, ZP_ATT_SLOTS, ZP_ATT_KV, ZP_ATT_LOADKV and ZP_ATT_KV1 at its
+ * end (an instruction set's two instances share the others; attend_undef.h clears them).
  *
  * Why a template and not target_clones: a 16-lane GCC vector in an AVX2 or SSE2 clone is split
  * by the compiler into halves that live on the stack (every multiply-add loads and stores them),
@@ -49,6 +50,37 @@
  * call over all heads.
  * Queries, scores, softmax and every accumulation are float32 whatever ZP_ATT_KV is. */
 
+/* The value sums of one row and head in slot order: for the visible slots p0 <= p < p1 (value
+ * rows vh + lanes[p] * hd), elements [d, d + nvec W) of oh += the four chains over slots
+ * p0 + 4i + k, summed (0+1)+(2+3). The chain sums are a variable-length array: inlined with a
+ * constant nvec (4) GCC keeps them in registers, as it does not a fixed array sized for the
+ * largest nvec (checked in the AVX-512 instance's code: no stack traffic added); a variable
+ * nvec (<= ZP_ATT_VM / ZP_ATT_W, 2 KiB) puts them on the stack. */
+ZP_ATT_TARGET static inline __attribute__((always_inline)) void
+ZP_ATT_SLOTS(float *oh, const float *wh, const ZP_ATT_KV *vh, const int32_t *lanes, int hd, int p0,
+             int p1, int d, const int nvec) {
+    const ZP_ATT_V zero = {0};
+    ZP_ATT_V acc[4][nvec];
+    for (int k = 0; k < 4; k++)
+        for (int i = 0; i < nvec; i++) acc[k][i] = zero;
+    int p = p0;
+    for (; p + 4 <= p1; p += 4)
+        for (int k = 0; k < 4; k++) {
+            const float wk = wh[p + k];
+            const ZP_ATT_KV *vk = vh + (size_t)lanes[p + k] * hd + d;
+            for (int i = 0; i < nvec; i++) acc[k][i] += wk * ZP_ATT_LOADKV(vk + i * ZP_ATT_W);
+        }
+    for (int k = 0; k < 3 && p + k < p1; k++) {
+        const float wk = wh[p + k];
+        const ZP_ATT_KV *vk = vh + (size_t)lanes[p + k] * hd + d;
+        for (int i = 0; i < nvec; i++) acc[k][i] += wk * ZP_ATT_LOADKV(vk + i * ZP_ATT_W);
+    }
+    for (int i = 0; i < nvec; i++)
+        ZP_VEC_STORE(oh + d + i * ZP_ATT_W,
+                     ZP_ATT_LOAD(oh + d + i * ZP_ATT_W) +
+                         ((acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i])));
+}
+
 ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t *const *vis,
                                       const int32_t *nv, const float *q, int ldq, float *sc,
                                       size_t ldsc, float *o, const void *kt_, const void *vt_,
@@ -59,7 +91,6 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
         NS = ZP_ATT_SLANES / ZP_ATT_W, /* score vectors per chain */
         DB = ZP_ATT_W == 4 ? 8 : 16,   /* value elements per block (rows after the first) */
         NE = DB / ZP_ATT_W,            /* value vectors per chain and block */
-        VM = 128,                      /* value elements the first row reads of each slot at once */
         NP = 16 / ZP_ATT_W,            /* vectors of the softmax's 16 partials */
     };
     const ZP_ATT_V zero = {0};
@@ -219,8 +250,8 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
                      *   - hd = 4W: slot by slot, each reading its whole value row, the 16 chain
                      *     sums in registers;
                      *   - the first row to read the head's block: slot by slot, whole rows
-                     *     (chunks of up to VM elements), the chain sums in a block on the stack
-                     *     (L1): reads in order, which the hardware prefetchers follow;
+                     *     (chunks of up to ZP_ATT_VM elements), the chain sums in a block on the
+                     *     stack (L1): reads in order, which the hardware prefetchers follow;
                      *   - the rows after it (block in L1): per DB elements, the slots in turn,
                      *     the 4 DB / W chain-sum vectors in registers.
                      * The last order alone, from memory, read at half the rate of the others:
@@ -229,47 +260,15 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
                      * narrower than W would not fuse its multiply-adds in the AVX-512 instance
                      * (target avx512f without avx512vl), where the scalar ones do. */
                     if (hd == 4 * W) {
-                        ZP_ATT_V acc[4][4];
-                        for (int k = 0; k < 4; k++)
-                            for (int i = 0; i < 4; i++) acc[k][i] = zero;
-                        int p = p0;
-                        for (; p + 4 <= p1; p += 4)
-                            for (int k = 0; k < 4; k++) {
-                                const float wk = wh[p + k];
-                                const ZP_ATT_KV *vk = VROW(p + k);
-                                for (int i = 0; i < 4; i++)
-                                    acc[k][i] += wk * ZP_ATT_LOADKV(vk + i * W);
-                            }
-                        for (int k = 0; k < 3 && p + k < p1; k++) {
-                            const float wk = wh[p + k];
-                            const ZP_ATT_KV *vk = VROW(p + k);
-                            for (int i = 0; i < 4; i++) acc[k][i] += wk * ZP_ATT_LOADKV(vk + i * W);
-                        }
-                        for (int i = 0; i < 4; i++)
-                            ZP_VEC_STORE(oh + i * W,
-                                         ZP_ATT_LOAD(oh + i * W) +
-                                             ((acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i])));
+                        ZP_ATT_SLOTS(oh, wh, vh, lanes, hd, p0, p1, 0, 4);
                         continue;
                     }
                     int d = 0; /* elements done by vectors */
                     if (!warm) {
                         warm = 1;
                         while (hd - d >= W) {
-                            const int nvec = (hd - d < VM ? hd - d : VM) / W;
-                            ZP_ATT_V acc[4][VM / W];
-                            for (int k = 0; k < 4; k++)
-                                for (int i = 0; i < nvec; i++) acc[k][i] = zero;
-                            for (int p = p0; p < p1; p++) {
-                                const float wk = wh[p];
-                                const ZP_ATT_KV *vk = VROW(p) + d;
-                                ZP_ATT_V *ak = acc[(p - p0) % 4];
-                                for (int i = 0; i < nvec; i++)
-                                    ak[i] += wk * ZP_ATT_LOADKV(vk + i * W);
-                            }
-                            for (int i = 0; i < nvec; i++)
-                                ZP_VEC_STORE(oh + d + i * W, ZP_ATT_LOAD(oh + d + i * W) +
-                                                                 ((acc[0][i] + acc[1][i]) +
-                                                                  (acc[2][i] + acc[3][i])));
+                            const int nvec = (hd - d < ZP_ATT_VM ? hd - d : ZP_ATT_VM) / W;
+                            ZP_ATT_SLOTS(oh, wh, vh, lanes, hd, p0, p1, d, nvec);
                             d += nvec * W;
                         }
                     } else {
@@ -324,6 +323,7 @@ ZP_ATT_TARGET static void ZP_ATT_NAME(const int32_t *rows, int n, const int32_t 
 }
 
 #undef ZP_ATT_NAME
+#undef ZP_ATT_SLOTS
 #undef ZP_ATT_KV
 #undef ZP_ATT_LOADKV
 #undef ZP_ATT_KV1

@@ -676,6 +676,11 @@ prefetch_tile(const void *tile, int ahead, size_t tile_bytes, size_t lo, size_t 
 #define ZP_ATT_CHUNK 32
 #endif
 
+/* Value elements of each slot that attend.h's slot-order value sums read at once (the first row
+ * over a head's block): a whole row for head_dim <= 128, with 4 x 128 float32 chain sums (2 KiB)
+ * on the stack. */
+#define ZP_ATT_VM 128
+
 /* For the n rows rows[a] whose visible slots before cursor[a] lie in earlier tiles: p1[a], the
  * end of their visible slots in the tile starting at slot t0 (cursor[a] when none). */
 static inline void tile_ranges(const int32_t *rows, int n, const int32_t *const *vis,
@@ -712,11 +717,13 @@ typedef void attend_fn(const int32_t *rows, int n, const int32_t *const *vis, co
 #define ZP_ATT_LOAD   v16_load
 #define ZP_ATT_SLANES 32 /* 4 zmm score accumulators */
 #define ZP_ATT_NAME   attend_avx512_f32
+#define ZP_ATT_SLOTS  slots_avx512_f32
 #define ZP_ATT_KV     float
 #define ZP_ATT_LOADKV v16_load
 #define ZP_ATT_KV1    kv_f32
 #include "attend.h"
 #define ZP_ATT_NAME   attend_avx512_bf16
+#define ZP_ATT_SLOTS  slots_avx512_bf16
 #define ZP_ATT_KV     uint16_t
 #define ZP_ATT_LOADKV v16_load_bf16
 #define ZP_ATT_KV1    kv_bf16
@@ -732,11 +739,13 @@ typedef void attend_fn(const int32_t *rows, int n, const int32_t *const *vis, co
 #define ZP_ATT_LOAD   v8_load
 #define ZP_ATT_SLANES 32 /* 8 ymm score accumulators of 16 */
 #define ZP_ATT_NAME   attend_avx2_f32
+#define ZP_ATT_SLOTS  slots_avx2_f32
 #define ZP_ATT_KV     float
 #define ZP_ATT_LOADKV v8_load
 #define ZP_ATT_KV1    kv_f32
 #include "attend.h"
 #define ZP_ATT_NAME   attend_avx2_bf16
+#define ZP_ATT_SLOTS  slots_avx2_bf16
 #define ZP_ATT_KV     uint16_t
 #define ZP_ATT_LOADKV v8_load_bf16
 #define ZP_ATT_KV1    kv_bf16
@@ -752,11 +761,13 @@ typedef void attend_fn(const int32_t *rows, int n, const int32_t *const *vis, co
 #define ZP_ATT_LOAD   v4_load
 #define ZP_ATT_SLANES 16 /* 8 xmm score accumulators of 16 */
 #define ZP_ATT_NAME   attend_sse2_f32
+#define ZP_ATT_SLOTS  slots_sse2_f32
 #define ZP_ATT_KV     float
 #define ZP_ATT_LOADKV v4_load
 #define ZP_ATT_KV1    kv_f32
 #include "attend.h"
 #define ZP_ATT_NAME   attend_sse2_bf16
+#define ZP_ATT_SLOTS  slots_sse2_bf16
 #define ZP_ATT_KV     uint16_t
 #define ZP_ATT_LOADKV v4_load_bf16
 #define ZP_ATT_KV1    kv_bf16
