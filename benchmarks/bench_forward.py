@@ -120,20 +120,22 @@ def one_query(shapes, dtypes, threads, reps, rounds=5, stages=False, kv_dtypes=(
         c = base.config
         kv_elems = (2 * 2 * c.n_layer * (c.cls_token_num + c.H * c.W // 2 + 1)
                     * c.n_kv_head * (c.dim // c.n_head))
-        for dt, kvd in ((dt, kvd) for dt in dtypes for kvd in kv_dtypes):
-            kvbytes = kv_elems * (4 if kvd == "float32" else 2)
+        elems = (sum(a.size for k, a in base.weights.items() if k.startswith("layers.")
+                     and a.ndim == 2) + base.weights["output.weight"].size)
+        for dt in dtypes:
             model = base if dt == "fp32" else zipar.Model(base.config, base.weights,
                                                           dtype=DTYPES[dt])
-            elems = (sum(a.size for k, a in base.weights.items() if k.startswith("layers.")
-                         and a.ndim == 2) + base.weights["output.weight"].size)
             wbytes = elems * (4 if dt == "fp32" else 2)
-            if stages:
-                print(f"{shape} {dt} (K/V {kvd}), last round:", flush=True)
-            t, bw, frac = one_query_rounds(model, wbytes, reps, rounds, stages, kvd)
-            out.append(dict(shape=shape, dtype=dt, kv_dtype=kvd, threads=zipar.get_num_threads(),
-                            pass_ms=t * 1e3, weight_bytes=wbytes, weight_gbps=wbytes / t / 1e9,
-                            read_gbps=bw / 1e9, bandwidth_fraction=frac, kv_bytes=kvbytes,
-                            weights_kv_fraction=frac * (wbytes + kvbytes) / wbytes))
+            for kvd in kv_dtypes:
+                kvbytes = kv_elems * (4 if kvd == "float32" else 2)
+                if stages:
+                    print(f"{shape} {dt} (K/V {kvd}), last round:", flush=True)
+                t, bw, frac = one_query_rounds(model, wbytes, reps, rounds, stages, kvd)
+                out.append(dict(shape=shape, dtype=dt, kv_dtype=kvd,
+                                threads=zipar.get_num_threads(), pass_ms=t * 1e3,
+                                weight_bytes=wbytes, weight_gbps=wbytes / t / 1e9,
+                                read_gbps=bw / 1e9, bandwidth_fraction=frac, kv_bytes=kvbytes,
+                                weights_kv_fraction=frac * (wbytes + kvbytes) / wbytes))
             del model
     return out
 
