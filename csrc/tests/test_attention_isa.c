@@ -53,7 +53,7 @@ static float *random_array(size_t n, float scale, float offset) {
 }
 
 static zp_model *model;
-static int HD;               /* head_dim of `model` */
+static int head_dim;         /* of `model` */
 static float *cond, *uncond; /* (N, P, DIM) */
 static int32_t tokens[N][SEQ];
 
@@ -97,12 +97,12 @@ static void forward(int kv_type, int first, int count, int one_pass, float *out)
 
 /* `model` with head_dim hd and fresh random weights (borrowed: *layers and *w keep them). */
 static void build_model(int hd, zp_layer_weights layers[LAYERS], zp_weights *w) {
-    HD = hd;
-    int qkv = (HEADS + 2 * KV_HEADS) * HD;
+    head_dim = hd;
+    int qkv = (HEADS + 2 * KV_HEADS) * head_dim;
     for (int l = 0; l < LAYERS; l++)
         layers[l] = (zp_layer_weights){random_array(DIM, 0.2f, 1.f),
                                        random_array((size_t)qkv * DIM, 0.6f, 0.f),
-                                       random_array((size_t)DIM * HEADS * HD, 0.6f, 0.f),
+                                       random_array((size_t)DIM * HEADS * head_dim, 0.6f, 0.f),
                                        random_array(DIM, 0.2f, 1.f),
                                        random_array((size_t)HIDDEN * DIM, 0.6f, 0.f),
                                        random_array((size_t)HIDDEN * DIM, 0.6f, 0.f),
@@ -118,7 +118,7 @@ static void build_model(int hd, zp_layer_weights layers[LAYERS], zp_weights *w) 
                      .n_layer = LAYERS,
                      .n_head = HEADS,
                      .n_kv_head = KV_HEADS,
-                     .head_dim = HD,
+                     .head_dim = head_dim,
                      .hidden = HIDDEN,
                      .vocab = VOCAB,
                      .cls_token_num = P,
@@ -204,7 +204,7 @@ int main(void) {
                 printf(
                     "  head_dim %d, %s, %s cache: exact across batches and threads; max relative "
                     "difference from the first set %.2e, from its float32 cache %.2e\n",
-                    HD, isas[s], kv, worst, to_f32);
+                    head_dim, isas[s], kv, worst, to_f32);
             }
             n_isas++;
         }
@@ -217,7 +217,7 @@ int main(void) {
     zp_cache *k;
     CHECK(zp_cache_new(model, 1, 1, cond, uncond, NULL, &k) == ZP_OK, "%s", zp_last_error());
     size_t f32_bytes = zp_cache_kv_bytes(k);
-    CHECK(f32_bytes == (size_t)2 * LAYERS * 2 * 64 * KV_HEADS * HD * 4,
+    CHECK(f32_bytes == (size_t)2 * LAYERS * 2 * 64 * KV_HEADS * head_dim * 4,
           "float32 cache of %zu bytes", f32_bytes);
     CHECK(zp_cache_kv_type(k) == ZP_WTYPE_F32, "a new cache is not float32");
     CHECK(zp_cache_set_kv_type(k, ZP_WTYPE_F16) == ZP_ERR_ARG, "f16 cache accepted");
