@@ -1,8 +1,7 @@
 /* bench_layer.h -- what bench_kernels.c and bench_rows.c share: a clock, page-touching random
  * weights, copies of one transformer layer's weight matrices (qkv, wo, w1, w3, w2), cycled
  * through by the benchmarks so that every product reads its weights from memory, and the
- * layer's products. Include after
- * matmul.h. */
+ * layer's products. Include after matmul.h. */
 #ifndef ZP_BENCH_LAYER_H
 #define ZP_BENCH_LAYER_H
 
