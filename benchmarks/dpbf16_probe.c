@@ -8,6 +8,15 @@
  *     gcc -O2 -mavx512f -mavx512bw -mavx512bf16 -mfma benchmarks/dpbf16_probe.c -o /tmp/dp -lm
  *     /tmp/dp
  *
+ * What it found on the 16-core device host (BENCHMARKS.md, issue 13, stop 26): VDPBF16PS issues
+ * at 0.56x the rate of VFMADD231PS (1.35 against 2.42 G/s a core), each lane is exactly two fused
+ * multiply-adds (odd element first; no mismatch in 3.2 M lanes), and the two-part split's error
+ * is 5-6e-7 of sum |x w|. Its tile comparison (dp 1.31x faster) misled: its widened tile reaches
+ * 15 GMAC/s a core where zipar's kernel reaches 28-34 (csrc/tests/bench_rows.c), and a kernel
+ * built on the two-part split (commit 4e3be01, since reverted) ran at 0.43-0.99x the AVX-512
+ * kernel's speed. The instruction rate decides: two VDPBF16PS per 32 products at 0.56x the FMA
+ * rate cost more than two FMAs and the widening.
+ *
  * Output of the device run: benchmarks/results/device_run_s26_2026-12-01.txt. */
 #include <immintrin.h>
 #include <math.h>

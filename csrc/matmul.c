@@ -77,16 +77,8 @@ enum {
 #endif
 
 /* ---------------------------------------------------------------- settings */
-/* ZP_ISA_AMX: AVX-512 for float32 / f16 weights and AMX tiles for bf16 ones (matmul.h);
- * ZP_ISA_DP the same with VDPBF16PS for bf16 ones. Both are AVX-512 (isa >= ZP_ISA_AVX512). */
-enum {
-    ZP_ISA_UNSET = 0,
-    ZP_ISA_SCALAR = 1,
-    ZP_ISA_AVX2 = 2,
-    ZP_ISA_AVX512 = 3,
-    ZP_ISA_AMX = 4,
-    ZP_ISA_DP = 5,
-};
+/* ZP_ISA_AMX: AVX-512 for float32 / f16 weights and AMX tiles for bf16 ones (matmul.h). */
+enum { ZP_ISA_UNSET = 0, ZP_ISA_SCALAR = 1, ZP_ISA_AVX2 = 2, ZP_ISA_AVX512 = 3, ZP_ISA_AMX = 4 };
 
 static int zp_isa_choice = ZP_ISA_UNSET; /* read and written with __atomic: set once, racily */
 static int zp_threads = 0;               /* 0: omp_get_max_threads() at each call */
@@ -117,7 +109,6 @@ static int isa_supported(int isa) {
     __builtin_cpu_init();
     switch (isa) {
     case ZP_ISA_AMX: return isa_supported(ZP_ISA_AVX512) && amx_ready();
-    case ZP_ISA_DP: return isa_supported(ZP_ISA_AVX512) && __builtin_cpu_supports("avx512bf16");
     case ZP_ISA_AVX512:
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx2") &&
@@ -145,7 +136,6 @@ static int isa_current(void) {
 const char *zp_matmul_isa(void) {
     switch (isa_current()) {
     case ZP_ISA_AMX: return "amx";
-    case ZP_ISA_DP: return "avx512bf16";
     case ZP_ISA_AVX512: return "avx512";
     case ZP_ISA_AVX2: return "avx2";
     default: return "scalar";
@@ -155,7 +145,6 @@ const char *zp_matmul_isa(void) {
 /* The ISA named, or ZP_ISA_UNSET for an unknown name. */
 static int isa_by_name(const char *isa) {
     if (strcmp(isa, "amx") == 0) return ZP_ISA_AMX;
-    if (strcmp(isa, "avx512bf16") == 0) return ZP_ISA_DP;
     if (strcmp(isa, "avx512") == 0) return ZP_ISA_AVX512;
     if (strcmp(isa, "avx2") == 0) return ZP_ISA_AVX2;
     if (strcmp(isa, "scalar") == 0) return ZP_ISA_SCALAR;
@@ -328,39 +317,6 @@ typedef struct {
     int es;  /* bytes per element of those rows */
 } zp_prefetch;
 
-/* A tile's MR x NC accumulators (16 lane sums each) reduced by the tree of matmul.h and stored:
- * y[r][c] for r < MR, c < nc; column c at y + c cs (cs > 1: the columns of a lane tile). */
-ZP_INLINE ZP_TARGET_AVX512 void tile_out_avx512(float *y, int ldy, int cs,
-                                                __m512 acc[ZP_ROWS][ZP_WIDE], const int MR,
-                                                const int NC, int nc) {
-    /* columns 0-3 in one reduction; columns 4-5 (NC = 6) in a second one whose inputs for
-     * columns 2-3 repeat 0-1 (lanes 4r + 2, 4r + 3 of it are not stored) */
-    float out[2][ZP_ROWS * ZP_COLS] __attribute__((aligned(64)));
-    for (int half = 0; half < NC / ZP_COLS + (NC % ZP_COLS != 0); half++) {
-        __m512 v[16];
-        for (int d = 0; d < 16; d++) {
-            int r = d % 4, c = half * ZP_COLS + (half ? d / 4 % 2 : d / 4);
-            v[d] = acc[r][c]; /* rows r >= MR hold zeros: their lanes are not stored */
-        }
-        _mm512_store_ps(out[half], reduce16_avx512(v));
-    }
-    if (cs != 1) { /* a lane tile: its columns lie cs apart */
-        for (int r = 0; r < MR; r++)
-            for (int c = 0; c < nc && c < ZP_COLS; c++)
-                y[(size_t)r * ldy + (size_t)c * cs] = out[0][ZP_COLS * r + c];
-        return;
-    }
-    __mmask8 cols = (__mmask8)((1u << (nc < ZP_COLS ? nc : ZP_COLS)) - 1u);
-    for (int r = 0; r < MR; r++)
-        _mm_mask_storeu_ps(y + (size_t)r * ldy, cols, _mm_load_ps(out[0] + ZP_COLS * r));
-    if (NC > ZP_COLS && nc > ZP_COLS) {
-        __mmask8 more = (__mmask8)((1u << (nc - ZP_COLS)) - 1u);
-        for (int r = 0; r < MR; r++)
-            _mm_mask_storeu_ps(y + (size_t)r * ldy + ZP_COLS, more,
-                               _mm_load_ps(out[1] + ZP_COLS * r));
-    }
-}
-
 /* One tile over K block [k0, k1): y[r][c] = x_r . w_c for r < MR (<= 4 rows of x, stride K) and
  * c < nc (<= NC rows of w given by wrow, elements of type DT; the entries for c >= nc repeat a
  * valid row and are not stored; element k of row c is at wrow[c] + (k - kbase) elements: kbase is
@@ -412,95 +368,33 @@ ZP_INLINE ZP_TARGET_AVX512 void tile_avx512(float *y, int ldy, int cs, const flo
         }
     }
 
-    tile_out_avx512(y, ldy, cs, acc, MR, NC, nc);
-}
-
-/* ---------------------------------------------------------------- AVX512-BF16 tile */
-/* bf16 weights on VDPBF16PS ("avx512bf16", opt-in; matmul.h). Each row of x is split into two
- * bf16 parts, hi = bf16(x) and lo = bf16(x - hi) (dp_split), so x - (hi + lo) is within 2^-18 |x|;
- * VDPBF16PS multiplies 32 bf16 weights by 32 bf16 parts and adds each lane's pair (elements 2j + 1,
- * then 2j, each a fused multiply-add into the lane's float32 sum, measured on the device) into 16
- * lane sums. Per 32 elements of K a lane takes hi's pair, then lo's. The lanes then reduce by the
- * tree of matmul.h. So each output is one sum in a fixed order that depends only on K, as for the
- * other kernels, but over the split parts: its own bits. The instruction treats subnormal inputs
- * and results as zero. */
-#define ZP_TARGET_DP __attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw,avx2,fma,f16c")))
-
-/* group_avx512_t's weight type for bf16 on VDPBF16PS (not a ZP_WTYPE_*) */
-enum { ZP_DT_DP = 100 };
-
-/* Elements per row of a split part: K padded to a multiple of 32 with zeros. */
-static inline size_t dp_row(int K) {
-    return (size_t)(K + 31) / 32 * 32;
-}
-
-/* One step of 32 elements of K from k for tile_dp_t: NC weight vectors (masked to `in` when
- * MASKED, the last step past K: the split's padding is 0 too), then per row its two parts. 16
- * sums, 4 weight vectors and 2 parts: 22 of 32 registers. (Loading the 8 parts first and each
- * weight vector after, as tile_avx512 does, needs 25, and a mask in every step made GCC store
- * the 16 sums to the stack on every step: the unmasked steps run apart.) */
-ZP_INLINE ZP_TARGET_DP void dp_step(__m512 acc[ZP_ROWS][ZP_WIDE], const char *const wrow[ZP_WIDE],
-                                    const uint16_t *xs, size_t P, int k, __mmask32 in, const int MR,
-                                    const int MASKED) {
-    __m512bh wv[ZP_COLS];
-    for (int c = 0; c < ZP_COLS; c++)
-        wv[c] = MASKED ? (__m512bh)_mm512_maskz_loadu_epi16(in, wrow[c] + (size_t)k * 2)
-                       : (__m512bh)_mm512_loadu_si512(wrow[c] + (size_t)k * 2);
-    for (int r = 0; r < MR; r++) {
-        __m512bh hi = (__m512bh)_mm512_loadu_si512(xs + 2 * r * P + k);
-        __m512bh lo = (__m512bh)_mm512_loadu_si512(xs + (2 * r + 1) * P + k);
-        for (int c = 0; c < ZP_COLS; c++) {
-            acc[r][c] = _mm512_dpbf16_ps(acc[r][c], wv[c], hi);
-            acc[r][c] = _mm512_dpbf16_ps(acc[r][c], wv[c], lo);
+    /* columns 0-3 in one reduction; columns 4-5 (NC = 6) in a second one whose inputs for
+     * columns 2-3 repeat 0-1 (lanes 4r + 2, 4r + 3 of it are not stored) */
+    float out[2][ZP_ROWS * ZP_COLS] __attribute__((aligned(64)));
+    for (int half = 0; half < NC / ZP_COLS + (NC % ZP_COLS != 0); half++) {
+        __m512 v[16];
+        for (int d = 0; d < 16; d++) {
+            int r = d % 4, c = half * ZP_COLS + (half ? d / 4 % 2 : d / 4);
+            v[d] = acc[r][c]; /* rows r >= MR hold zeros: their lanes are not stored */
         }
+        _mm512_store_ps(out[half], reduce16_avx512(v));
     }
-}
-
-/* tile_avx512 for bf16 weights on VDPBF16PS: xs, the split of the tile's first row of x (row r's
- * hi at xs + 2 r dp_row(K), its lo dp_row(K) further); everything else as there. k0 and k1 are
- * multiples of 32 or K. Per 32 elements of K: NC loads of w, 2 MR loads of x, 2 MR NC VDPBF16PS,
- * and the prefetch of the lines those elements span in each row of pf. */
-ZP_INLINE ZP_TARGET_DP void tile_dp_t(float *y, int ldy, int cs, const uint16_t *xs,
-                                      const char *const wrow[ZP_WIDE], int K, int k0, int k1,
-                                      int nc, __m512 *state, const zp_prefetch *pf, const int MR) {
-    const int NC = ZP_COLS;
-    const size_t P = dp_row(K);
-    __m512 acc[ZP_ROWS][ZP_WIDE];
-    for (int r = 0; r < ZP_ROWS; r++)
-        for (int c = 0; c < NC; c++)
-            acc[r][c] = k0 == 0 || r >= MR ? _mm512_setzero_ps() : state[NC * r + c];
-    int k = k0;
-    for (; k + 32 <= k1; k += 32) {
-        if (k - k0 < pf->len)
-            for (int j = 0; j < pf->n; j++) {
-                const char *line = pf->row[j] + (size_t)(k - k0) * pf->es;
-                _mm_prefetch(line, ZP_PF_HINT);
-                if (pf->es == 4) _mm_prefetch(line + 64, ZP_PF_HINT);
-            }
-        dp_step(acc, wrow, xs, P, k, 0, MR, 0);
-    }
-    if (k < k1) dp_step(acc, wrow, xs, P, k, (__mmask32)((1u << (K - k)) - 1u), MR, 1);
-    if (k1 < K) { /* more K blocks to come */
+    if (cs != 1) { /* a lane tile: its columns lie cs apart */
         for (int r = 0; r < MR; r++)
-            for (int c = 0; c < NC; c++) state[NC * r + c] = acc[r][c];
+            for (int c = 0; c < nc && c < ZP_COLS; c++)
+                y[(size_t)r * ldy + (size_t)c * cs] = out[0][ZP_COLS * r + c];
         return;
     }
-    tile_out_avx512(y, ldy, cs, acc, MR, NC, nc);
-}
-
-/* One out-of-line instance per row count (the group, compiled for AVX-512 without BF16, calls
- * them; it cannot inline code of a wider target). */
-#define ZP_TILE_DP(name, MR)                                                                       \
-    static ZP_TARGET_DP void name(float *y, int ldy, int cs, const uint16_t *xs,                   \
-                                  const char *const wrow[ZP_WIDE], int K, int k0, int k1, int nc,  \
-                                  __m512 *state, const zp_prefetch *pf) {                          \
-        tile_dp_t(y, ldy, cs, xs, wrow, K, k0, k1, nc, state, pf, MR);                             \
+    __mmask8 cols = (__mmask8)((1u << (nc < ZP_COLS ? nc : ZP_COLS)) - 1u);
+    for (int r = 0; r < MR; r++)
+        _mm_mask_storeu_ps(y + (size_t)r * ldy, cols, _mm_load_ps(out[0] + ZP_COLS * r));
+    if (NC > ZP_COLS && nc > ZP_COLS) {
+        __mmask8 more = (__mmask8)((1u << (nc - ZP_COLS)) - 1u);
+        for (int r = 0; r < MR; r++)
+            _mm_mask_storeu_ps(y + (size_t)r * ldy + ZP_COLS, more,
+                               _mm_load_ps(out[1] + ZP_COLS * r));
     }
-ZP_TILE_DP(tile_dp1, 1)
-ZP_TILE_DP(tile_dp2, 2)
-ZP_TILE_DP(tile_dp3, 3)
-ZP_TILE_DP(tile_dp4, 4)
-#undef ZP_TILE_DP
+}
 
 /* The w rows and K range that the block after (this group's rows wrow, block [k0, k1)) reads: the
  * next K block of the same rows, else the first K block of the rows read next (`nxt`: the next
@@ -550,8 +444,7 @@ ZP_INLINE ZP_TARGET_AVX512 void widen_block_avx512(float *dst, int ld,
  * each (panel, K block) of w is first widened into a float32 scratch block that the tiles then
  * share, so the conversion is paid once per block, not once per tile; with fewer tiles each tile
  * widens its loads in registers, which measured faster (the tiles read the same float32 values
- * either way: same bits).
- * DT = ZP_DT_DP: bf16 weights on VDPBF16PS, x then being the split of dp_split (4 columns). */
+ * either way: same bits). */
 ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x, const char *w,
                                                int m, int K, zp_colset cols, zp_after nxt,
                                                const int NC, const int DT) {
@@ -562,15 +455,14 @@ ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x
         srow[c] = wrow[c] = w + (size_t)(n0 + (size_t)(c < nc ? c : nc - 1) * cols.step) * K * es;
     __m512 state[ZP_PANEL / ZP_ROWS][ZP_ROWS * ZP_WIDE]; /* (tiles, accumulators) */
     /* bf16 / f16: one K block of NC rows as float32 (kblock <= 2 * ZP_KBLOCK with > 1 tile) */
-    float scratch[DT == ZP_WTYPE_F32 || DT == ZP_DT_DP ? 1 : ZP_WIDE * 2 * ZP_KBLOCK]
-        __attribute__((aligned(64)));
+    float scratch[DT == ZP_WTYPE_F32 ? 1 : ZP_WIDE * 2 * ZP_KBLOCK] __attribute__((aligned(64)));
 
     for (int i0 = 0; i0 < m; i0 += ZP_PANEL) {
         int rows = m - i0 < ZP_PANEL ? m - i0 : ZP_PANEL, tiles = (rows + ZP_ROWS - 1) / ZP_ROWS;
         /* one tile reads x once: no blocking, and the prefetch runs a whole group ahead */
         int kblock = tiles > 1 && K > 2 * ZP_KBLOCK ? ZP_KBLOCK : (K > 0 ? K : 1);
         /* then tiles > 1, so kblock <= 2 * ZP_KBLOCK */
-        int widen = DT != ZP_WTYPE_F32 && DT != ZP_DT_DP && tiles > 1 &&
+        int widen = DT != ZP_WTYPE_F32 && tiles > 1 &&
                     tiles >= __atomic_load_n(&zp_widen_tiles, __ATOMIC_RELAXED);
         int k0 = 0;
         do {
@@ -592,16 +484,10 @@ ZP_INLINE ZP_TARGET_AVX512 void group_avx512_t(float *y, int ldy, const float *x
                 int to = tiles >= NC ? t + 1 : n_next * (t + 1) / tiles;
                 for (int c = from; c < to && c < n_next; c++) pf.row[pf.n++] = next[c];
                 float *yi = y + (size_t)i * ldy + n0;
-                const float *xi = x + (size_t)i * K; /* not for ZP_DT_DP */
+                const float *xi = x + (size_t)i * K;
                 __m512 *st = state[t];
                 int mr = m - i < ZP_ROWS ? m - i : ZP_ROWS;
-                if (DT == ZP_DT_DP) {
-                    const uint16_t *xs = (const uint16_t *)x + (size_t)i * 2 * dp_row(K);
-                    (mr == 4   ? tile_dp4
-                     : mr == 3 ? tile_dp3
-                     : mr == 2 ? tile_dp2
-                               : tile_dp1)(yi, ldy, cols.step, xs, wrow, K, k0, k1, nc, st, &pf);
-                } else if (widen) { /* constant MR: one loop per case */
+                if (widen) { /* constant MR: one loop per case */
                     switch (mr) {
                     case 4:
                         tile_avx512(yi, ldy, cols.step, xi, srow, k0, K, k0, k1, nc, st, &pf, 4, NC,
@@ -658,7 +544,6 @@ ZP_GROUP_AVX512(group_avx512_f16, ZP_COLS, ZP_WTYPE_F16)
 ZP_GROUP_AVX512(group_wide_avx512_f32, ZP_WIDE, ZP_WTYPE_F32)
 ZP_GROUP_AVX512(group_wide_avx512_bf16, ZP_WIDE, ZP_WTYPE_BF16)
 ZP_GROUP_AVX512(group_wide_avx512_f16, ZP_WIDE, ZP_WTYPE_F16)
-ZP_GROUP_AVX512(group_dp_avx512, ZP_COLS, ZP_DT_DP)
 #undef ZP_GROUP_AVX512
 
 /* ---------------------------------------------------------------- AVX2 kernel */
@@ -879,7 +764,7 @@ enum {
     ZP_AMX_COLS = 32, /* output columns per AMX group: 2 weight tiles of 16 */
     ZP_AMX_ROWS = 5,  /* rows of x per panel: 3 parts each, 15 of a B tile's 16 columns */
 };
-/* Above this many bytes of split activations (plus the copy of x) per thread, split_prepare
+/* Above this many bytes of split activations (plus the copy of x) per thread, amx_prepare
  * gives up as when out of memory (rows x K beyond anything a decode pass holds: about 2000 rows
  * at K = 14336). */
 #define ZP_AMX_MAX_BYTES ((size_t)256 << 20)
@@ -989,79 +874,46 @@ static ZP_TARGET_AVX512 void amx_split(uint32_t *bs, const float *x, int m, int 
     }
 }
 
-/* x (m, K) float32 -> two bf16 parts per element for the VDPBF16PS tile (tile_dp_t):
- * xs[(2 i + p) dp_row(K) + k] = part p of x[i][k], hi = bf16(x), lo = bf16(x - hi) (the
- * subtraction is exact), zeros from K to dp_row(K). */
-static ZP_TARGET_AVX512 void dp_split(uint16_t *xs, const float *x, int m, int K) {
-    const size_t P = dp_row(K);
-    for (int i = 0; i < m; i++) {
-        const float *xr = x + (size_t)i * K;
-        uint16_t *hi = xs + 2 * (size_t)i * P, *lo = hi + P;
-        for (size_t k = 0; k < P; k += 16) {
-            const int left = K - (int)k;
-            const __mmask16 in = (__mmask16)(left >= 16 ? 0xffffu
-                                             : left > 0 ? (1u << left) - 1u
-                                                        : 0u);
-            __m512 v = _mm512_maskz_loadu_ps(in, xr + k);
-            __m512i h = bf16_round_avx512(v);
-            __m512i l = bf16_round_avx512(_mm512_sub_ps(v, _mm512_castsi512_ps(h)));
-            _mm256_storeu_si256((__m256i *)(hi + k),
-                                _mm512_cvtepi32_epi16(_mm512_srli_epi32(h, 16)));
-            _mm256_storeu_si256((__m256i *)(lo + k),
-                                _mm512_cvtepi32_epi16(_mm512_srli_epi32(l, 16)));
-        }
-    }
-}
-
-/* The kinds of split a product may need: for the AMX tiles (amx_split) and for VDPBF16PS
- * (dp_split). */
-enum { ZP_SPLIT_AMX = 0, ZP_SPLIT_DP = 1, ZP_SPLITS = 2 };
-
-/* Each thread keeps its last split of each kind (and a copy of the x it came from): the calls of
- * one product (a team thread's block and chunks, the outputs of a multi-product call) share one
- * split, and a call whose x differs in any bit from the copy splits again. Freed when the thread
- * ends. */
+/* Each thread keeps its last split (and a copy of the x it came from): the calls of one product
+ * (a team thread's block and chunks, the outputs of a multi-product call) share one split, and
+ * a call whose x differs in any bit from the copy splits again. Freed when the thread ends. */
 typedef struct {
     float *x;
-    void *bs;
+    uint32_t *bs;
     size_t x_cap, bs_cap; /* bytes */
     int m, K, valid;
-} split_cache;
+} amx_cache;
 
-static pthread_key_t split_key;
-static pthread_once_t split_key_once = PTHREAD_ONCE_INIT;
-static int split_key_ok;
+static pthread_key_t amx_key;
+static pthread_once_t amx_key_once = PTHREAD_ONCE_INIT;
+static int amx_key_ok;
 
-static void split_cache_free(void *p) {
-    split_cache *c = p;
-    for (int j = 0; j < ZP_SPLITS; j++) free(c[j].x), free(c[j].bs);
-    free(c);
+static void amx_cache_free(void *p) {
+    amx_cache *c = p;
+    free(c->x), free(c->bs), free(c);
 }
 
-static void split_key_init(void) {
-    split_key_ok = pthread_key_create(&split_key, split_cache_free) == 0;
+static void amx_key_init(void) {
+    amx_key_ok = pthread_key_create(&amx_key, amx_cache_free) == 0;
 }
 
-/* The split of x (m, K) of this kind for this thread, or NULL when the memory cannot be had
- * (then bf16 in place runs on the AVX-512 kernel and bf16 in tile order gives NaN: run_cols). */
-static const void *split_prepare(int kind, const float *x, int m, int K) {
+/* The split of x (m, K) for this thread, or NULL when the memory cannot be had (then bf16 in
+ * place runs on the AVX-512 kernel and bf16 in tile order gives NaN: run_cols). */
+static const uint32_t *amx_prepare(const float *x, int m, int K) {
     const size_t x_bytes = (size_t)m * (size_t)K * sizeof(float) + 64;
     const size_t bs_bytes =
-        kind == ZP_SPLIT_AMX
-            ? (size_t)(m + ZP_AMX_ROWS - 1) / ZP_AMX_ROWS * amx_pair_rows(K) * 64 + 64
-            : (size_t)m * 2 * dp_row(K) * sizeof(uint16_t) + 64;
+        (size_t)(m + ZP_AMX_ROWS - 1) / ZP_AMX_ROWS * amx_pair_rows(K) * 64 + 64;
     if (x_bytes + bs_bytes > ZP_AMX_MAX_BYTES) return NULL;
-    pthread_once(&split_key_once, split_key_init);
-    if (!split_key_ok) return NULL;
-    split_cache *all = pthread_getspecific(split_key);
-    if (all == NULL) {
-        if ((all = calloc(ZP_SPLITS, sizeof *all)) == NULL) return NULL;
-        if (pthread_setspecific(split_key, all) != 0) {
-            free(all);
+    pthread_once(&amx_key_once, amx_key_init);
+    if (!amx_key_ok) return NULL;
+    amx_cache *c = pthread_getspecific(amx_key);
+    if (c == NULL) {
+        if ((c = calloc(1, sizeof *c)) == NULL) return NULL;
+        if (pthread_setspecific(amx_key, c) != 0) {
+            free(c);
             return NULL;
         }
     }
-    split_cache *c = &all[kind];
     if (c->valid && c->m == m && c->K == K &&
         memcmp(c->x, x, (size_t)m * (size_t)K * sizeof(float)) == 0)
         return c->bs;
@@ -1079,10 +931,7 @@ static const void *split_prepare(int kind, const float *x, int m, int K) {
         c->bs_cap = bs_bytes;
     }
     memcpy(c->x, x, (size_t)m * (size_t)K * sizeof(float));
-    if (kind == ZP_SPLIT_AMX)
-        amx_split(c->bs, x, m, K);
-    else
-        dp_split(c->bs, x, m, K);
+    amx_split(c->bs, x, m, K);
     c->m = m, c->K = K, c->valid = 1;
     return c->bs;
 }
@@ -1209,15 +1058,13 @@ typedef void (*zp_group_fn)(float *y, int ldy, const float *x, const char *w, in
 /* The vector group function for (isa, wtype) and its width in output columns (4, or 6 for the
  * wide AVX-512 tile when `wide`); NULL for the scalar kernel (4 columns a group). bf16 under
  * ZP_ISA_AMX, and bf16 in tile order on any: width 32, computed by group_amx (run_cols), the
- * function returned unused. bf16 under ZP_ISA_DP: group_dp_avx512, whose x is dp_split's split,
- * width 4 (wide or not). */
+ * function returned unused. */
 static zp_group_fn group_fn(int isa, int wtype, int wide, int *width) {
     *width = ZP_COLS;
     if ((isa == ZP_ISA_AMX && wtype == ZP_WTYPE_BF16) || wtype == ZP_WTYPE_BF16_TILES) {
         *width = ZP_AMX_COLS;
         return group_avx512_bf16;
     }
-    if (isa == ZP_ISA_DP && wtype == ZP_WTYPE_BF16) return group_dp_avx512; /* x: the split */
     if (isa >= ZP_ISA_AVX512) {
         *width = wide ? ZP_WIDE : ZP_COLS;
         switch (wtype) {
@@ -1342,16 +1189,13 @@ static zp_after run_first(int isa, int wide, int m, int K, const zp_matmul_out *
  * wide group numbered by a caller whose ISA was since forced to a narrower kernel takes two
  * tiles. Each tile prefetches the rows read next: the same tile of the next output, the next
  * tile, or after the last one `after` (the first tile of what the caller runs next). */
-static void run_cols(int isa, int wide, const float *x, const void *const split[ZP_SPLITS], int m,
-                     int K, const zp_matmul_out *o, int n_o, int n0, int n1, zp_after after) {
+static void run_cols(int isa, int wide, const float *x, const uint32_t *bs, int m, int K,
+                     const zp_matmul_out *o, int n_o, int n0, int n1, zp_after after) {
     int width;
     zp_group_fn fn = group_fn(isa, o[0].wtype, wide, &width);
     const int tiled = o[0].wtype == ZP_WTYPE_BF16_TILES;
     const int amx = tiled || (isa == ZP_ISA_AMX && o[0].wtype == ZP_WTYPE_BF16);
-    const uint32_t *bs = split[ZP_SPLIT_AMX];
-    if (isa == ZP_ISA_DP && o[0].wtype == ZP_WTYPE_BF16)
-        x = split[ZP_SPLIT_DP]; /* zp_matmul_range made it, or fell back to ZP_ISA_AVX512 */
-    if (amx && bs == NULL) {    /* no memory for the split (matmul.h): NaN, never stale values */
+    if (amx && bs == NULL) { /* no memory for the split (matmul.h): NaN, never stale values */
         for (int j = 0; j < n_o; j++)
             for (int i = 0; i < m; i++)
                 for (int n = n0; n < n1; n++) o[j].y[(size_t)i * o[j].ldy + n] = NAN;
@@ -1452,27 +1296,21 @@ zp_cols zp_matmul_range(const float *x, int m, int K, const zp_matmul_out *out, 
     const int64_t groups = zp_matmul_groups(K, out, n_out, flags);
     if (g1 > groups) g1 = groups;
     if (g0 >= g1) return mine;
-    /* x split for the AMX tiles or VDPBF16PS, when a bf16 output needs it */
-    const void *split[ZP_SPLITS] = {NULL, NULL};
-    int amx = 0, dp = 0; /* an output runs on AMX (bf16 under "amx", or in tile order), on DP */
-    for (int j = 0; j < n_out; j++) {
-        amx |= (isa == ZP_ISA_AMX && out[j].wtype == ZP_WTYPE_BF16) ||
-               (out[j].wtype == ZP_WTYPE_BF16_TILES && out_valid(&out[j]));
-        dp |= isa == ZP_ISA_DP && out[j].wtype == ZP_WTYPE_BF16;
-    }
-    if (amx && (split[ZP_SPLIT_AMX] = split_prepare(ZP_SPLIT_AMX, x, m, K)) == NULL &&
-        isa == ZP_ISA_AMX)
+    const uint32_t *bs = NULL; /* x split for the AMX tiles, when a bf16 output needs it */
+    int split = 0;             /* an output runs on AMX: bf16 under "amx", or bf16 in tile order */
+    for (int j = 0; j < n_out; j++)
+        split |= (isa == ZP_ISA_AMX && out[j].wtype == ZP_WTYPE_BF16) ||
+                 (out[j].wtype == ZP_WTYPE_BF16_TILES && out_valid(&out[j]));
+    if (split && (bs = amx_prepare(x, m, K)) == NULL && isa == ZP_ISA_AMX)
         isa = ZP_ISA_AVX512; /* no memory for the split: bf16 in place on AVX-512 */
-    if (dp && (split[ZP_SPLIT_DP] = split_prepare(ZP_SPLIT_DP, x, m, K)) == NULL)
-        isa = ZP_ISA_AVX512; /* the same */
     zp_after after = range_first(isa, wide, m, K, out, n_out, flags, width, groups, next, next_end);
     if (flags & ZP_MATMUL_JOINT) {
         /* group g: columns [g width, (g + 1) width) of every output (same N and wtype): one run */
         const int N = out[0].N;
         mine.n0 = (int)(g0 * width);
         mine.n1 = (int)(g1 * width < N ? g1 * width : N);
-        run_cols(isa, wide, x, split, m, K, out, n_out, mine.n0, mine.n1, after);
-        if (split[ZP_SPLIT_AMX]) amx_end();
+        run_cols(isa, wide, x, bs, m, K, out, n_out, mine.n0, mine.n1, after);
+        if (bs) amx_end();
         return mine;
     }
     /* groups of every skinny output numbered one after the other: the range cut into runs of one
@@ -1487,12 +1325,12 @@ zp_cols zp_matmul_range(const float *x, int m, int K, const zp_matmul_out *out, 
         zp_after a = g + take < g1 ? range_first(isa, wide, m, K, out, n_out, flags, width, groups,
                                                  g + take, g1)
                                    : after;
-        run_cols(isa, wide, x, split, m, K, &out[j], 1, n0, end, a);
+        run_cols(isa, wide, x, bs, m, K, &out[j], 1, n0, end, a);
         if (n_out == 1) mine.n0 = n0, mine.n1 = end;
         g += take;
         if (g < g1) locate(K, out, n_out, flags, width, g, &j, &n0, &n1);
     }
-    if (split[ZP_SPLIT_AMX]) amx_end();
+    if (bs) amx_end();
     return mine;
 }
 

@@ -18,7 +18,9 @@
  * accumulation are float32. A bf16/f16 weight is widened to float32 in registers, which is exact,
  * so y is bit for bit what the float32 product with the widened weights gives. (AVX512-BF16's
  * vdpbf16ps would round x to bf16 as well: a relative error near 2^-9 per product, far above
- * the 1e-4 the logits tests allow, so it is not used.)
+ * the 1e-4 the logits tests allow. x split into two bf16 parts keeps the error near 2^-16, but
+ * on the 16-core AVX-512 host vdpbf16ps issues at 0.56x the FMA rate, and a kernel built that
+ * way ran at 0.43-0.99x this one's speed: BENCHMARKS.md, issue 13, stop 26. Not used.)
  *
  * AMX ("amx", opt-in through zp_matmul_force_isa where the CPU and OS offer AMX-BF16): bf16
  * weights go through the tile unit, TDPBF16PS, about 30x the multiply-adds per cycle of AVX-512

@@ -775,12 +775,12 @@ typedef void attend_fn(const int32_t *rows, int n, const int32_t *const *vis, co
 #include "attend_undef.h"
 
 /* The attention instance for this pass: the instruction set of the matrix kernels, so that
- * zp_matmul_force_isa (testing) reaches both ("avx512", "amx" and "avx512bf16" there imply
- * avx512f), and the cache's K/V element type. */
+ * zp_matmul_force_isa (testing) reaches both ("avx512" and "amx" there imply avx512f), and the
+ * cache's K/V element type. */
 static attend_fn *attend_pick(int kv_type) {
     const char *isa = zp_matmul_isa();
     int bf16 = kv_type == ZP_WTYPE_BF16;
-    if (strcmp(isa, "avx512") == 0 || strcmp(isa, "amx") == 0 || strcmp(isa, "avx512bf16") == 0)
+    if (strcmp(isa, "avx512") == 0 || strcmp(isa, "amx") == 0)
         return bf16 ? attend_avx512_bf16 : attend_avx512_f32;
     if (strcmp(isa, "avx2") == 0) return bf16 ? attend_avx2_bf16 : attend_avx2_f32;
     return bf16 ? attend_sse2_bf16 : attend_sse2_f32;

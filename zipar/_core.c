@@ -944,9 +944,9 @@ static PyObject *py_build_info(PyObject *mod, PyObject *noargs) {
     omp_max = omp_get_max_threads();
     omp_on = _OPENMP;
 #endif
-    static const char *isas[] = {"amx", "avx512bf16", "avx512", "avx2", "scalar"};
+    static const char *isas[] = {"amx", "avx512", "avx2", "scalar"};
     PyObject *have = PyList_New(0);
-    for (int i = 0; have && i < 5; i++) {
+    for (int i = 0; have && i < 4; i++) {
         if (!zp_matmul_isa_supported(isas[i])) continue;
         PyObject *name = PyUnicode_FromString(isas[i]);
         if (!name || PyList_Append(have, name) != 0) Py_CLEAR(have);

@@ -29,12 +29,11 @@ def show_config() -> None:
     info = build_info()
     print(f"zipar {__version__}")
     rows = info["blas_min_rows"]
-    opt = [f"'{isa}'" for isa in ("amx", "avx512bf16") if isa in info["kernel_isas"]]
-    opt_in = f" ({' and '.join(opt)} opt-in: set_kernel_isa)" if opt else ""
     when = ("every matrix product; OpenBLAS sgemm off" if rows >= 1 << 30 else
             f"products below {rows} rows; sgemm from {rows}")
     print(f"  matrix kernel : {info['kernel_isa']} ({when}); this CPU runs "
-          f"{', '.join(info['kernel_isas'])}" + opt_in)
+          f"{', '.join(info['kernel_isas'])}" + (" ('amx' opt-in: set_kernel_isa)"
+                                                  if "amx" in info["kernel_isas"] else ""))
     print(f"  BLAS          : {info['blas']}, {info['blas_threads']} thread(s)")
     print(f"  OpenMP        : libgomp (_OPENMP={info['openmp']}), "
           f"{get_num_threads()} thread(s), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
@@ -69,9 +68,9 @@ def set_blas_min_rows(m: int) -> None:
     core().set_blas_min_rows(m)
 
 
-#: the instruction sets of the matrix kernels ("amx" and "avx512bf16", opt-in: AVX-512 for
-#: float32 / float16 weights, and AMX tiles or VDPBF16PS for bfloat16 ones)
-KERNEL_ISAS = ("amx", "avx512bf16", "avx512", "avx2", "scalar")
+#: the instruction sets of the matrix kernels ("amx", opt-in: AVX-512 for float32 / float16
+#: weights and AMX tiles for bfloat16 ones)
+KERNEL_ISAS = ("amx", "avx512", "avx2", "scalar")
 
 
 def kernel_isa() -> str:

@@ -8,9 +8,7 @@
  *     to 16 rows (zp_matmul_set_lanes; default 8);
  *   - scratch always / never: bf16 weights widened into a scratch block shared by the tiles of a
  *     panel at every tile count, or in registers by each tile (zp_matmul_set_widen_min_tiles;
- *     default from 5 tiles, m > 16);
- *   - and, where the CPU has AVX512-BF16, the opt-in kernel "avx512bf16" (VDPBF16PS; bits of its
- *     own for bf16 weights, float32 ones run as "avx512").
+ *     default from 5 tiles, m > 16).
  * Cold: several copies of the layer (> 400 MiB) are cycled through, so each product reads its
  * weights from memory, as a decode pass does; hot: one copy. Prints the median ms per layer and
  * GFLOP/s of each (setting, m), and each setting's ratio to the default (> 1: faster).
@@ -34,15 +32,13 @@ enum { N_MS = sizeof ms / sizeof ms[0] };
 typedef struct {
     const char *name;
     int lanes, widen; /* zp_matmul_set_lanes, zp_matmul_set_widen_min_tiles (-1 / 0: default) */
-    const char *isa;  /* zp_matmul_force_isa (NULL: the automatic choice) */
 } zp_setting;
-static const zp_setting settings[] = {{"default", -1, 0, NULL},
-                                      {"lanes off", 0, 0, NULL},
-                                      {"lanes to 16 rows", 16, 0, NULL},
-                                      {"scratch always", -1, 1, NULL},
-                                      {"scratch never", -1, 1 << 30, NULL},
-                                      {"avx512bf16", -1, 0, "avx512bf16"}};
-enum { N_SET_ALL = sizeof settings / sizeof settings[0] };
+static const zp_setting settings[] = {{"default", -1, 0},
+                                      {"lanes off", 0, 0},
+                                      {"lanes to 16 rows", 16, 0},
+                                      {"scratch always", -1, 1},
+                                      {"scratch never", -1, 1 << 30}};
+enum { N_SET = sizeof settings / sizeof settings[0] };
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -55,15 +51,13 @@ int main(int argc, char **argv) {
     int rounds = argc > 2 ? atoi(argv[2]) : 20;
     rounds = rounds < 3 ? 3 : rounds > ROUNDS_MAX ? ROUNDS_MAX : rounds;
     const char *which = argc > 3 ? argv[3] : "both";
-    /* the last setting only where the CPU runs it */
-    const int N_SET = N_SET_ALL - (zp_matmul_isa_supported("avx512bf16") ? 0 : 1);
     printf("bench_rows: GPT-%s layer (dim %d, hidden %d), kernel %s, %d threads, %d rounds\n",
            large ? "L" : "B", D, H, zp_matmul_isa(), zp_get_num_threads(), rounds);
     float *x = random_weights((size_t)M_MAX * H, ZP_WTYPE_F32, 7);
     float *y = alloc_bytes(sizeof(float) * M_MAX * 3 * D);
     float *h1 = alloc_bytes(sizeof(float) * M_MAX * H),
           *h3 = alloc_bytes(sizeof(float) * M_MAX * H);
-    static double t[N_SET_ALL][N_MS][ROUNDS_MAX];
+    static double t[N_SET][N_MS][ROUNDS_MAX];
     for (int wtype = ZP_WTYPE_F32; wtype <= ZP_WTYPE_BF16; wtype++) {
         const char *tname = wtype == ZP_WTYPE_F32 ? "fp32" : "bf16";
         if (strcmp(which, "both") != 0 && strcmp(which, tname) != 0) continue;
@@ -81,7 +75,6 @@ int main(int argc, char **argv) {
                         int v = (j + r) % N_SET;
                         zp_matmul_set_lanes(settings[v].lanes);
                         zp_matmul_set_widen_min_tiles(settings[v].widen);
-                        zp_matmul_force_isa(settings[v].isa);
                         const zp_layer *l = &L[hot ? 0 : next++ % copies];
                         double t0 = now();
                         layer_products(D, H, l, wtype, ms[i], x, y, y, h1, h3, 1);
@@ -89,13 +82,12 @@ int main(int argc, char **argv) {
                     }
             zp_matmul_set_lanes(-1);
             zp_matmul_set_widen_min_tiles(0);
-            zp_matmul_force_isa(NULL);
             printf("\n%s weights, %s (%.1f MB a layer%s): median ms per layer, GFLOP/s, and the "
                    "default's time / the setting's\n%-17s",
                    tname, hot ? "hot" : "cold", bytes * 1e-6, hot ? ", one copy" : ", cycled", "m");
             for (int i = 0; i < N_MS; i++) printf(" %21d", ms[i]);
             printf("\n");
-            double med[N_SET_ALL][N_MS];
+            double med[N_SET][N_MS];
             for (int v = 0; v < N_SET; v++) {
                 printf("%-17s", settings[v].name);
                 for (int i = 0; i < N_MS; i++) {

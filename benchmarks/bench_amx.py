@@ -1,21 +1,19 @@
-"""An opt-in bf16 kernel ("amx" or "avx512bf16") against the AVX-512 kernel, side by side in one
-process.
+"""bf16 weights on the AMX tiles against the AVX-512 kernel, side by side in one process.
 
-On a CPU with AMX-BF16 or AVX512-BF16 the matrix kernels can run bf16 weights on the tile unit
-("amx") or on VDPBF16PS ("avx512bf16"), both opt-in; "avx512", the default, widens them in
-registers and multiplies with FMAs. For random LlamaGen-shaped bf16 models (CFG, a 16x16 grid
-half in the cache) and passes of q queries (2q rows), the two kernels alternate in rounds of
-passes, each round preceded by a read-bandwidth probe:
+On a CPU with AMX-BF16 the matrix kernels run bf16 weights on the tile unit ("amx", the default
+there); "avx512" widens them in registers and multiplies with FMAs. For random LlamaGen-shaped
+bf16 models (CFG, a 16x16 grid half in the cache) and passes of q queries (2q rows), the two
+kernels alternate in rounds of passes, each round preceded by a read-bandwidth probe:
 
-    python benchmarks/bench_isa.py [--isa amx|avx512bf16] [--shapes GPT-B GPT-L]
-                                   [--queries 1 6] [--threads N]
+    python benchmarks/bench_amx.py [--shapes GPT-B GPT-L] [--queries 1 6] [--threads N]
 
-prints, per (shape, q): ms per pass for each kernel (median over rounds), their ratio, the
-weight bytes per second of each kernel's pass as a fraction of the probe, the pass(q) / pass(1)
-ratio of each kernel (what ZipAR's wall gain needs near 1), and the largest logit difference
-between the kernels relative to the largest logit (teacher-forced logits of one image; "amx"
-splits activations exactly into three bf16 parts, "avx512bf16" into two). Writes
-benchmarks/results/<isa>.json. Exits with a message where the CPU lacks the kernel.
+prints, per (shape, q): ms per pass for each kernel (median over rounds), amx / avx512, the
+weight bytes per second of the amx pass as a fraction of the probe, the pass(q) / pass(1) ratio
+of each kernel (what ZipAR's wall gain needs near 1), and the largest logit difference between
+the kernels relative to the largest logit (teacher-forced logits of one image; AMX splits
+activations exactly into three bf16 parts, so only the accumulation's rounding differs).
+Writes benchmarks/results/amx.json.
+Exits with a message where the CPU has no AMX.
 """
 import argparse
 import json
@@ -28,26 +26,24 @@ import zipar
 from bench_forward import half_filled
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BASE = "avx512"
+ISAS = ("amx", "avx512")
 
 
-def logits_gap(model, q, isas):
-    """max |logits(isas[0]) - logits(avx512)| / max |logits(avx512)|, teacher-forced logits of q
+def logits_gap(model, q):
+    """max |logits(amx) - logits(avx512)| / max |logits(avx512)|, teacher-forced logits of q
     images (every position, in one pass)."""
     c = model.config
     tokens = np.random.default_rng(1).integers(0, c.vocab_size, (q, c.H, c.W))
     out = {}
-    for isa in isas:
+    for isa in ISAS:
         zipar.runtime.set_kernel_isa(isa)
         out[isa] = model.logits(list(range(q)), tokens, cfg_scale=4.0)
     zipar.runtime.set_kernel_isa(None)
-    return float(np.abs(out[isas[0]] - out[BASE]).max() / np.abs(out[BASE]).max())
+    return float(np.abs(out["amx"] - out["avx512"]).max() / np.abs(out["avx512"]).max())
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--isa", default="amx", choices=["amx", "avx512bf16"],
-                    help="the opt-in kernel timed against avx512")
     ap.add_argument("--shapes", nargs="+", default=["GPT-B", "GPT-L"],
                     choices=sorted(zipar.config.LLAMAGEN_SIZES))
     ap.add_argument("--queries", nargs="+", type=int, default=[1, 6],
@@ -58,10 +54,9 @@ def main():
     ap.add_argument("--no-logits", action="store_true", help="skip the logits comparison")
     args = ap.parse_args()
     try:
-        zipar.runtime.set_kernel_isa(args.isa)
+        zipar.runtime.set_kernel_isa("amx")
     except ValueError as e:
-        raise SystemExit(f"bench_isa: {e}")
-    isas, cand = (args.isa, BASE), args.isa
+        raise SystemExit(f"bench_amx: {e}")
     if args.threads:
         zipar.set_num_threads(args.threads)
     rows = []
@@ -77,46 +72,46 @@ def main():
         per_q = {}
         for q in args.queries:
             one_pass = half_filled(model, q)
-            times = {isa: [] for isa in isas}
-            fracs, k = {isa: [] for isa in isas}, 0
+            times = {isa: [] for isa in ISAS}
+            fracs, k = [], 0
             for _ in range(args.rounds):
                 bw = zipar.runtime.read_bandwidth(512 << 20, 3)
-                for isa in isas:
+                for isa in ISAS:
                     zipar.runtime.set_kernel_isa(isa)
                     mine = []
                     for _ in range(args.reps):
                         mine.append(one_pass(k))
                         k += 1
                     times[isa].append(float(np.median(mine)))
-                    fracs[isa].append(wbytes / times[isa][-1] / bw)
+                    if isa == "amx":
+                        fracs.append(wbytes / times[isa][-1] / bw)
             zipar.runtime.set_kernel_isa(None)
-            ms = {isa: 1e3 * float(np.median(times[isa])) for isa in isas}
+            ms = {isa: 1e3 * float(np.median(times[isa])) for isa in ISAS}
             per_q[q] = ms
             row = dict(shape=shape, queries=q, rows=2 * q, threads=zipar.get_num_threads(),
+                       amx_ms=ms["amx"], avx512_ms=ms["avx512"],
+                       amx_over_avx512=ms["amx"] / ms["avx512"],
+                       amx_bandwidth_fraction=float(np.median(fracs)),
                        weight_bytes=wbytes)
-            for isa in isas:
-                row[f"{isa}_ms"] = ms[isa]
-                row[f"{isa}_bandwidth_fraction"] = float(np.median(fracs[isa]))
-            row[f"{cand}_over_{BASE}"] = ms[cand] / ms[BASE]
             if q != args.queries[0]:
                 q0 = args.queries[0]
-                row.update({f"{isa}_over_q{q0}": ms[isa] / per_q[q0][isa] for isa in isas})
+                row.update({f"{isa}_over_q{q0}": ms[isa] / per_q[q0][isa] for isa in ISAS})
             if not args.no_logits and q == args.queries[0]:
-                row["logits_gap"] = logits_gap(model, 1, isas)
+                row["logits_gap"] = logits_gap(model, 1)
             rows.append(row)
-            print(f"{shape} bf16, {q} queries ({2 * q} rows), {row['threads']} threads: {cand} "
-                  f"{ms[cand]:.2f} ms, {BASE} {ms[BASE]:.2f} ms, {cand}/{BASE} "
-                  f"{row[cand + '_over_' + BASE]:.2f}; of the probe: "
-                  + ", ".join(f"{isa} {row[isa + '_bandwidth_fraction']:.1%}" for isa in isas)
+            print(f"{shape} bf16, {q} queries ({2 * q} rows), {row['threads']} threads: amx "
+                  f"{ms['amx']:.2f} ms, avx512 {ms['avx512']:.2f} ms, amx/avx512 "
+                  f"{row['amx_over_avx512']:.2f}; amx reads {row['amx_bandwidth_fraction']:.1%}"
+                  f" of the probe"
                   + "".join(f"; {isa} pass / pass({args.queries[0]} q) "
                             f"{row[isa + '_over_q' + str(args.queries[0])]:.2f}"
-                            for isa in isas if isa + "_over_q" + str(args.queries[0]) in row)
+                            for isa in ISAS if isa + "_over_q" + str(args.queries[0]) in row)
                   + (f"; logits differ by {row['logits_gap']:.1e} of the largest"
                      if "logits_gap" in row else ""), flush=True)
         del model
     out = dict(machine=platform.processor() or platform.machine(), rows=rows)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", f"{args.isa}.json"), "w") as f:
+    with open(os.path.join(HERE, "results", "amx.json"), "w") as f:
         json.dump(out, f, indent=1)
 
 
