@@ -1124,8 +1124,12 @@ static void post_cols(zp_pass *p, int post, zp_cols cols) {
 /* Share of the column groups a product stage hands out statically (contiguous, one block per
  * thread, so each thread streams one run of weights); the rest goes in chunks of
  * tail / (ZP_TAIL_CHUNKS x threads) groups to whichever thread asks first. */
+#ifndef ZP_STATIC_SHARE
 #define ZP_STATIC_SHARE 0.75
-#define ZP_TAIL_CHUNKS  4
+#endif
+#ifndef ZP_TAIL_CHUNKS
+#define ZP_TAIL_CHUNKS 4
+#endif
 
 /* This thread's part of product stage `which` (x: (m, K)), then `post` on every column block
  * it computed. The first ZP_STATIC_SHARE of the groups are split as zp_matmul_part splits them;
