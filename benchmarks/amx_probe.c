@@ -20,10 +20,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "probe.h"
+
 #define ARCH_GET_XCOMP_SUPP 0x1021
 #define ARCH_GET_XCOMP_PERM 0x1022
 #define ARCH_REQ_XCOMP_PERM 0x1023
-#define XFEATURE_XTILEDATA 18
+#define XFEATURE_XTILEDATA  18
 
 typedef struct {
     uint8_t palette, start;
@@ -31,33 +33,6 @@ typedef struct {
     uint16_t colsb[16];
     uint8_t rows[16];
 } tilecfg;
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
-static uint64_t rng = 88172645463325252ull;
-static uint64_t xr(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-static float frand(void) { return (float)((xr() >> 11) * (1.0 / 9007199254740992.0)) * 2 - 1; }
-static uint16_t tobf(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fff + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
-static float fbf(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 
 static void config(int m, int cols_a) {
     tilecfg c;
@@ -147,11 +122,13 @@ int main(int argc, char **argv) {
                 e[3] = c;
                 /* all 32 exact, one rounding */
                 double s = C[i][n];
-                for (int k = 0; k < 32; k++) s += (double)fbf(A[i][k]) * fbf(B[k / 2][2 * n + (k & 1)]);
+                for (int k = 0; k < 32; k++)
+                    s += (double)fbf(A[i][k]) * fbf(B[k / 2][2 * n + (k & 1)]);
                 e[4] = (float)s;
                 /* sum of products first (double), then add c */
                 double q = 0;
-                for (int k = 0; k < 32; k++) q += (double)fbf(A[i][k]) * fbf(B[k / 2][2 * n + (k & 1)]);
+                for (int k = 0; k < 32; k++)
+                    q += (double)fbf(A[i][k]) * fbf(B[k / 2][2 * n + (k & 1)]);
                 e[5] = C[i][n] + (float)q;
                 for (int v = 0; v < 6; v++) mism[v] += memcmp(&e[v], &D[i][n], 4) != 0;
                 total++;
@@ -214,7 +191,8 @@ int main(int argc, char **argv) {
                 double t0 = now();
                 for (size_t off = 0; off < bytes; off += 1024) {
                     if (dist)
-                        for (int l = 0; l < 1024; l += 64) _mm_prefetch((const char *)W + off + dist * 4 + l, _MM_HINT_T0);
+                        for (int l = 0; l < 1024; l += 64)
+                            _mm_prefetch((const char *)W + off + dist * 4 + l, _MM_HINT_T0);
                     _tile_loadd(2, W + off, 64);
                     _tile_dpbf16ps(0, 3, 2);
                     _tile_dpbf16ps(0, 4, 2);
@@ -229,7 +207,8 @@ int main(int argc, char **argv) {
             for (size_t off = 0; off < bytes; off += 64)
                 acc = _mm512_add_epi64(acc, _mm512_load_si512(W + off));
             double t = now() - t0;
-            printf("plain read: %.1f GB/s (%lld)\n", bytes / t * 1e-9, (long long)_mm512_reduce_add_epi64(acc));
+            printf("plain read: %.1f GB/s (%lld)\n", bytes / t * 1e-9,
+                   (long long)_mm512_reduce_add_epi64(acc));
         }
     return 0;
 }

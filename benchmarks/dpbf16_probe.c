@@ -12,7 +12,7 @@
  * at 0.56x the rate of VFMADD231PS (1.35 against 2.42 G/s a core), each lane is exactly two fused
  * multiply-adds (odd element first; no mismatch in 3.2 M lanes), and the two-part split's error
  * is 5-6e-7 of sum |x w|. Its tile comparison (dp 1.31x faster) misled: its widened tile reaches
- * 15 GMAC/s a core where zipar's kernel reaches 28-34 (csrc/tests/bench_rows.c), and a kernel
+ * 15 GMAC/s a core where zipar's kernel reaches 28-34 at 8-32 rows (bench_rows), and a kernel
  * built on the two-part split (commit 4e3be01, since reverted) ran at 0.43-0.99x the AVX-512
  * kernel's speed. The instruction rate decides: two VDPBF16PS per 32 products at 0.56x the FMA
  * rate cost more than two FMAs and the widening.
@@ -26,34 +26,7 @@
 #include <string.h>
 #include <time.h>
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
-static uint64_t rng = 88172645463325252ull;
-static uint64_t xr(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-static float frand(void) {
-    return (float)((xr() >> 11) * (1.0 / 9007199254740992.0)) * 2 - 1;
-}
-static uint16_t tobf(float f) { /* round to nearest even */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fff + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
-static float fbf(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
+#include "probe.h"
 
 /* ---- register-only throughput: 24 independent chains ---- */
 #define CHAINS 24
