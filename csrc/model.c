@@ -1123,7 +1123,9 @@ static void post_cols(zp_pass *p, int post, zp_cols cols) {
 
 /* Share of the column groups a product stage hands out statically (contiguous, one block per
  * thread, so each thread streams one run of weights); the rest goes in chunks of
- * tail / (ZP_TAIL_CHUNKS x threads) groups to whichever thread asks first. */
+ * tail / (ZP_TAIL_CHUNKS x threads) groups to whichever thread asks first. Both take -D for
+ * experiment builds; shares of 0.5 and 0.9 and chunks of half and twice the size moved no
+ * one-query pass beyond the device host's noise (BENCHMARKS.md, issue 13, stop 26, run D). */
 #ifndef ZP_STATIC_SHARE
 #define ZP_STATIC_SHARE 0.75
 #endif
